@@ -1,0 +1,149 @@
+"""The one loader and generation path for policies, teachers and evaluation (tiny and 7B alike).
+
+Why one place: the prompt, the image preprocessing and the vision-token guard must be identical in
+teacher generation, RL rollouts and evaluation, or scores move for reasons that are not the method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tgrl.prompts import build_messages
+from tgrl.utils import UserError
+
+# Special tokens a policy must never emit: a sampled <|image_pad|> makes the next forward fail with
+# "Image features and image tokens do not match" (ENV_FACTS.md, generation pitfall).
+VISION_SPECIAL_TOKENS = (
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+
+def vision_token_ids(tokenizer) -> list[int]:
+    """Ids of the vision special tokens present in ``tokenizer`` (to suppress them in generation)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in VISION_SPECIAL_TOKENS]
+    return sorted({i for i in ids if i is not None and i != unk and i >= 0})
+
+
+def resolve_dtype(dtype: str):
+    import torch
+
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
+    if dtype == "auto":
+        return "auto"
+    if dtype not in table:
+        raise UserError(f"unknown dtype {dtype!r}; use one of {sorted(table)} or 'auto'")
+    return table[dtype]
+
+
+def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
+    """``AutoProcessor`` with optional pixel bounds (they move scores, so callers record them)."""
+    from transformers import AutoProcessor
+
+    kwargs: dict[str, Any] = {}
+    if min_pixels is not None:
+        kwargs["min_pixels"] = min_pixels
+    if max_pixels is not None:
+        kwargs["max_pixels"] = max_pixels
+    processor = AutoProcessor.from_pretrained(str(path), **kwargs)
+    if not hasattr(processor, "image_processor"):
+        raise UserError(
+            f"{path}: AutoProcessor returned {type(processor).__name__}, not a vision-language processor. "
+            "Fix: the checkpoint needs processor_config.json (and torchvision installed for Qwen2.5-VL)"
+        )
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
+def load_model_and_processor(
+    path: str | Path,
+    dtype: str = "auto",
+    device: str = "cpu",
+    attn_implementation: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+):
+    """Load any Qwen-VL-style checkpoint (a local folder or a hub id) with the Auto classes."""
+    from transformers import AutoModelForImageTextToText
+
+    local = Path(str(path))
+    if (local.parent.exists() or str(path).startswith((".", "/"))) and not local.exists():
+        raise UserError(
+            f"{path}: checkpoint folder not found. Fix: build it (make tiny) or pass the right path"
+        )
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs).to(device)
+    model.eval()
+    return model, load_processor(path, min_pixels, max_pixels)
+
+
+def encode_prompts(
+    processor, questions: Sequence[str], images: Sequence[Sequence], choices: Sequence | None = None
+):
+    """Batch-encode (question, images) pairs with the project prompt template (left padded)."""
+    choices = choices if choices is not None else [None] * len(questions)
+    texts = [
+        processor.apply_chat_template(
+            build_messages(q, c, n_images=len(ims)), add_generation_prompt=True, tokenize=False
+        )
+        for q, c, ims in zip(questions, choices, images, strict=True)
+    ]
+    flat_images = [im for ims in images for im in ims]
+    return processor(text=texts, images=flat_images or None, return_tensors="pt", padding=True)
+
+
+def generate_texts(
+    model,
+    processor,
+    questions: Sequence[str],
+    images: Sequence[Sequence],
+    *,
+    choices: Sequence | None = None,
+    max_new_tokens: int = 256,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    num_return_sequences: int = 1,
+    seed: int | None = None,
+) -> list[list[str]]:
+    """Generate ``num_return_sequences`` responses per prompt with the vision tokens suppressed.
+
+    Returns one list of decoded strings (special tokens stripped) per prompt.
+    """
+    import torch
+
+    batch = encode_prompts(processor, questions, images, choices).to(model.device)
+    gen_kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        "num_return_sequences": num_return_sequences,
+        "suppress_tokens": vision_token_ids(processor.tokenizer),
+        "pad_token_id": processor.tokenizer.pad_token_id,
+    }
+    if do_sample:
+        gen_kwargs.update(temperature=temperature, top_p=top_p)
+    else:
+        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(**batch, **gen_kwargs)
+    completions = out[:, batch["input_ids"].shape[1] :]
+    texts = processor.tokenizer.batch_decode(completions, skip_special_tokens=True)
+    k = num_return_sequences
+    return [texts[i * k : (i + 1) * k] for i in range(len(questions))]

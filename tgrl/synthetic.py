@@ -1,0 +1,165 @@
+"""Procedurally generated visual-reasoning scenes for the tiny tier (DESIGN section 7).
+
+The design is the one measured to be learnable by a ~0.65M-parameter Qwen2.5-VL on a 2-core CPU in
+minutes (shared/reference/TINY_LEARNABILITY.md): 56x56 images, a 4x4 grid of 14-px cells (one cell is
+one ViT patch), 1-9 red or blue objects (circle or square: shape is a distractor), and three question
+types rotating evenly:
+
+* ``sum``  "How many red objects plus blue objects are there?"  (with two colours: the total count,
+  an unconditional readout and the easy shortcut subtask)
+* ``diff`` "How many more {a} objects than {b} objects are there?"  (needs both counts; a >= b)
+* ``cmp``  "Are there more {a} or {b} objects? Answer {a} or {b}."  (needs both counts; never tied)
+
+``meta`` carries the scene ground truth (per-colour counts, object cells and shapes, question type and
+colours), so the oracle teacher can write grounded reasoning and the facts a model states can be checked.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+COLORS: dict[str, tuple[int, int, int]] = {"red": (220, 30, 30), "blue": (30, 70, 225)}
+COLOR_ORDER = ("red", "blue")  # the canonical order in which traces state the visual facts
+SHAPES = ("circle", "square")
+QTYPES = ("sum", "diff", "cmp")
+GRID, CELL_PX = 4, 14
+IMAGE_PX = GRID * CELL_PX
+MAX_OBJECTS = 9
+OBJECT_PX = 10  # drawn size inside a 14-px cell (2 px margin on each side)
+BACKGROUND = (255, 255, 255)
+
+QUESTION_TEMPLATES = {
+    "sum": "How many {a} objects plus {b} objects are there?",
+    "diff": "How many more {a} objects than {b} objects are there?",
+    "cmp": "Are there more {a} or {b} objects? Answer {a} or {b}.",
+}
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    row: int
+    col: int
+    color: str
+    shape: str
+
+
+def answer_for(qtype: str, a: str, b: str, counts: dict[str, int]) -> str:
+    """The gold answer of a question about colours ``a`` and ``b`` given the per-colour counts."""
+    if qtype == "sum":
+        return str(counts[a] + counts[b])
+    if qtype == "diff":
+        return str(counts[a] - counts[b])
+    if qtype == "cmp":
+        return a if counts[a] > counts[b] else b
+    raise ValueError(f"unknown question type {qtype!r}; expected one of {QTYPES}")
+
+
+def sample_scene(rng: random.Random, qtype: str) -> tuple[list[SceneObject], str, str]:
+    """Draw objects and the two question colours so that the question is well posed.
+
+    diff: the first-named colour has at least as many objects (answer >= 0); cmp: counts never tie.
+    """
+    while True:
+        k = rng.randint(1, MAX_OBJECTS)
+        cells = rng.sample(range(GRID * GRID), k)
+        objects = [
+            SceneObject(c // GRID, c % GRID, rng.choice(COLOR_ORDER), rng.choice(SHAPES))
+            for c in sorted(cells)
+        ]
+        counts = Counter(o.color for o in objects)
+        a, b = rng.sample(COLOR_ORDER, 2)
+        if qtype == "diff" and counts[a] < counts[b]:
+            a, b = b, a
+        if qtype == "cmp" and counts[a] == counts[b]:
+            continue
+        return objects, a, b
+
+
+def render_scene(objects: list[SceneObject]):
+    """Draw the scene as a 56x56 RGB PIL image (exact colours, no anti-aliasing: pixels are checkable)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (IMAGE_PX, IMAGE_PX), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    margin = (CELL_PX - OBJECT_PX) // 2
+    for o in objects:
+        x0, y0 = o.col * CELL_PX + margin, o.row * CELL_PX + margin
+        box = (x0, y0, x0 + OBJECT_PX - 1, y0 + OBJECT_PX - 1)
+        if o.shape == "circle":
+            draw.ellipse(box, fill=COLORS[o.color])
+        else:
+            draw.rectangle(box, fill=COLORS[o.color])
+    return image
+
+
+def make_record(
+    idx: int, split: str, objects: list[SceneObject], qtype: str, a: str, b: str, image_rel: str
+) -> dict[str, Any]:
+    counts = {c: sum(o.color == c for o in objects) for c in COLOR_ORDER}
+    return {
+        "id": f"syn-{split}-{idx:06d}",
+        "images": [image_rel],
+        "question": QUESTION_TEMPLATES[qtype].format(a=a, b=b),
+        "answer": answer_for(qtype, a, b, counts),
+        "answer_type": "text" if qtype == "cmp" else "number",
+        "choices": None,
+        "source": "synthetic",
+        "meta": {
+            "qtype": qtype,
+            "colors": list(COLOR_ORDER),
+            "question_colors": [a, b],
+            "counts": counts,
+            "objects": [{"row": o.row, "col": o.col, "color": o.color, "shape": o.shape} for o in objects],
+            "grid": GRID,
+            "cell_px": CELL_PX,
+        },
+    }
+
+
+def scene_key(objects: list[SceneObject], question: str) -> tuple:
+    """Identity of an item (what the model sees): used to keep train and test disjoint."""
+    return (tuple(objects), question)
+
+
+def generate_split(
+    split: str, n: int, seed: int, exclude: set[tuple] | None = None, qtypes: tuple[str, ...] = QTYPES
+) -> list[tuple[dict[str, Any], Any]]:
+    """``n`` (record, image) pairs; question types rotate evenly; items in ``exclude`` are redrawn."""
+    rng = random.Random(f"tgrl-synthetic/{split}/{seed}")
+    exclude = exclude if exclude is not None else set()
+    out, seen = [], set()
+    for idx in range(n):
+        qtype = qtypes[idx % len(qtypes)]
+        while True:
+            objects, a, b = sample_scene(rng, qtype)
+            key = scene_key(objects, QUESTION_TEMPLATES[qtype].format(a=a, b=b))
+            if key not in exclude and key not in seen:
+                break
+        seen.add(key)
+        rel = f"images/{split}/{idx:06d}.png"
+        out.append((make_record(idx, split, objects, qtype, a, b, rel), render_scene(objects)))
+    return out
+
+
+def record_key(record: dict[str, Any]) -> tuple:
+    objects = [SceneObject(**o) for o in record["meta"]["objects"]]
+    return scene_key(objects, record["question"])
+
+
+# --- Independent checks (used by tests and analysis; they do not read the generator's bookkeeping) ---
+
+
+def count_colors_from_pixels(image) -> dict[str, int]:
+    """Count objects per colour by reading each cell's centre pixel of a rendered scene."""
+    rgb = image.convert("RGB")
+    counts = dict.fromkeys(COLOR_ORDER, 0)
+    for row in range(GRID):
+        for col in range(GRID):
+            px = rgb.getpixel((col * CELL_PX + CELL_PX // 2, row * CELL_PX + CELL_PX // 2))
+            for name, ref in COLORS.items():
+                if sum(abs(p - r) for p, r in zip(px, ref, strict=True)) < 60:
+                    counts[name] += 1
+    return counts

@@ -1,0 +1,192 @@
+"""Small shared utilities: user-facing errors, atomic file writes, JSONL I/O, provenance.
+
+Why here: every long job (teacher generation, training, evaluation) must write atomically, resume,
+and report bad input without a traceback, so those mechanics exist once.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class UserError(Exception):
+    """An error caused by the user's input or setup (bad data, config, path, missing package).
+
+    Scripts catch it at the top (see :func:`cli`) and print the message without a traceback; the
+    message names the file, the row or key, and the fix.
+    """
+
+
+def cli(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a script's ``main``: a :class:`UserError` prints ``error: ...`` and exits with code 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder + rename: never a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomic, pretty, key-sorted JSON (stable diffs, byte-identical for identical content)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Atomic JSONL: the whole file appears at once or not at all."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
+
+
+def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Append rows and fsync: the append-only log of resumable jobs (a torn last line is tolerated
+    by :func:`read_jsonl` with ``tolerate_torn_tail=True``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
+    if not payload:
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike, tolerate_torn_tail: bool = False) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, row)``; a malformed line raises :class:`UserError` naming file and line.
+
+    ``tolerate_torn_tail``: an append-only log killed mid-write may end in a partial line without a
+    newline; skip exactly that line (it will be regenerated) instead of failing.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            if tolerate_torn_tail and i == len(lines) and not line.endswith("\n"):
+                return
+            raise UserError(
+                f"{path}:{i}: not valid JSON ({err.msg} at column {err.colno}). "
+                "Fix: each line must be one JSON object."
+            ) from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}.")
+        yield i, row
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_commit(short: bool = True) -> str:
+    """The repo's current commit (with ``+dirty`` when the tree has changes), or ``unknown``."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", *(["--short"] if short else []), "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions(
+    names: Iterable[str] = (
+        "torch",
+        "torchvision",
+        "transformers",
+        "trl",
+        "accelerate",
+        "datasets",
+        "deepspeed",
+        "lmms_eval",
+        "math-verify",
+        "vllm",
+    ),
+) -> dict:
+    """Installed versions of the packages that move results (missing ones are left out)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def set_torch_threads(n: int | None = None) -> None:
+    """Pin torch's intra-op threads (``TGRL_TORCH_THREADS`` or ``n``). On small CPUs two threads stall
+    at random; GPU runs are unaffected."""
+    n = n or int(os.environ.get("TGRL_TORCH_THREADS", "0") or 0)
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(n)
