@@ -1,0 +1,92 @@
+"""Oracle teacher for synthetic scenes: visually grounded reasoning written from the scene metadata.
+
+Traces state the question-independent visual facts in a fixed (canonical) colour order, then the
+computation, then the answer, e.g. ``<think>red 3, blue 5, 5-3=2</think><answer>2</answer>``. This
+form was measured to be learnable by a tiny model in minutes, while traces whose facts follow the
+question's colour order were not (DESIGN section 7, TINY_LEARNABILITY.md 2c).
+
+Knobs: ``wrong_fact_rate`` makes a share of traces state a wrong count (and so, through the
+computation, usually a wrong answer: exercises filter F1); ``long_rate`` pads a share of traces with
+restated facts (exercises the length filter F2). Seeded per (seed, problem id, sample index), so a
+resumed or sharded run writes exactly the same text.
+
+:func:`fact_accuracy` is the grounding metric: do the visual facts a trace states match the scene?
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any
+
+from tgrl.prompts import THINK_CLOSE, THINK_OPEN, format_response
+from tgrl.synthetic import COLOR_ORDER, answer_for
+
+MAX_COUNT = 9
+# "red 3" / "blue 5" stated anywhere in the reasoning; bounded quantifiers keep parsing linear.
+_FACT_RE = re.compile(r"\b(" + "|".join(COLOR_ORDER) + r")\s{0,3}:?\s{0,3}(\d{1,3})\b")
+
+
+def computation(qtype: str, a: str, b: str, counts: dict[str, int]) -> str:
+    """The arithmetic step in the question's order: ``5-3=2``, ``3+5=8`` or ``3<5``."""
+    ca, cb = counts[a], counts[b]
+    if qtype == "sum":
+        return f"{ca}+{cb}={ca + cb}"
+    if qtype == "diff":
+        return f"{ca}-{cb}={ca - cb}"
+    if qtype == "cmp":
+        return f"{ca}{'>' if ca > cb else '<' if ca < cb else '='}{cb}"
+    raise ValueError(f"unknown question type {qtype!r}")
+
+
+def oracle_trace(
+    meta: dict[str, Any],
+    rng: random.Random | None = None,
+    wrong_fact_rate: float = 0.0,
+    long_rate: float = 0.0,
+    long_repeats: int = 40,
+) -> str:
+    """One grounded trace for a synthetic scene (see module docstring for the knobs)."""
+    rng = rng or random.Random(0)
+    qtype = meta["qtype"]
+    a, b = meta["question_colors"]
+    counts = {c: int(meta["counts"][c]) for c in COLOR_ORDER}
+    if wrong_fact_rate > 0 and rng.random() < wrong_fact_rate:
+        color = rng.choice(COLOR_ORDER)
+        counts[color] = rng.choice([n for n in range(MAX_COUNT + 1) if n != counts[color]])
+    facts = ", ".join(f"{c} {counts[c]}" for c in COLOR_ORDER)
+    think = f"{facts}, {computation(qtype, a, b, counts)}"
+    if long_rate > 0 and rng.random() < long_rate:
+        think = ", ".join([facts] * long_repeats) + ", " + computation(qtype, a, b, counts)
+    if qtype == "cmp" and counts[a] == counts[b]:
+        answer = "equal"  # only reachable with a wrong fact: a wrong answer, as intended
+    else:
+        answer = answer_for(qtype, a, b, counts)
+    return format_response(think, answer)
+
+
+def stated_facts(text: str) -> dict[str, int]:
+    """The per-colour counts a trace states in its reasoning (first mention of each colour wins).
+
+    Only the ``<think>`` part is read when present; text without one is read whole.
+    """
+    text = text[:20_000]
+    start, end = text.find(THINK_OPEN), text.find(THINK_CLOSE)
+    if start != -1 and end > start:
+        text = text[start + len(THINK_OPEN) : end]
+    facts: dict[str, int] = {}
+    for color, number in _FACT_RE.findall(text):
+        facts.setdefault(color, int(number))
+    return facts
+
+
+def fact_accuracy(text: str, meta: dict[str, Any]) -> float | None:
+    """1.0 if the trace states every colour's count and all match the scene, else 0.0.
+
+    ``None`` when the problem carries no ground-truth counts (non-synthetic data): callers skip it.
+    """
+    counts = (meta or {}).get("counts")
+    if not counts:
+        return None
+    facts = stated_facts(text)
+    return float(all(facts.get(c) == int(n) for c, n in counts.items()))
