@@ -1,0 +1,109 @@
+"""eval/plot_training.py: PNG curves from metrics JSONL, per run and overlaid, tolerant of key-name drift."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "eval" / "plot_training.py"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _load_module():
+    spec = importlib.util.spec_from_file_location("plot_training", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["plot_training"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+pt = _load_module()
+
+
+def write_metrics(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def two_runs(tmp_path: Path) -> list[Path]:
+    # a GRPO-like run with TRL-style names, and a TGRL-like run with other names and the expert diagnostics
+    grpo = [
+        {
+            "step": s,
+            "reward": 0.3 + 0.01 * s,
+            "rewards/accuracy_reward/mean": 0.3 + 0.01 * s,
+            "completions/mean_length": 20 + s,
+            "entropy": 1.0 - 0.02 * s,
+            "fact_acc": 0.14 - 0.003 * s,
+        }
+        for s in range(1, 31)
+    ]
+    tgrl = [
+        {
+            "step": s,
+            "train/reward": 0.4 + 0.01 * s,
+            "accuracy/on_policy": 0.35 + 0.01 * s,
+            "accuracy/expert": 1.0,
+            "completion_length": 24.0,
+            "expert/p_mean": 0.2 + 0.02 * s,
+            "vis_dep/expert": 0.4,
+            "vis_dep/on_policy": 0.2 + 0.005 * s,
+            "fact_accuracy": 0.17 + 0.001 * s,
+            "note": "strings are ignored",
+        }
+        for s in range(1, 31)
+    ]
+    tgrl.insert(10, {"step": 5, "train/reward": 99.0})  # a resumed run logs step 5 again: later line wins
+    tgrl.append({"final": True, "train_runtime": 12.0})  # no step: not a curve point
+    return [
+        write_metrics(tmp_path / "tiny_grpo_s1" / "metrics.jsonl", grpo),
+        write_metrics(tmp_path / "tiny_tgrl_s1" / "metrics.jsonl", tgrl),
+    ]
+
+
+def test_pngs_per_run_and_overlays(tmp_path: Path, two_runs: list[Path]) -> None:
+    out = tmp_path / "plots"
+    assert pt.main(["--metrics", *map(str, two_runs), "--out", str(out), "--smooth", "5"]) == 0
+    expected = [
+        "tiny_grpo_s1.png",
+        "tiny_tgrl_s1.png",
+        "overlay.png",
+        "overlay_reward.png",
+        "overlay_visual_dependency_s_t.png",
+        "overlay_fact_accuracy.png",
+        "overlay_expert_token_probability.png",
+    ]
+    for name in expected:
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000, name
+    assert not list(out.glob(".*"))  # no temp files left behind
+
+
+def test_candidate_keys_and_resume_semantics(two_runs: list[Path]) -> None:
+    steps = pt.load_metrics(two_runs[1])
+    assert steps[5]["reward"] == 99.0  # "train/" prefix stripped, later line for a repeated step wins
+    assert "note" not in steps[1]
+    xs, ys = pt.series(steps, pt.PANELS["visual dependency s_t"]["on-policy tokens"])
+    assert xs[:2] == [1, 2] and ys[0] == pytest.approx(0.205)
+    assert pt.series(pt.load_metrics(two_runs[0]), pt.PANELS["expert-token probability"]["mean p"]) is None
+
+
+def test_smoothing() -> None:
+    assert pt.smooth([1.0, 2.0, 3.0, 4.0], 1) == [1.0, 2.0, 3.0, 4.0]
+    assert pt.smooth([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
+
+
+def test_malformed_metrics_exit_2(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "run" / "metrics.jsonl"
+    bad.parent.mkdir()
+    bad.write_text('{"step": 1, "reward": 0.5}\n{"step": 2, "reward": \n')
+    assert pt.main(["--metrics", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "line 2" in err
