@@ -1,0 +1,378 @@
+"""Token quantities, token weights and the TGRL loss as pure tensor functions (DESIGN 5.3-5.5).
+
+The trainer (tgrl.trainer) gathers log-probs and masks and calls these; nothing here knows about
+models, TRL or configs, so each piece is tested against hand-computed values. Conventions:
+
+* token tensors are (B, T); ``mask`` is float or bool with 1 = valid completion token. Values at
+  masked positions never matter (they may be NaN/inf): they are replaced before any arithmetic, so
+  they neither change the loss nor leak NaN into gradients, and they stay out of every normaliser.
+* ``p`` is a probability, ``logp`` a log-probability of the sampled / expert token.
+* losses are to be *minimised*; every token loss has the form ``-A * (weight) * (term)``.
+* quantities DESIGN marks as stop-gradient (s_t, w_t, u_t, p_t of pi_old) are computed under
+  ``torch.no_grad`` or detached; the policy terms keep their gradient.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+EXPERT_TOKEN_WEIGHTS = ("none", "vis_dep", "vis_topk", "entropy_topk", "chord_phi", "trust_region")
+EXPERT_RATIOS = ("shaped", "raw_p", "sft", "teacher_is")
+LOSS_AGGS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+
+
+def _unknown(kind: str, value: str, valid: tuple[str, ...]) -> ValueError:
+    return ValueError(f"unknown {kind} {value!r}; valid: {', '.join(valid)}")
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` over ``mask``; 0 (not NaN) where the mask is empty (HPT #9: an empty expert
+    micro-batch must not give NaN). Values of ``x`` at masked positions are ignored, even NaN."""
+    m = mask.to(torch.bool)
+    xs = torch.where(m, x, torch.zeros_like(x))
+    if dim is None:
+        return xs.sum() / m.sum().clamp(min=1)
+    return xs.sum(dim) / m.sum(dim).clamp(min=1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5.3 group advantages
+
+
+def group_advantages(
+    rewards: torch.Tensor,
+    group_size: int,
+    std_norm: bool = True,
+    eps: float = 1e-4,
+    on_policy_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A_i = (r_i - mean_G r) / (std_G r + eps) over consecutive groups of ``group_size`` (DESIGN 5.3).
+
+    Matches TRL GRPOTrainer (scale_rewards="group") so that TGRL with guidance off is GRPO: the std
+    is the *unbiased* one (Bessel, like torch.std / trl nanstd), and ``eps`` defaults to TRL's 1e-4
+    (DESIGN writes 1e-6; the difference is < 3e-4 relative, but the GRPO-equivalence test needs TRL's
+    value). NaN rewards (unscorable) are left out of mean/std and get A = 0, as in TRL.
+    ``std_norm=False`` gives A = r - mean (Dr.GRPO / LUFFY's train.sh).
+
+    ``on_policy_mask`` (N,) bool selects ``adv_group="on_only"``: mean and std come from the on-policy
+    members only and are applied to every member (expert included; LUFFY's grpo_split). If those
+    members tie (or there is only one), their std is 0 and dividing would give the expert
+    |A| ~ 1/eps, so such groups are not divided (A = r - mean). A group with no statistics members
+    gets A = 0. In mixed groups a tie implies every numerator is 0, so the rule changes nothing there.
+    """
+    if rewards.dim() != 1 or group_size < 1 or rewards.numel() % group_size:
+        raise ValueError(f"rewards must be 1-D with a length divisible by group_size={group_size}")
+    r = rewards.view(-1, group_size)
+    valid = ~torch.isnan(r)
+    member = valid if on_policy_mask is None else valid & on_policy_mask.view(-1, group_size).to(torch.bool)
+    n = member.sum(1, keepdim=True)
+    rz = torch.where(member, r, torch.zeros_like(r))
+    mean = rz.sum(1, keepdim=True) / n.clamp(min=1)
+    adv = r - mean
+    if std_norm:
+        dev = torch.where(member, r - mean, torch.zeros_like(r))
+        std = ((dev**2).sum(1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
+        hi = torch.where(member, r, torch.full_like(r, -math.inf)).amax(1, keepdim=True)
+        lo = torch.where(member, r, torch.full_like(r, math.inf)).amin(1, keepdim=True)
+        tied = (hi <= lo) | (n < 2)
+        adv = adv / torch.where(tied, torch.ones_like(std), std + eps)
+    adv = torch.where(valid & (n > 0), adv, torch.zeros_like(adv))
+    return adv.reshape(-1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5.4 token quantities (experience phase, no gradient)
+
+
+@torch.no_grad()
+def visual_dependency(
+    logp_clean: torch.Tensor, logp_perturbed: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VPPO k3 visual dependency of each token (DESIGN 5.4), stop-gradient.
+
+    d_t = clamp(log p(y_t|I~) - log p(y_t|I), -20, 20);  s_t = clamp(exp(d_t) - d_t - 1, 0, 10).
+    s_t >= 0 is large where the token depends on the image. Both are 0 at masked positions.
+    """
+    m = mask.to(torch.bool)
+    d = torch.where(
+        m, logp_perturbed.float() - logp_clean.float(), torch.zeros_like(logp_clean, dtype=torch.float)
+    )
+    d = torch.nan_to_num(d, nan=0.0).clamp(-20.0, 20.0)
+    s = (torch.exp(d) - d - 1.0).clamp(0.0, 10.0)
+    zero = torch.zeros_like(d)
+    return torch.where(m, d, zero), torch.where(m, s, zero)
+
+
+def _topk_mask(score: torch.Tensor, kept: torch.Tensor, frac: float) -> torch.Tensor:
+    """Per row, the top ceil(frac * n_kept) kept tokens by ``score`` (ties: earlier position first)."""
+    n = kept.sum(1, keepdim=True).double()
+    k = torch.ceil(frac * n - 1e-9)  # the 1e-9 keeps e.g. 0.2 * 15 = 3.0000000000000004 at 3
+    masked = torch.where(kept, score.float(), torch.full_like(score, -math.inf, dtype=torch.float))
+    order = torch.argsort(masked, dim=1, descending=True, stable=True)
+    pos = torch.arange(score.shape[1], device=score.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, pos)
+    return kept & (rank < k)
+
+
+@torch.no_grad()
+def expert_token_weights(
+    scheme: str,
+    *,
+    mask: torch.Tensor,
+    p: torch.Tensor,
+    s: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    rho: float = 0.4,
+    entropy_top: float = 0.2,
+    trust_tau: float = 0.1,
+    p_min: float = 1e-4,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stop-gradient token weights w_t for expert (or on-policy, as u_t) tokens (DESIGN 5.5).
+
+    ``p`` is pi_old of each token (DESIGN 5.4). Tokens with p < ``p_min`` get w = 0 and are counted
+    ("zeroed"); every per-trajectory statistic below (min-max, top-k counts, the mean-1 normaliser)
+    runs over the *kept* tokens K = valid and p >= p_min, so zeroed tokens are removed, not
+    redistributed. Rows without kept tokens get all-zero weights. Schemes:
+
+    * ``none``: w = 1 (LUFFY-VL).
+    * ``vis_dep`` (default): s^ = (s - min_K s) / (max_K s - min_K s) per trajectory (0 if s is
+      constant), w~ = 1 + alpha * s^, w = w~ / mean_K(w~): mean 1 over kept tokens, so credit moves
+      toward visually grounded tokens without changing the expert loss scale.
+    * ``vis_topk``: 1/rho on the top ceil(rho * |K|) tokens by s, else 0 (VPPO token mask).
+    * ``entropy_topk``: 1/entropy_top on the top ceil(entropy_top * |K|) tokens by ``entropy``, else
+      0. Same mean-~1 convention as vis_topk (Prefix-RFT / "forking tokens" use weight 1: multiply by
+      entropy_top to get that).
+    * ``chord_phi``: w = p(1 - p) (CHORD-phi).
+    * ``trust_region``: w = min(1, p / trust_tau) (TRAPO TrSFT gradient weight).
+
+    Returns (w, stats) with stats as python floats: w_mean / w_std / w_max over valid tokens,
+    zeroed_share and n_zeroed (p < p_min among valid tokens), n_valid.
+    """
+    if scheme not in EXPERT_TOKEN_WEIGHTS:
+        raise _unknown("expert_token_weight scheme", scheme, EXPERT_TOKEN_WEIGHTS)
+    valid = mask.to(torch.bool)
+    p = torch.where(valid, p.detach().float(), torch.zeros_like(p, dtype=torch.float))
+    p = torch.nan_to_num(p, nan=0.0)
+    kept = valid & (p >= p_min)
+    zero, one = torch.zeros_like(p), torch.ones_like(p)
+
+    if scheme == "none":
+        w = one
+    elif scheme == "vis_dep":
+        if s is None:
+            raise ValueError("expert_token_weight 'vis_dep' needs s (visual dependency)")
+        if alpha < 0:
+            raise ValueError(f"vis_dep alpha must be >= 0, got {alpha}")
+        sk = s.detach().float()
+        lo = torch.where(kept, sk, torch.full_like(sk, math.inf)).amin(1, keepdim=True)
+        hi = torch.where(kept, sk, torch.full_like(sk, -math.inf)).amax(1, keepdim=True)
+        span = hi - lo
+        s_hat = torch.where(kept & (span > 0), (sk - lo) / span.clamp(min=1e-12), zero)
+        w_tilde = torch.where(kept, 1.0 + alpha * s_hat, zero)
+        w = w_tilde / masked_mean(w_tilde, kept, dim=1).clamp(min=1e-12).unsqueeze(1)
+    elif scheme == "vis_topk":
+        if s is None:
+            raise ValueError("expert_token_weight 'vis_topk' needs s (visual dependency)")
+        if not 0 < rho <= 1:
+            raise ValueError(f"vis_topk rho must be in (0, 1], got {rho}")
+        w = torch.where(_topk_mask(s.detach(), kept, rho), one / rho, zero)
+    elif scheme == "entropy_topk":
+        if entropy is None:
+            raise ValueError("expert_token_weight 'entropy_topk' needs entropy")
+        if not 0 < entropy_top <= 1:
+            raise ValueError(f"entropy_topk entropy_top must be in (0, 1], got {entropy_top}")
+        w = torch.where(_topk_mask(entropy.detach(), kept, entropy_top), one / entropy_top, zero)
+    elif scheme == "chord_phi":
+        w = p * (1.0 - p)
+    else:  # trust_region
+        w = torch.clamp(p / trust_tau, max=1.0)
+
+    w = torch.where(kept, w, zero)
+    n_valid = valid.sum().item()
+    n_zeroed = (valid & ~kept).sum().item()
+    w_mean = masked_mean(w, valid)
+    stats = {
+        "w_mean": w_mean.item(),
+        "w_std": masked_mean((w - w_mean) ** 2, valid).sqrt().item(),
+        "w_max": w[valid].max().item() if n_valid else 0.0,
+        "zeroed_share": n_zeroed / max(n_valid, 1),
+        "n_zeroed": float(n_zeroed),
+        "n_valid": float(n_valid),
+    }
+    return w, stats
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5.5 loss terms
+
+
+def expert_ratio_term(
+    logp: torch.Tensor,
+    scheme: str = "shaped",
+    gamma: float = 0.1,
+    teacher_logp: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The policy term f of the expert-token loss l_exp = -A * w * f (DESIGN 5.5), with gradient.
+
+    The teacher probability is taken as 1 and there is no ratio to pi_old and no clip (LUFFY):
+    * ``shaped``: f = p / (p + gamma); d(-A w f)/dlogp = -A w gamma p / (p + gamma)^2 (LUFFY shaping).
+    * ``raw_p``: f = p (plain IS with pi_teacher = 1).
+    * ``sft``: f = log p, so l_exp = -A w log p: advantage-weighted SFT (gradient weight A w).
+    * ``teacher_is``: f = p / pi_teacher = exp(logp - teacher_logp) (true IS; teacher log-probs stored,
+      detached).
+    """
+    if scheme == "shaped":
+        p = torch.exp(logp)
+        return p / (p + gamma)
+    if scheme == "raw_p":
+        return torch.exp(logp)
+    if scheme == "sft":
+        return logp
+    if scheme == "teacher_is":
+        if teacher_logp is None:
+            raise ValueError("expert_ratio 'teacher_is' needs teacher_logp")
+        return torch.exp(logp - teacher_logp.detach())
+    raise _unknown("expert_ratio", scheme, EXPERT_RATIOS)
+
+
+def onpolicy_token_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    clip: bool = True,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-token on-policy loss (DESIGN 5.5), 0 at masked positions; same formula as TRL GRPOTrainer.
+
+    rho = exp(logp - old_logp); clip on: -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A);
+    clip off (``on_policy_clip: false``, LUFFY train.sh): -rho A. ``advantages`` is (B,) or (B, T).
+    Stats (python floats, over valid tokens, TRL's definition): clip_low (rho < 1-eps_low and A < 0),
+    clip_high (rho > 1+eps_high and A > 0), clip_region (either). Counted even when clip is off.
+    """
+    m = mask.to(torch.bool)
+    adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+    log_ratio = torch.where(m, logp - old_logp, torch.zeros_like(logp))
+    ratio = torch.exp(log_ratio)
+    if clip:
+        clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
+        loss = -torch.min(ratio * adv, clipped * adv)
+    else:
+        loss = -ratio * adv
+    loss = torch.where(m, loss, torch.zeros_like(loss))
+    with torch.no_grad():
+        low = (ratio < 1.0 - eps_low) & (adv < 0)
+        high = (ratio > 1.0 + eps_high) & (adv > 0)
+        stats = {
+            "clip_low": masked_mean(low.float(), m).item(),
+            "clip_high": masked_mean(high.float(), m).item(),
+            "clip_region": masked_mean((low | high).float(), m).item(),
+        }
+    return loss, stats
+
+
+def tgrl_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    expert_mask: torch.Tensor | None = None,
+    expert_weights: torch.Tensor | None = None,
+    onpolicy_weights: torch.Tensor | None = None,
+    expert_ratio: str = "shaped",
+    gamma: float = 0.1,
+    teacher_logp: torch.Tensor | None = None,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    on_policy_clip: bool = True,
+    ref_logp: torch.Tensor | None = None,
+    beta: float = 0.0,
+    loss_agg: str = "token_mean",
+    max_len: int | None = None,
+    num_tokens: float | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The TGRL policy loss of one micro-batch (DESIGN 5.5); returns (scalar loss, metrics).
+
+    Per valid token: on-policy tokens l_on = u * onpolicy_token_loss (+ beta * KL to ``ref_logp``,
+    TRL's k3 form exp(ref - logp) - (ref - logp) - 1, on-policy tokens only); expert tokens
+    l_exp = -A * w * f(p) with f = :func:`expert_ratio_term` (no ratio to pi_old, no clip, no KL).
+    ``expert_mask`` is (B,) per row or (B, T) per token (None: no expert tokens); ``expert_weights``
+    w and ``onpolicy_weights`` u are (B, T), detached here (None: ones).
+
+    Aggregation ``loss_agg`` (masked tokens never enter a normaliser):
+    * ``token_mean``: sum of all token losses / number of valid tokens (``num_tokens`` overrides the
+      count, e.g. TRL's global num_items_in_batch across micro-batches and ranks);
+    * ``seq_mean_token_mean``: per-row token mean, then mean over rows with >= 1 valid token;
+    * ``seq_mean_token_sum_norm``: sum / (B * max_len) (Dr.GRPO constant divisor; needs max_len).
+    A batch without expert tokens adds exactly 0 from the expert term; an all-masked batch gives a
+    loss of 0 that is still attached to the graph; nothing returns NaN.
+    """
+    if loss_agg not in LOSS_AGGS:
+        raise _unknown("loss_agg", loss_agg, LOSS_AGGS)
+    if expert_ratio not in EXPERT_RATIOS:
+        raise _unknown("expert_ratio", expert_ratio, EXPERT_RATIOS)
+    valid = mask.to(torch.bool)
+    if expert_mask is None:
+        is_exp = torch.zeros_like(valid)
+    else:
+        em = expert_mask.to(torch.bool)
+        is_exp = (em.unsqueeze(1) if em.dim() == 1 else em).expand_as(valid)
+    exp_tok, on_tok = valid & is_exp, valid & ~is_exp
+
+    # Sanitise masked positions first so NaN/-inf there reaches neither the loss nor the gradient.
+    zero = torch.zeros_like(logp)
+    logp = torch.where(valid, logp, zero)
+    old_logp = torch.where(valid, old_logp.detach(), zero)
+    adv = advantages.detach()
+    adv = adv.unsqueeze(1) if adv.dim() == 1 else adv
+    adv = torch.where(valid, adv.expand_as(logp), zero)
+
+    # on-policy tokens
+    l_on, clip_stats = onpolicy_token_loss(logp, old_logp, adv, on_tok, eps_low, eps_high, on_policy_clip)
+    if onpolicy_weights is not None:
+        l_on = l_on * torch.where(on_tok, onpolicy_weights.detach(), zero)
+    kl = zero
+    if beta != 0.0:
+        if ref_logp is None:
+            raise ValueError("beta != 0 needs ref_logp")
+        delta = torch.where(on_tok, ref_logp.detach() - logp, zero)
+        kl = torch.exp(delta) - delta - 1.0
+        l_on = l_on + beta * kl
+
+    # expert tokens: -A * w * f(pi_theta); w == 0 tokens are cut before f (sft: 0 * -inf is NaN)
+    w = torch.ones_like(logp) if expert_weights is None else expert_weights.detach().to(logp.dtype)
+    active = exp_tok & (w != 0)
+    t_logp = None if teacher_logp is None else torch.where(active, teacher_logp.detach(), zero)
+    f = expert_ratio_term(torch.where(active, logp, zero), expert_ratio, gamma, t_logp)
+    l_exp = torch.where(active, -adv * w * f, zero)
+
+    per_token = torch.where(exp_tok, l_exp, torch.where(on_tok, l_on, zero))
+    if loss_agg == "token_mean":
+        denom = valid.sum().clamp(min=1) if num_tokens is None else torch.as_tensor(num_tokens).clamp(min=1)
+        loss = per_token.sum() / denom
+    elif loss_agg == "seq_mean_token_mean":
+        has_tok = valid.any(1)
+        loss = masked_mean(masked_mean(per_token, valid, dim=1), has_tok)
+    else:
+        if max_len is None or max_len < 1:
+            raise ValueError("loss_agg 'seq_mean_token_sum_norm' needs max_len >= 1 (max completion length)")
+        loss = per_token.sum() / (logp.shape[0] * max_len)
+
+    with torch.no_grad():
+        p_exp = torch.exp(logp)
+        metrics = {
+            "loss_on": masked_mean(l_on, on_tok).item(),
+            "loss_exp": masked_mean(l_exp, exp_tok).item(),
+            "n_on_tokens": float(on_tok.sum().item()),
+            "n_exp_tokens": float(exp_tok.sum().item()),
+            "expert_p_mean": masked_mean(p_exp, exp_tok).item(),
+            "expert_p_below_0.01": masked_mean((p_exp < 0.01).float(), exp_tok).item(),
+            "kl": masked_mean(kl, on_tok).item(),
+            **clip_stats,
+        }
+    return loss, metrics
