@@ -11,6 +11,7 @@ Core package shared by the flat scripts in data_prep/, train/ and eval/. Where t
 * ``tgrl.teachers``       expert-trajectory backends (oracle, hf, vllm, openai)
 * ``tgrl.filters``        trajectory filtering F1-F4
 * ``tgrl.token_weights``  token quantities and the TGRL loss terms (pure tensor functions)
+* ``tgrl.perturb``        image perturbations for visual dependency (trainer and filter F4)
 * ``tgrl.trainer``        TGRLConfig / TGRLTrainer (a GRPOTrainer subclass)
 """
 
