@@ -1,0 +1,350 @@
+"""The lmms-eval model for every checkpoint of this repo (tiny or 7B), with the training loader and prompt.
+
+Why our own model class instead of lmms-eval's ``qwen2_5_vl``: that class brings its own system prompt,
+pixel defaults and a fixed bf16 dtype, so a score would measure the harness as much as the policy. This
+class loads the checkpoint with :func:`tgrl.modeling.load_model_and_processor` and builds every prompt
+with :func:`tgrl.prompts.build_messages` (the training template), and it suppresses the vision special
+tokens in generation, exactly as rollouts do.
+
+Reachable two ways:
+
+* Python API (what ``eval/run_lmms_eval.py`` does): ``simple_evaluate(model=TGRLModel(pretrained=...))``.
+* lmms-eval's own CLI, ``python -m lmms_eval --model tgrl --model_args pretrained=PATH,batch_size=8
+  --include_path eval/tasks --tasks ...``, through the ``lmms_eval.models`` entry point. lmms-eval 0.7.3
+  calls an entry point's object and expects a ``ModelManifest`` back, so the entry point must name
+  :func:`lmms_eval_manifest`, not the class (naming the class makes lmms-eval call ``TGRLModel()``).
+
+The model is "simple" in lmms-eval's sense: a task's ``doc_to_text`` gives the user text (question plus
+options, see ``eval/tasks/tgrl/utils.py``) and ``doc_to_visual`` the images; the system turn and the
+image placeholders come from the project template. Generation settings come from each request
+(lmms-eval passes the task's ``generation_kwargs``, overridden by the runner's ``gen_kwargs``): a
+temperature of 0 means greedy decoding. What was actually used per task is kept in
+:attr:`TGRLModel.generation_used` and written into the results by the runner.
+
+Backends: ``hf`` (transformers ``generate``, CPU or GPU, batched; several processes under ``accelerate
+launch`` split the documents: data parallel) and ``vllm`` (GPU only, imported lazily, tensor parallel
+inside one process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from lmms_eval.api.model import lmms
+
+from tgrl.prompts import TEMPLATE_PATH, build_messages, system_prompt
+from tgrl.utils import UserError
+
+BACKENDS = ("hf", "vllm")
+
+
+def lmms_eval_manifest():
+    """The payload of our ``lmms_eval.models`` entry point: model id ``tgrl`` -> :class:`TGRLModel`."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id="tgrl", simple_class_path="tgrl.lmms_model.TGRLModel")
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def resolve_generation(gen_kwargs: dict[str, Any], default_max_new_tokens: int) -> dict[str, Any]:
+    """The decoding one request asks for, in one normal form (also what gets recorded).
+
+    lmms-eval task files use ``temperature: 0`` (sometimes with ``top_p: 0``) for greedy decoding;
+    sampling happens only with a positive temperature and ``do_sample`` not set to false.
+
+    Example:
+        >>> resolve_generation({"max_new_tokens": 64, "temperature": 0}, 1024)["do_sample"]
+        False
+        >>> resolve_generation({"temperature": 1.0}, 1024)["max_new_tokens"]
+        1024
+    """
+    gen_kwargs = dict(gen_kwargs or {})
+    temperature = float(gen_kwargs.get("temperature") or 0.0)
+    do_sample = temperature > 0 and str(gen_kwargs.get("do_sample", True)).lower() not in ("false", "0")
+    top_p = float(gen_kwargs.get("top_p") or 1.0)
+    until = gen_kwargs.get("until") or []
+    if isinstance(until, str):
+        until = [until]
+    max_new_tokens = int(gen_kwargs.get("max_new_tokens") or default_max_new_tokens)
+    if max_new_tokens < 1:
+        raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    return {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        "temperature": temperature if do_sample else 0.0,
+        "top_p": top_p if do_sample else 1.0,
+        "until": [u for u in until if isinstance(u, str) and u],
+    }
+
+
+def truncate_at_stops(text: str, until: list[str]) -> str:
+    """Cut a response at the first stop string (the lmms-eval ``until`` convention)."""
+    for stop in until:
+        if stop in text:
+            text = text.split(stop, 1)[0]
+    return text
+
+
+class TGRLModel(lmms):
+    """lmms-eval model over :mod:`tgrl.modeling` (see the module docstring).
+
+    Args:
+        pretrained: checkpoint folder or hub id.
+        backend: ``hf`` or ``vllm``.
+        dtype: ``auto`` (the checkpoint's), ``float32``, ``bfloat16`` or ``float16``.
+        device: ``cpu``, ``cuda`` or ``cuda:N``; default CUDA when available. Under ``accelerate
+            launch`` each process takes ``cuda:<local rank>``.
+        batch_size: prompts per ``generate`` call (hf); prompts per ``LLM.generate`` call (vllm).
+        min_pixels, max_pixels: image resizing bounds of the processor (score-moving, recorded).
+        max_new_tokens: used only when a request does not say (the runner always says).
+        seed: sampling seed; batch ``b`` of a task uses ``seed + b`` (hf) and request ``i`` of a task
+            ``seed + i`` (vllm), so reruns with the same settings reproduce.
+        tensor_parallel_size, gpu_memory_utilization, max_model_len, max_images_per_prompt: vLLM only.
+        max_batch_size: accepted because lmms-eval passes it; unused.
+    """
+
+    is_simple = True
+
+    def __init__(
+        self,
+        pretrained: str,
+        backend: str = "hf",
+        dtype: str = "auto",
+        device: str | None = None,
+        batch_size: int | str = 1,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        attn_implementation: str | None = None,
+        max_new_tokens: int = 1024,
+        seed: int = 1234,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.85,
+        max_model_len: int | None = None,
+        max_images_per_prompt: int = 8,
+        max_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if backend not in BACKENDS:
+            raise UserError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        self.pretrained = str(pretrained)
+        self.backend = backend
+        self.batch_size_per_gpu = int(batch_size)
+        if self.batch_size_per_gpu < 1:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        self.default_max_new_tokens = int(max_new_tokens)
+        self.seed = int(seed)
+        self.min_pixels = int(min_pixels) if min_pixels not in (None, "", "None") else None
+        self.max_pixels = int(max_pixels) if max_pixels not in (None, "", "None") else None
+        self.attn_implementation = attn_implementation or None
+        self.tensor_parallel_size = int(tensor_parallel_size)
+        self.max_images_per_prompt = int(max_images_per_prompt)
+        self.generation_used: dict[str, dict[str, Any]] = {}
+        self._task_batches: dict[str, int] = {}
+
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size > 1:
+            if backend == "vllm":
+                raise UserError(
+                    "the vllm backend runs in one process (tensor parallel inside it); do not start it "
+                    "with accelerate launch. Fix: use --tensor-parallel-size, or shard checkpoints over GPUs"
+                )
+            from accelerate import Accelerator
+
+            self.accelerator = Accelerator()
+            self._rank = self.accelerator.process_index
+            self._world_size = self.accelerator.num_processes
+            if device is None or str(device).startswith("cuda"):
+                import torch
+
+                device = (
+                    f"cuda:{self.accelerator.local_process_index}" if torch.cuda.is_available() else "cpu"
+                )
+        if device is None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device_name = str(device)
+
+        if backend == "hf":
+            from tgrl.modeling import load_model_and_processor
+
+            self.model, self.processor = load_model_and_processor(
+                self.pretrained,
+                dtype=dtype,
+                device=self.device_name,
+                attn_implementation=self.attn_implementation,
+                min_pixels=self.min_pixels,
+                max_pixels=self.max_pixels,
+            )
+            self.dtype_name = str(self.model.dtype).replace("torch.", "")
+        else:
+            self._init_vllm(dtype, float(gpu_memory_utilization), max_model_len)
+
+    # ----------------------------------------------------------------------------------------------
+    # set-up
+
+    def _init_vllm(self, dtype: str, gpu_memory_utilization: float, max_model_len: int | None) -> None:
+        from tgrl.modeling import load_processor, vision_token_ids
+        from tgrl.teachers.vllm_backend import check_vllm_available, engine_kwargs
+
+        check_vllm_available()
+        from vllm import LLM
+
+        self.processor = load_processor(self.pretrained, self.min_pixels, self.max_pixels)
+        self.suppress_ids = vision_token_ids(self.processor.tokenizer)
+        self.llm = LLM(
+            **engine_kwargs(
+                self.pretrained,
+                tensor_parallel_size=self.tensor_parallel_size,
+                max_model_len=max_model_len,
+                max_images_per_prompt=self.max_images_per_prompt,
+                gpu_memory_utilization=gpu_memory_utilization,
+                dtype=dtype,
+                seed=self.seed,
+                min_pixels=self.min_pixels,
+                max_pixels=self.max_pixels,
+            )
+        )
+        self.dtype_name = dtype
+        self.device_name = f"cuda x{self.tensor_parallel_size} (vllm)"
+
+    def settings(self) -> dict[str, Any]:
+        """Every model-side setting that can move a score (the runner writes it into the results)."""
+        image_processor = self.processor.image_processor
+        # transformers 5 keeps the pixel bounds as size.shortest_edge / size.longest_edge
+        size = getattr(image_processor, "size", None)
+
+        def pixels(attr: str, edge: str) -> int | None:
+            value = getattr(image_processor, attr, None)
+            if value is None and size is not None:
+                value = size.get(edge) if isinstance(size, dict) else getattr(size, edge, None)
+            return value
+
+        chat_template = getattr(self.processor, "chat_template", None) or ""
+        out = {
+            "backend": self.backend,
+            "checkpoint": self.pretrained,
+            "dtype": self.dtype_name,
+            "device": self.device_name,
+            "batch_size": self.batch_size_per_gpu,
+            "world_size": self.world_size,
+            "min_pixels": pixels("min_pixels", "shortest_edge"),
+            "max_pixels": pixels("max_pixels", "longest_edge"),
+            "attn_implementation": self.attn_implementation,
+            "seed": self.seed,
+            "prompt_template": str(TEMPLATE_PATH.name),
+            "prompt_template_sha256": _sha256_text(Path(TEMPLATE_PATH).read_text(encoding="utf-8")),
+            "system_prompt": system_prompt(),
+            "chat_template_sha256": _sha256_text(chat_template),
+            "vision_tokens_suppressed": True,
+        }
+        if self.backend == "vllm":
+            out["tensor_parallel_size"] = self.tensor_parallel_size
+        return out
+
+    # ----------------------------------------------------------------------------------------------
+    # lmms-eval interface
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("TGRLModel generates only: use generate_until tasks (all of eval/tasks)")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError("TGRLModel does not support multi-round tasks")
+
+    def generate_until(self, requests) -> list[str]:
+        """One response per request, in request order.
+
+        Requests are grouped by (task, split, generation settings) so a batch never mixes decodings,
+        and kept in document order inside a group (batch composition is then the same on every rerun).
+        """
+        from tqdm import tqdm
+
+        groups: dict[tuple, list[int]] = {}
+        for i, request in enumerate(requests):
+            _, gen_kwargs, _, _, task, split = request.args
+            key = (task, split, json.dumps(gen_kwargs or {}, sort_keys=True, default=str))
+            groups.setdefault(key, []).append(i)
+        responses: list[str | None] = [None] * len(requests)
+        self._task_batches = {}  # seeds depend only on the position inside this call
+        progress = tqdm(total=len(requests), disable=self.rank != 0, desc="tgrl generate")
+        for (task, split, _), indices in groups.items():
+            gen = resolve_generation(requests[indices[0]].args[1], self.default_max_new_tokens)
+            self.generation_used[task] = gen
+            for start in range(0, len(indices), self.batch_size_per_gpu):
+                chunk = indices[start : start + self.batch_size_per_gpu]
+                contexts, visuals = [], []
+                for i in chunk:
+                    context, _, doc_to_visual, doc_id, _, _ = requests[i].args
+                    doc = self.task_dict[task][split][doc_id]
+                    contexts.append(context)
+                    visuals.append([v.convert("RGB") for v in (doc_to_visual(doc) or [])])
+                texts = self._generate(task, contexts, visuals, gen)
+                for i, text in zip(chunk, texts, strict=True):
+                    responses[i] = truncate_at_stops(text, gen["until"])
+                progress.update(len(chunk))
+        progress.close()
+        return [r if r is not None else "" for r in responses]
+
+    def _generate(self, task: str, contexts: list[str], visuals: list[list], gen: dict) -> list[str]:
+        batch_index = self._task_batches.get(task, 0)
+        self._task_batches[task] = batch_index + 1
+        if self.backend == "hf":
+            from tgrl.modeling import generate_texts
+
+            outputs = generate_texts(
+                self.model,
+                self.processor,
+                contexts,
+                visuals,
+                max_new_tokens=gen["max_new_tokens"],
+                do_sample=gen["do_sample"],
+                temperature=gen["temperature"] or 1.0,
+                top_p=gen["top_p"],
+                seed=self.seed + batch_index if gen["do_sample"] else None,
+            )
+            return [o[0] for o in outputs]
+        return self._generate_vllm(contexts, visuals, gen, first_index=batch_index * self.batch_size_per_gpu)
+
+    def _generate_vllm(
+        self, contexts: list[str], visuals: list[list], gen: dict, first_index: int
+    ) -> list[str]:
+        from vllm import SamplingParams
+
+        from tgrl.teachers.vllm_backend import SUPPRESS_BIAS
+
+        prompts, params = [], []
+        for i, (context, images) in enumerate(zip(contexts, visuals, strict=True)):
+            if len(images) > self.max_images_per_prompt:
+                raise UserError(
+                    f"a prompt has {len(images)} images; raise max_images_per_prompt "
+                    f"(now {self.max_images_per_prompt})"
+                )
+            text = self.processor.apply_chat_template(
+                build_messages(context, None, n_images=len(images)),
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            prompt: dict[str, Any] = {"prompt": text}
+            if images:
+                prompt["multi_modal_data"] = {"image": images}
+            prompts.append(prompt)
+            params.append(
+                SamplingParams(
+                    n=1,
+                    temperature=gen["temperature"],
+                    top_p=gen["top_p"],
+                    max_tokens=gen["max_new_tokens"],
+                    seed=self.seed + first_index + i,
+                    logit_bias={int(t): SUPPRESS_BIAS for t in self.suppress_ids},
+                    skip_special_tokens=True,
+                )
+            )
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [o.outputs[0].text for o in outputs]
