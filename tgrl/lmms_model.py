@@ -72,7 +72,8 @@ def resolve_generation(gen_kwargs: dict[str, Any], default_max_new_tokens: int) 
     until = gen_kwargs.get("until") or []
     if isinstance(until, str):
         until = [until]
-    max_new_tokens = int(gen_kwargs.get("max_new_tokens") or default_max_new_tokens)
+    requested = gen_kwargs.get("max_new_tokens")
+    max_new_tokens = int(requested if requested not in (None, "") else default_max_new_tokens)
     if max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     return {

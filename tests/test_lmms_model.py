@@ -1,0 +1,143 @@
+"""tgrl.lmms_model: the lmms-eval model over the shared loader, prompt and vision-token guard."""
+
+from __future__ import annotations
+
+import re
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import pytest
+
+from tgrl.utils import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+TASK = "toy_task"
+
+
+def test_resolve_generation_normal_form() -> None:
+    from tgrl.lmms_model import resolve_generation
+
+    greedy = resolve_generation({"max_new_tokens": 16, "temperature": 0, "top_p": 0, "until": "</s>"}, 99)
+    assert greedy == {
+        "max_new_tokens": 16,
+        "do_sample": False,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "until": ["</s>"],
+    }
+    sampled = resolve_generation({"temperature": "1.0", "top_p": 0.95}, 99)
+    assert sampled["do_sample"] and sampled["temperature"] == 1.0 and sampled["top_p"] == 0.95
+    assert sampled["max_new_tokens"] == 99
+    assert not resolve_generation({"temperature": 0.7, "do_sample": False}, 8)["do_sample"]
+    with pytest.raises(UserError):
+        resolve_generation({"max_new_tokens": 0}, 8)
+
+
+def test_truncate_at_stops() -> None:
+    from tgrl.lmms_model import truncate_at_stops
+
+    assert truncate_at_stops("a<|im_end|>b", ["<|im_end|>"]) == "a"
+    assert truncate_at_stops("keep all", []) == "keep all"
+
+
+def test_entry_point_manifest_resolves_to_the_class() -> None:
+    """lmms-eval calls the entry point's object and wants a ModelManifest: `--model tgrl` must then
+    resolve to TGRLModel (a simple model)."""
+    from lmms_eval.models.registry_v2 import ModelRegistryV2
+
+    from tgrl.lmms_model import TGRLModel
+
+    entry = EntryPoint(name="tgrl", value="tgrl.lmms_model:lmms_eval_manifest", group="lmms_eval.models")
+    registry = ModelRegistryV2()
+    for manifest in registry._coerce_payload_to_manifests(entry.load()):
+        registry.register_manifest(manifest)
+    assert registry.get_model_class("tgrl") is TGRLModel
+
+
+def test_pyproject_entry_point_names_the_manifest() -> None:
+    text = (REPO / "pyproject.toml").read_text()
+    value = re.search(r'^tgrl = "([^"]+)"', text, re.M).group(1)
+    if value != "tgrl.lmms_model:lmms_eval_manifest":
+        pytest.skip(f"pyproject declares {value!r}; lmms-eval 0.7.3 needs tgrl.lmms_model:lmms_eval_manifest")
+    from lmms_eval.models import get_model
+
+    from tgrl.lmms_model import TGRLModel
+
+    assert get_model("tgrl") is TGRLModel
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    from tgrl.lmms_model import TGRLModel
+
+    return TGRLModel(pretrained=str(tiny_checkpoint), device="cpu", batch_size=2, seed=7)
+
+
+def make_requests(model, questions: list[str], gen_kwargs: dict) -> list:
+    """Real lmms-eval Instances over a toy dataset registered the way simple_evaluate does it."""
+    from lmms_eval.api.instance import Instance
+    from PIL import Image
+
+    docs = [{"question": q, "image": Image.new("RGB", (56, 56), (200, 30, 30))} for q in questions]
+    model.task_dict[TASK] = {"test": docs}
+    return [
+        Instance(
+            request_type="generate_until",
+            arguments=(q, dict(gen_kwargs), lambda doc: [doc["image"]], i, TASK, "test"),
+            idx=0,
+            metadata={"task": TASK, "doc_id": i, "repeats": 1, "split": "test"},
+        )
+        for i, q in enumerate(questions)
+    ]
+
+
+def test_generate_until_greedy_is_batch_independent(model) -> None:
+    """Greedy responses do not depend on the batch a request lands in, and the decoding used is
+    recorded per task."""
+    questions = ["How many red objects are there in the picture, counting all shapes?", "How many?", "Red?"]
+    gen = {"max_new_tokens": 6, "temperature": 0, "until": []}
+    out = model.generate_until(make_requests(model, questions, gen))
+    assert len(out) == 3 and all(isinstance(o, str) for o in out)
+    alone = [model.generate_until(make_requests(model, [q], gen))[0] for q in questions]
+    assert alone == out  # questions[1] was left-padded next to questions[0] in the batch
+    assert model.generation_used[TASK] == {
+        "max_new_tokens": 6,
+        "do_sample": False,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "until": [],
+    }
+
+
+def test_generate_until_sampling_is_seeded(model) -> None:
+    questions = ["How many red objects?"] * 4
+    gen = {"max_new_tokens": 6, "temperature": 1.0, "do_sample": True}
+    first = model.generate_until(make_requests(model, questions, gen))
+    again = model.generate_until(make_requests(model, questions, gen))
+    assert first == again
+    assert model.generation_used[TASK]["do_sample"]
+
+
+def test_settings_record_prompt_and_pixels(tiny_checkpoint) -> None:
+    from tgrl.lmms_model import TGRLModel
+    from tgrl.prompts import system_prompt
+
+    lm = TGRLModel(pretrained=str(tiny_checkpoint), device="cpu", min_pixels=3136, max_pixels=12544)
+    settings = lm.settings()
+    assert settings["min_pixels"] == 3136 and settings["max_pixels"] == 12544
+    assert settings["system_prompt"] == system_prompt()
+    assert len(settings["prompt_template_sha256"]) == 64 and settings["vision_tokens_suppressed"]
+    assert settings["dtype"] == "float32" and settings["backend"] == "hf"
+
+
+def test_bad_arguments_are_user_errors(tiny_checkpoint) -> None:
+    from tgrl.lmms_model import TGRLModel
+
+    with pytest.raises(UserError, match="backend"):
+        TGRLModel(pretrained=str(tiny_checkpoint), backend="tensorrt")
+    with pytest.raises(UserError, match="batch_size"):
+        TGRLModel(pretrained=str(tiny_checkpoint), batch_size=0)
+    with pytest.raises(UserError, match=r"(?i)vllm|GPU"):  # no vLLM / GPU on the CPU machines
+        TGRLModel(pretrained=str(tiny_checkpoint), backend="vllm")
+    with pytest.raises(UserError, match="not found"):
+        TGRLModel(pretrained=str(tiny_checkpoint / "nope"))

@@ -1,0 +1,252 @@
+"""eval/run_lmms_eval.py and scripts/eval_all.sh: one real lmms-eval run end to end, resume, bookkeeping.
+
+The end-to-end test runs the real lmms-eval code (no mocks) on CPU: the tiny checkpoint on the synthetic
+test split through the generic JSONL task, then reruns the same command and checks nothing is redone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RUNNER = REPO / "eval" / "run_lmms_eval.py"
+EXPECTED_METRICS = {"acc", "acc_sum", "acc_diff", "acc_cmp", "fact_acc", "format"}
+
+
+def load_module(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return load_module(RUNNER, "run_lmms_eval_test")
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "TGRL_TORCH_THREADS": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(RUNNER), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=full_env,
+        timeout=300,
+    )
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_end_to_end_then_rerun_skips(tiny_checkpoint, synthetic_dir, tmp_path) -> None:
+    summary, out = tmp_path / "summary.jsonl", tmp_path / "raw"
+    args = [
+        "--model", str(tiny_checkpoint), "--jsonl", str(synthetic_dir / "test.jsonl"), "--out", str(out),
+        "--summary", str(summary), "--run", "tiny_s0", "--method", "base", "--seed", "0", "--suite", "tiny",
+        "--max-new-tokens", "16", "--device", "cpu",
+    ]  # fmt: skip
+    first = run(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    rows = read_rows(summary)
+    assert {r["metric"] for r in rows} == EXPECTED_METRICS
+    for row in rows:
+        assert row["run"] == "tiny_s0" and row["method"] == "base" and row["seed"] == 0
+        assert row["task"] == "test" or row["task"].endswith("_test")
+        assert row["checkpoint"] == str(tiny_checkpoint.resolve())
+        assert 0.0 <= row["value"] <= 1.0 and row["decoding"] == "greedy" and row["suite"] == "tiny"
+        assert row["versions"]["lmms_eval"] == "0.7.3" and row["git_commit"] and row["time"]
+        settings = row["settings"]
+        assert settings["max_new_tokens"] == 16 and settings["batch_size"] == 32  # flag over suite
+        assert settings["generation"] == {
+            "max_new_tokens": 16,
+            "do_sample": False,
+            "temperature": 0.0,
+            "top_p": 1.0,
+            "until": [],
+        }
+        assert settings["model"]["prompt_template_sha256"] and settings["extraction"].startswith(
+            "tgrl.rewards"
+        )
+        assert settings["data"]["sha256"]
+    n = {r["metric"]: r["n"] for r in rows}
+    assert n["acc"] == n["fact_acc"] == n["format"] == 30
+    assert n["acc_sum"] + n["acc_diff"] + n["acc_cmp"] == 30
+
+    # the rows pass the table maker's own validation (the consumer of this file)
+    if (REPO / "eval" / "make_tables.py").exists():
+        make_tables = load_module(REPO / "eval" / "make_tables.py", "make_tables_test")
+        assert len(make_tables.load_summary([str(summary)])) == len(rows)
+
+    results_dir = Path(rows[0]["results_dir"])
+    results = json.loads((results_dir / "results.json").read_text())
+    assert results["lmms_task"] == rows[0]["lmms_task"] and "acc,none" in results["results"]
+    samples = read_rows(results_dir / "samples.jsonl")
+    assert len(samples) == 30
+    first_sample = samples[0]
+    assert first_sample["doc"]["id"].startswith("syn-test-") and first_sample["input"]
+    assert isinstance(first_sample["resps"][0], list) and "acc" in first_sample and "fact_acc" in first_sample
+
+    again = run(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "finished earlier" in again.stdout
+    assert len(read_rows(summary)) == len(rows)
+
+
+def test_errors_exit_nonzero_with_a_message(tiny_checkpoint, tmp_path) -> None:
+    missing = run(
+        "--model", str(tmp_path / "nope"), "--jsonl", "x.jsonl", "--summary", str(tmp_path / "s.jsonl")
+    )
+    assert (
+        missing.returncode == 2 and missing.stderr.startswith("error:") and "Traceback" not in missing.stderr
+    )
+    no_file = run("--model", str(tiny_checkpoint), "--jsonl", str(tmp_path / "absent.jsonl"))
+    assert no_file.returncode == 2 and "file not found" in no_file.stderr
+    bad_suite = run("--model", str(tiny_checkpoint), "--suite", "nosuch")
+    assert bad_suite.returncode == 2 and "suite 'nosuch'" in bad_suite.stderr
+
+
+def test_task_names_and_settings(runner) -> None:
+    tasks = runner.resolve_tasks(["mathvista_testmini", "tgrl_dynamath", "mmstar_reasoning"], [])
+    assert [(t["task"], t["lmms_task"], t["builtin"]) for t in tasks] == [
+        ("mathvista_testmini", "tgrl_mathvista_testmini", False),
+        ("dynamath", "tgrl_dynamath", False),
+        ("mmstar_reasoning", "mmstar_reasoning", True),
+    ]
+    assert runner.jsonl_task_name("data/synthetic/test.jsonl")[0] == "synthetic_test"
+    assert runner.jsonl_task_name("mine=data/x.jsonl")[0] == "mine"
+    assert runner.decoding_label({**runner.DEFAULT_SETTINGS, "decoding": "avg@8"}) == "avg@8"
+    assert (
+        runner.decoding_label({**runner.DEFAULT_SETTINGS, "decoding": "avg@4", "temperature": 0.6})
+        == "avg@4_t0.6_p1"
+    )
+    with pytest.raises(runner.UserError):
+        runner.parse_decoding("beam@4")
+
+
+def test_key_changes_with_settings_but_not_device(runner) -> None:
+    task = {"task": "synthetic_test", "lmms_task": "tgrl_jsonl_synthetic_test", "data_sha256": "abc"}
+    settings = dict(runner.DEFAULT_SETTINGS)
+    key = runner.pair_key("/ckpt", task, settings, None)
+    assert runner.pair_key("/ckpt", task, {**settings, "device": "cuda:3"}, None) == key
+    assert runner.pair_key("/ckpt", task, {**settings, "max_new_tokens": 8}, None) != key
+    assert runner.pair_key("/ckpt", task, settings, 10) != key
+    assert runner.pair_key("/ckpt", {**task, "data_sha256": "def"}, settings, None) != key
+    assert runner.pair_key("/other", task, settings, None) != key
+
+
+def test_summary_rows_n_and_fraction_checks(runner) -> None:
+    samples = [
+        {"acc": 1.0, "worst": {"group": "1", "scores": [1.0]}},
+        {"acc": 0.0, "worst": {"group": "1", "scores": [0.0]}},
+        {"acc": 1.0, "worst": {"group": "2", "scores": [1.0]}},
+    ]
+    base = {"task": "t"}
+    rows = runner.summary_rows(
+        {"acc,none": 2 / 3, "acc_stderr,none": "N/A", "worst,none": 0.5}, samples, base, False
+    )
+    assert {(r["metric"], r["n"]) for r in rows} == {("acc", 3), ("worst", 2)}
+    with pytest.raises(RuntimeError, match="not a fraction"):
+        runner.summary_rows({"acc,none": 66.7}, samples, base, False)
+    percent = runner.summary_rows({"acc,none": 66.7}, samples, base, True)  # a built-in reporting percent
+    assert percent[0]["value"] == pytest.approx(0.667) and percent[0]["scale"] == "percent_to_fraction"
+
+
+def test_finished_keys_tolerates_a_torn_last_line(runner, tmp_path) -> None:
+    summary = tmp_path / "s.jsonl"
+    summary.write_text(json.dumps({"key": "k1"}) + "\n" + '{"key": "k2"')
+    assert runner.finished_keys(summary) == {"k1"}
+
+
+def test_list_checkpoints_discovery_and_manifest(runner, tmp_path) -> None:
+    def model_dir(path: Path) -> Path:
+        path.mkdir(parents=True)
+        (path / "config.json").write_text("{}")
+        (path / "model.safetensors").write_bytes(b"")
+        return path
+
+    root = tmp_path / "checkpoints"
+    model_dir(root / "grpo_s1")
+    model_dir(root / "grpo_s1" / "checkpoint-500")  # a trainer intermediate: skipped
+    (root / "grpo_s1" / "tgrl_run.json").write_text(json.dumps({"method": "grpo", "seed": 1}))
+    model_dir(root / "tgrl_s2" / "final")
+    (root / "notes").mkdir()
+    found = runner.list_checkpoints(None, str(root), [])
+    assert [
+        (Path(e["checkpoint"]).relative_to(root).as_posix(), e["run"], e["method"], e["seed"]) for e in found
+    ] == [
+        ("grpo_s1", "grpo_s1", "grpo", 1),
+        ("tgrl_s2/final", "tgrl_s2_final", "tgrl_s2_final", None),
+    ]
+    manifest = tmp_path / "runs.jsonl"
+    manifest.write_text(
+        json.dumps({"checkpoint": "checkpoints/grpo_s1", "run": "g1", "method": "grpo", "seed": 1}) + "\n"
+    )
+    (entry,) = runner.list_checkpoints(str(manifest), "unused", [])
+    assert entry == {
+        "checkpoint": str(tmp_path / "checkpoints/grpo_s1"),
+        "run": "g1",
+        "method": "grpo",
+        "seed": 1,
+    }
+    (hub,) = runner.list_checkpoints(None, "unused", ["Qwen/Qwen2.5-VL-7B-Instruct"])
+    assert hub["run"] == hub["method"] == "Qwen_Qwen2.5-VL-7B-Instruct"
+
+
+def eval_all(env: dict) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable, **env}
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "eval_all.sh")],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+    )
+
+
+def test_eval_all_dry_run_plans_cpu_data_parallel_and_vllm_workers(tiny_checkpoint, tmp_path) -> None:
+    cpu = eval_all(
+        {
+            "CHECKPOINTS": str(tiny_checkpoint),
+            "SUITE": "tiny",
+            "NUM_GPUS": "0",
+            "SUMMARY": str(tmp_path / "s.jsonl"),
+        }
+    )
+    assert cpu.returncode == 0, cpu.stderr
+    commands = [line for line in cpu.stdout.splitlines() if line.startswith("+ ")]
+    assert len(commands) == 2
+    assert (
+        "run_lmms_eval.py --model" in commands[0]
+        and "--suite tiny" in commands[0]
+        and "--device cpu" in commands[0]
+    )
+    assert "make_tables.py --summary" in commands[1] and str(tmp_path / "s.jsonl") in commands[1]
+    assert not (tmp_path / "s.jsonl").exists()  # nothing ran
+
+    hf = eval_all({"CHECKPOINTS": str(tiny_checkpoint), "SUITE": "paper", "BACKEND": "hf", "NUM_GPUS": "4"})
+    assert hf.returncode == 0, hf.stderr
+    assert "accelerate.commands.launch --multi_gpu --num_processes 4" in hf.stdout
+
+    two = f"{tiny_checkpoint} Qwen/Qwen2.5-VL-7B-Instruct"
+    vllm = eval_all({"CHECKPOINTS": two, "SUITE": "paper", "NUM_GPUS": "4", "TP": "2"})
+    assert vllm.returncode == 0, vllm.stderr
+    assert (
+        "[worker 0] CUDA_VISIBLE_DEVICES=0,1" in vllm.stdout
+        and "[worker 1] CUDA_VISIBLE_DEVICES=2,3" in vllm.stdout
+    )
+    assert vllm.stdout.count("--tensor-parallel-size 2") == 2
+
+    none = eval_all({"CHECKPOINTS_DIR": str(tmp_path / "empty"), "NUM_GPUS": "0"})
+    assert none.returncode == 2 and "no checkpoints" in none.stderr
