@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tgrl.prompts import THINK_CLOSE, THINK_OPEN, format_response
 from tgrl.synthetic import COLOR_ORDER, answer_for
+from tgrl.teachers.base import SampleSettings, Teacher, TeacherInput, TeacherJob, TeacherSample, sample_seed
+from tgrl.utils import UserError
 
 MAX_COUNT = 9
 # "red 3" / "blue 5" stated anywhere in the reasoning; bounded quantifiers keep parsing linear.
@@ -90,3 +94,59 @@ def fact_accuracy(text: str, meta: dict[str, Any]) -> float | None:
         return None
     facts = stated_facts(text)
     return float(all(facts.get(c) == int(n) for c, n in counts.items()))
+
+
+# --------------------------------------------------------------------------------------------------
+# The oracle as a teacher backend
+# --------------------------------------------------------------------------------------------------
+
+_REQUIRED_META = ("qtype", "question_colors", "counts")
+
+
+class OracleTeacher(Teacher):
+    """Teacher backend for synthetic scenes: :func:`oracle_trace` per (problem, sample).
+
+    It reads the scene metadata only (what a perfect eye sees in the image), never the gold answer:
+    :class:`~tgrl.teachers.base.TeacherInput` carries no answer at all. Each sample is seeded by
+    (seed, problem id, sample index), so resumed and sharded runs write identical text.
+    """
+
+    backend = "oracle"
+
+    @dataclass
+    class Options:
+        wrong_fact_rate: float = 0.0
+        long_rate: float = 0.0
+        long_repeats: int = 40
+
+    def __init__(self, settings: SampleSettings, options: Options | None = None):
+        super().__init__(settings, options)
+        for knob in ("wrong_fact_rate", "long_rate"):
+            value = getattr(self.options, knob)
+            if not 0.0 <= value <= 1.0:
+                raise UserError(f"oracle: {knob} must be in [0, 1], got {value}")
+
+    @property
+    def name(self) -> str:
+        return "oracle"
+
+    def trace(self, item: TeacherInput, sample_idx: int) -> TeacherSample:
+        missing = [k for k in _REQUIRED_META if k not in item.meta]
+        if missing:
+            raise UserError(
+                f"oracle teacher: problem {item.id!r} has no scene metadata {missing}. Fix: the oracle only "
+                "works on synthetic scenes (data_prep/make_synthetic.py); use --backend hf/vllm/openai"
+            )
+        seed = sample_seed(self.settings.seed, item.id, sample_idx)
+        text = oracle_trace(
+            item.meta,
+            random.Random(seed),
+            wrong_fact_rate=self.options.wrong_fact_rate,
+            long_rate=self.options.long_rate,
+            long_repeats=self.options.long_repeats,
+        )
+        return TeacherSample(id=item.id, sample_idx=sample_idx, text=text, seed=seed, finish_reason="stop")
+
+    def generate(self, jobs: Sequence[TeacherJob]) -> Iterator[list[TeacherSample]]:
+        for job in jobs:
+            yield [self.trace(job.input, idx) for idx in job.sample_indices]

@@ -1,0 +1,206 @@
+"""Teacher registry and backends: oracle (noise knobs, never reads the answer, seeded), hf on the tiny
+checkpoint, and the vLLM backend's pure argument builders + its error without vLLM/GPU."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from tgrl.data import load_problems
+from tgrl.prompts import THINK_CLOSE
+from tgrl.rewards import follows_format, score_completion
+from tgrl.synthetic import generate_split
+from tgrl.teachers import (
+    TEACHER_BACKENDS,
+    SampleSettings,
+    TeacherInput,
+    TeacherJob,
+    backend_option_names,
+    make_teacher,
+    sample_seed,
+)
+from tgrl.teachers.oracle import fact_accuracy
+from tgrl.utils import UserError
+
+
+def jobs_for(problems, k: int) -> list[TeacherJob]:
+    return [TeacherJob(TeacherInput.from_problem(p), tuple(range(k))) for p in problems]
+
+
+def generate(teacher, jobs) -> dict[tuple[str, int], str]:
+    out = {}
+    for batch in teacher.generate(jobs):
+        for s in batch:
+            assert (s.id, s.sample_idx) not in out
+            out[(s.id, s.sample_idx)] = s.text
+    return out
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    """600 synthetic problems (records with meta, no images needed by the oracle)."""
+    from tgrl.data import Problem
+
+    return [Problem(**{**r, "image_paths": []}) for r, _ in generate_split("train", 600, seed=11)]
+
+
+# --- registry ---------------------------------------------------------------------------------------
+
+
+def test_registry_names_and_errors():
+    assert set(TEACHER_BACKENDS) == {"oracle", "hf", "vllm", "openai"}
+    assert "wrong_fact_rate" in backend_option_names("oracle")
+    assert {"base_url", "api_key_env", "max_concurrency"} <= set(backend_option_names("openai"))
+    with pytest.raises(UserError, match="unknown teacher backend"):
+        make_teacher("gpt-magic", SampleSettings())
+    with pytest.raises(UserError, match="base_url"):
+        make_teacher("oracle", SampleSettings(), {"base_url": "http://x"})
+    with pytest.raises(UserError, match="wrong_fact_rate"):
+        make_teacher("oracle", SampleSettings(), {"wrong_fact_rate": 1.5})
+    with pytest.raises(UserError, match="top_p"):
+        SampleSettings(top_p=0)
+
+
+def test_teacher_input_has_no_answer(scenes):
+    item = TeacherInput.from_problem(scenes[0])
+    assert not any("answer" in f.name for f in dataclasses.fields(item))
+
+
+# --- oracle -----------------------------------------------------------------------------------------
+
+
+def test_oracle_noise_zero_is_correct(scenes):
+    teacher = make_teacher("oracle", SampleSettings(seed=0))
+    texts = generate(teacher, jobs_for(scenes, 2))
+    by_id = {p.id: p for p in scenes}
+    correct = [
+        score_completion(t, by_id[pid].answer, None, by_id[pid].answer_type) for (pid, _), t in texts.items()
+    ]
+    assert sum(correct) / len(correct) >= 0.99
+    assert all(follows_format(t) for t in texts.values())
+    assert all(fact_accuracy(t, by_id[pid].meta) == 1.0 for (pid, _), t in texts.items())
+
+
+def test_oracle_wrong_fact_rate_is_close_to_requested(scenes):
+    rate = 0.3
+    teacher = make_teacher("oracle", SampleSettings(seed=1), {"wrong_fact_rate": rate})
+    texts = generate(teacher, jobs_for(scenes, 4))  # 2400 samples
+    by_id = {p.id: p for p in scenes}
+    wrong_facts = [1 - fact_accuracy(t, by_id[pid].meta) for (pid, _), t in texts.items()]
+    wrong_answers = [
+        1 - score_completion(t, by_id[pid].answer, None, by_id[pid].answer_type)
+        for (pid, _), t in texts.items()
+    ]
+    share = sum(wrong_facts) / len(wrong_facts)
+    assert abs(share - rate) < 0.04, share
+    # a wrong count flips every sum/diff answer and some comparisons: fewer wrong answers than facts
+    answer_share = sum(wrong_answers) / len(wrong_answers)
+    assert 0.5 * rate < answer_share <= share + 1e-9
+
+
+def test_oracle_long_rate_makes_long_traces(scenes):
+    teacher = make_teacher("oracle", SampleSettings(seed=2), {"long_rate": 0.5, "long_repeats": 10})
+    texts = list(generate(teacher, jobs_for(scenes[:200], 1)).values())
+    long = [t for t in texts if len(t.split(THINK_CLOSE)[0]) > 60]
+    assert 0.35 < len(long) / len(texts) < 0.65
+
+
+def test_oracle_never_reads_the_answer(synthetic_dir):
+    problems = load_problems(synthetic_dir / "train.jsonl", check_images=False)
+    corrupted = [dataclasses.replace(p, answer="999", answer_type="number") for p in problems]
+    teacher = make_teacher("oracle", SampleSettings(seed=5), {"wrong_fact_rate": 0.2})
+    assert generate(teacher, jobs_for(problems, 3)) == generate(teacher, jobs_for(corrupted, 3))
+
+
+def test_oracle_is_seeded_per_sample_independent_of_order(scenes):
+    teacher = make_teacher("oracle", SampleSettings(seed=9), {"wrong_fact_rate": 0.5})
+    forward = generate(teacher, jobs_for(scenes[:50], 4))
+    shuffled = scenes[:50]
+    random.Random(0).shuffle(shuffled)
+    # a resumed/sharded run asks for subsets in another order: identical text per (id, sample)
+    partial = [TeacherJob(TeacherInput.from_problem(p), (3, 1)) for p in shuffled]
+    again = generate(teacher, partial)
+    assert all(forward[key] == text for key, text in again.items())
+    other_seed = generate(
+        make_teacher("oracle", SampleSettings(seed=10), {"wrong_fact_rate": 0.5}), jobs_for(scenes[:50], 4)
+    )
+    assert other_seed != forward
+    assert sample_seed(0, "a", 0) != sample_seed(0, "a", 1) != sample_seed(1, "a", 0)
+
+
+def test_oracle_rejects_non_synthetic_problems(scenes):
+    item = dataclasses.replace(TeacherInput.from_problem(scenes[0]), meta={})
+    teacher = make_teacher("oracle", SampleSettings())
+    with pytest.raises(UserError, match="synthetic"):
+        generate(teacher, [TeacherJob(item, (0,))])
+
+
+# --- hf ---------------------------------------------------------------------------------------------
+
+
+def test_hf_backend_on_tiny_checkpoint(tiny_checkpoint, synthetic_dir):
+    problems = load_problems(synthetic_dir / "train.jsonl", limit=3)
+    teacher = make_teacher(
+        "hf",
+        SampleSettings(temperature=1.0, max_tokens=12, seed=0),
+        {"model": str(tiny_checkpoint), "batch_size": 2},
+    )
+    jobs = jobs_for(problems[:2], 2) + [TeacherJob(TeacherInput.from_problem(problems[2]), (1,))]
+    samples = [s for batch in teacher.generate(jobs) for s in batch]
+    assert sorted((s.id, s.sample_idx) for s in samples) == sorted(
+        [(p.id, i) for p in problems[:2] for i in range(2)] + [(problems[2].id, 1)]
+    )
+    assert all(isinstance(s.text, str) and s.n_tokens is not None for s in samples)
+    assert all(s.finish_reason in ("stop", "length") for s in samples)
+    assert teacher.name == str(tiny_checkpoint) and teacher.describe()["backend"] == "hf"
+    vision = {"<|image_pad|>", "<|vision_start|>", "<|vision_end|>"}
+    assert not any(v in s.text for s in samples for v in vision)
+    with pytest.raises(UserError, match="--model"):
+        make_teacher("hf", SampleSettings())
+
+
+# --- vllm -------------------------------------------------------------------------------------------
+
+
+def test_vllm_engine_and_sampling_kwargs():
+    from tgrl.teachers.vllm_backend import SUPPRESS_BIAS, engine_kwargs, sampling_kwargs
+
+    kw = engine_kwargs(
+        "Qwen/Qwen2.5-VL-72B-Instruct",
+        tensor_parallel_size=8,
+        max_model_len=8192,
+        max_images_per_prompt=2,
+        seed=3,
+        max_pixels=1003520,
+    )
+    assert kw["tensor_parallel_size"] == 8 and kw["max_model_len"] == 8192
+    assert kw["limit_mm_per_prompt"] == {"image": 2} and kw["seed"] == 3
+    assert kw["mm_processor_kwargs"] == {"max_pixels": 1003520}
+    assert "max_model_len" not in engine_kwargs("m")
+    with pytest.raises(UserError):
+        engine_kwargs("m", tensor_parallel_size=0)
+    s = sampling_kwargs(
+        SampleSettings(temperature=0.8, top_p=0.95, max_tokens=2048),
+        n=4,
+        seed=11,
+        suppress_token_ids=[151655, 151652],
+    )
+    assert (s["n"], s["temperature"], s["top_p"], s["max_tokens"], s["seed"]) == (4, 0.8, 0.95, 2048, 11)
+    assert s["logit_bias"] == {151655: SUPPRESS_BIAS, 151652: SUPPRESS_BIAS}
+    with pytest.raises(ValueError):
+        sampling_kwargs(SampleSettings(), n=0, seed=0, suppress_token_ids=[])
+
+
+def test_vllm_missing_gives_install_hint():
+    try:
+        import vllm  # noqa: F401
+
+        pytest.skip("vLLM is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(UserError) as err:
+        make_teacher("vllm", SampleSettings(), {"model": "Qwen/Qwen2.5-VL-72B-Instruct"})
+    message = str(err.value)
+    assert "vLLM" in message and "GPU" in message and "--backend openai" in message

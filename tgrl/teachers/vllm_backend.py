@@ -1,0 +1,192 @@
+"""Teacher backend on an offline vLLM engine (e.g. Qwen2.5-VL-72B-Instruct, tensor parallel 8).
+
+vLLM is imported only when the teacher is built; without vLLM or a GPU the error says what to
+install and where to run (vLLM cannot be installed on the CPU machines, ENV_FACTS.md). The engine
+and sampling arguments are built by pure functions (:func:`engine_kwargs`, :func:`sampling_kwargs`)
+so they are unit-tested on CPU.
+
+Prompts: the teacher's own processor applies its chat template to :func:`tgrl.prompts.build_messages`
+(the same messages the policy sees) and the images go in ``multi_modal_data``. The vision special
+tokens get a logit bias of -100 (vLLM applies ``logit_bias`` before sampling), the vLLM form of the
+generation guard every stage uses (ENV_FACTS.md, generation pitfall).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tgrl.teachers.base import SampleSettings, Teacher, TeacherJob, TeacherSample, sample_seed
+from tgrl.utils import UserError
+
+SUPPRESS_BIAS = -100.0
+
+INSTALL_HINT = (
+    "the vllm backend needs vLLM and a CUDA GPU. Fix: run on a GPU node with the environment of "
+    "environment.yml (`bash scripts/setup_gpu_env.sh`, which installs vllm with its pinned torch), "
+    "or serve the model elsewhere with `vllm serve MODEL` and use --backend openai --base-url URL"
+)
+
+
+def engine_kwargs(
+    model: str,
+    *,
+    tensor_parallel_size: int = 1,
+    max_model_len: int | None = None,
+    max_images_per_prompt: int = 1,
+    gpu_memory_utilization: float = 0.9,
+    dtype: str = "auto",
+    seed: int = 0,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    enforce_eager: bool = False,
+    max_num_seqs: int | None = None,
+) -> dict[str, Any]:
+    """Arguments of ``vllm.LLM(...)``."""
+    if tensor_parallel_size < 1:
+        raise UserError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+    if max_images_per_prompt < 1:
+        raise UserError(f"max_images_per_prompt must be >= 1, got {max_images_per_prompt}")
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "tensor_parallel_size": tensor_parallel_size,
+        "limit_mm_per_prompt": {"image": max_images_per_prompt},
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "dtype": dtype,
+        "seed": seed,
+        "enforce_eager": enforce_eager,
+    }
+    if max_model_len is not None:
+        kwargs["max_model_len"] = max_model_len
+    if max_num_seqs is not None:
+        kwargs["max_num_seqs"] = max_num_seqs
+    mm = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
+    if mm:
+        kwargs["mm_processor_kwargs"] = mm
+    return kwargs
+
+
+def sampling_kwargs(
+    settings: SampleSettings, n: int, seed: int, suppress_token_ids: Sequence[int]
+) -> dict[str, Any]:
+    """Arguments of ``vllm.SamplingParams(...)`` for ``n`` samples of one prompt."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return {
+        "n": n,
+        "temperature": settings.temperature,
+        "top_p": settings.top_p,
+        "max_tokens": settings.max_tokens,
+        "seed": seed,
+        "logit_bias": {int(t): SUPPRESS_BIAS for t in suppress_token_ids},
+        "skip_special_tokens": True,
+    }
+
+
+def check_vllm_available() -> None:
+    """Raise a :class:`UserError` saying what to install/where to run when vLLM or a GPU is missing."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise UserError(f"vLLM is not installed: {INSTALL_HINT}") from None
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is part of every install
+        raise UserError(f"torch is not installed: {INSTALL_HINT}") from None
+    if not torch.cuda.is_available():
+        raise UserError(f"no CUDA GPU is visible: {INSTALL_HINT}")
+
+
+class VLLMTeacher(Teacher):
+    """One ``LLM.generate`` call per chunk of ``batch_size`` problems (vLLM batches internally);
+    each problem asks for its missing samples with ``n = len(missing)`` and a seed derived from
+    (run seed, id, first missing index), so a chunk's results are appended before the next starts."""
+
+    backend = "vllm"
+
+    @dataclass
+    class Options:
+        model: str | None = None
+        tensor_parallel_size: int = 1
+        max_model_len: int | None = None
+        max_images_per_prompt: int = 1
+        gpu_memory_utilization: float = 0.9
+        dtype: str = "auto"
+        min_pixels: int | None = None
+        max_pixels: int | None = None
+        enforce_eager: bool = False
+        max_num_seqs: int | None = None
+        batch_size: int = 256
+
+    def __init__(self, settings: SampleSettings, options: Options | None = None):
+        super().__init__(settings, options)
+        o = self.options
+        if not o.model:
+            raise UserError("vllm teacher: --model is required (e.g. Qwen/Qwen2.5-VL-72B-Instruct)")
+        check_vllm_available()
+        from vllm import LLM
+
+        from tgrl.modeling import load_processor, vision_token_ids
+
+        self.processor = load_processor(o.model, o.min_pixels, o.max_pixels)
+        self.suppress_ids = vision_token_ids(self.processor.tokenizer)
+        self.llm = LLM(
+            **engine_kwargs(
+                o.model,
+                tensor_parallel_size=o.tensor_parallel_size,
+                max_model_len=o.max_model_len,
+                max_images_per_prompt=o.max_images_per_prompt,
+                gpu_memory_utilization=o.gpu_memory_utilization,
+                dtype=o.dtype,
+                seed=settings.seed,
+                min_pixels=o.min_pixels,
+                max_pixels=o.max_pixels,
+                enforce_eager=o.enforce_eager,
+                max_num_seqs=o.max_num_seqs,
+            )
+        )
+
+    @property
+    def name(self) -> str:
+        return str(self.options.model)
+
+    def generate(self, jobs: Sequence[TeacherJob]) -> Iterator[list[TeacherSample]]:
+        from vllm import SamplingParams
+
+        jobs = [j for j in jobs if j.sample_indices]
+        for start in range(0, len(jobs), self.options.batch_size):
+            chunk = jobs[start : start + self.options.batch_size]
+            prompts, params, seeds = [], [], []
+            for job in chunk:
+                if len(job.input.image_paths) > self.options.max_images_per_prompt:
+                    raise UserError(
+                        f"problem {job.input.id!r} has {len(job.input.image_paths)} images; "
+                        f"raise --max-images-per-prompt (now {self.options.max_images_per_prompt})"
+                    )
+                text = self.processor.apply_chat_template(
+                    job.input.messages(), add_generation_prompt=True, tokenize=False
+                )
+                prompts.append({"prompt": text, "multi_modal_data": {"image": job.input.load_images()}})
+                seed = sample_seed(self.settings.seed, job.input.id, job.sample_indices[0])
+                seeds.append(seed)
+                params.append(
+                    SamplingParams(
+                        **sampling_kwargs(self.settings, len(job.sample_indices), seed, self.suppress_ids)
+                    )
+                )
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            batch = []
+            for job, seed, output in zip(chunk, seeds, outputs, strict=True):
+                for idx, completion in zip(job.sample_indices, output.outputs, strict=True):
+                    batch.append(
+                        TeacherSample(
+                            id=job.input.id,
+                            sample_idx=idx,
+                            text=completion.text,
+                            seed=seed,
+                            n_tokens=len(completion.token_ids),
+                            finish_reason=completion.finish_reason,
+                        )
+                    )
+            yield batch
