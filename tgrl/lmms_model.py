@@ -156,17 +156,15 @@ class TGRLModel(lmms):
                     "the vllm backend runs in one process (tensor parallel inside it); do not start it "
                     "with accelerate launch. Fix: use --tensor-parallel-size, or shard checkpoints over GPUs"
                 )
+            import torch
             from accelerate import Accelerator
 
-            self.accelerator = Accelerator()
+            on_cpu = str(device) == "cpu" or not torch.cuda.is_available()
+            # cpu=True makes accelerate set up a gloo process group (torchrun on CPU, for tests)
+            self.accelerator = Accelerator(cpu=on_cpu)
             self._rank = self.accelerator.process_index
             self._world_size = self.accelerator.num_processes
-            if device is None or str(device).startswith("cuda"):
-                import torch
-
-                device = (
-                    f"cuda:{self.accelerator.local_process_index}" if torch.cuda.is_available() else "cpu"
-                )
+            device = "cpu" if on_cpu else f"cuda:{self.accelerator.local_process_index}"
         if device is None:
             import torch
 
@@ -215,6 +213,13 @@ class TGRLModel(lmms):
         )
         self.dtype_name = dtype
         self.device_name = f"cuda x{self.tensor_parallel_size} (vllm)"
+
+    @property
+    def device(self):
+        """lmms-eval's evaluator puts its cross-process counters on ``lm.device``."""
+        import torch
+
+        return torch.device("cuda" if self.backend == "vllm" else self.device_name)
 
     def settings(self) -> dict[str, Any]:
         """Every model-side setting that can move a score (the runner writes it into the results)."""
