@@ -1,0 +1,382 @@
+"""TGRLTrainer on the tiny model with real TRL: GRPO equivalence, expert slots, token pass, loss."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from tgrl.data import load_problems
+from tgrl.modeling import VISION_SPECIAL_TOKENS, load_processor, vision_token_ids
+from tgrl.rewards import get_reward_funcs
+from tgrl.rl_data import build_rl_dataset
+from tgrl.teachers.oracle import oracle_trace
+from tgrl.token_weights import group_advantages
+from tgrl.trainer import TGRLConfig, TGRLTrainer, vision_guard
+from tgrl.utils import write_jsonl
+
+G = 8  # num_generations in every test here
+
+
+def tiny_args(tmp_path, cls=TGRLConfig, **overrides):
+    args = dict(
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        bf16=False,
+        per_device_train_batch_size=16,
+        num_generations=G,
+        max_completion_length=32,
+        max_steps=2,
+        learning_rate=1e-4,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        disable_dropout=True,
+        seed=0,
+    )
+    if cls is TGRLConfig:
+        args["log_data_order"] = False
+    args.update(overrides)
+    return cls(**args)
+
+
+def load_model(path):
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(str(path))
+
+
+@pytest.fixture(scope="module")
+def expert_file(synthetic_dir, tmp_path_factory):
+    """Synthetic train rows with oracle expert trajectories; every 4th row has none (plain GRPO group)."""
+    rng = random.Random(0)
+    rows = []
+    for i, problem in enumerate(load_problems(synthetic_dir / "train.jsonl", limit=16)):
+        record = problem.to_record()
+        record["images"] = problem.image_paths
+        expert = None if i % 4 == 1 else {"text": oracle_trace(problem.meta, rng), "teacher": "oracle"}
+        record["meta"]["expert"] = expert
+        rows.append(record)
+    path = tmp_path_factory.mktemp("experts") / "train.jsonl"
+    write_jsonl(path, rows)
+    return path
+
+
+def make_trainer(checkpoint, dataset, args):
+    return TGRLTrainer(
+        load_model(checkpoint),
+        get_reward_funcs(["accuracy", "format"]),
+        args=args,
+        train_dataset=dataset,
+        processing_class=load_processor(checkpoint),
+    )
+
+
+def experience(trainer):
+    """One generation batch through the trainer's own experience path."""
+    trainer.model.train()
+    batch = next(iter(trainer.get_train_dataloader()))
+    return batch, trainer._generate_and_score_completions(batch)
+
+
+def completion_logps(trainer, inputs):
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+    mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+    with torch.no_grad():
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model,
+            ids,
+            mask,
+            inputs["completion_ids"].size(1),
+            pixel_values=inputs["pixel_values"],
+            image_grid_thw=inputs["image_grid_thw"],
+            num_images=inputs["num_images"],
+            mm_token_type_ids=inputs["mm_token_type_ids"],
+        )
+    return logps
+
+
+def loss_and_grads(trainer, inputs):
+    trainer.model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(trainer.model, inputs)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+# --------------------------------------------------------------------------------------------------
+# GRPO = TGRL with guidance off
+
+
+def test_guidance_off_equals_stock_grpo(tiny_checkpoint, synthetic_dir, tmp_path):
+    """inject_mode never + no on-policy weights: loss and gradients equal trl.GRPOTrainer's on the same
+    prepared batch, for every supported aggregation, with KL, clip-higher and the entropy bonus."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    dataset = build_rl_dataset(synthetic_dir / "train.jsonl", limit=8)
+    processor = load_processor(tiny_checkpoint)
+    rewards = get_reward_funcs(["accuracy", "format"])
+    stock = GRPOTrainer(
+        load_model(tiny_checkpoint),
+        rewards,
+        args=tiny_args(tmp_path / "a", GRPOConfig),
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    ours = TGRLTrainer(
+        load_model(tiny_checkpoint),
+        rewards,
+        args=tiny_args(tmp_path / "b", inject_mode="never", online_group_filter=False),
+        train_dataset=dataset,
+        processing_class=load_processor(tiny_checkpoint),
+    )
+    _, inputs = experience(stock)
+    ours.model.train()
+    # a real PPO situation: pi_old != pi_theta (some ratios clip), a reference model, nonzero advantages
+    gen = torch.Generator().manual_seed(0)
+    logps = completion_logps(stock, inputs)
+    noise = lambda: 0.3 * torch.randn(logps.shape, generator=gen)  # noqa: E731
+    inputs["old_per_token_logps"] = logps + noise()
+    inputs["ref_per_token_logps"] = logps + noise()
+    inputs["advantages"] = torch.randn(logps.size(0), generator=gen)
+
+    cases = [
+        ("dapo", 0.0, None, 0.0),
+        ("grpo", 0.04, 0.28, 0.0),
+        ("bnpo", 0.0, 0.2, 0.01),
+        ("dr_grpo", 0.04, 0.28, 0.01),
+        ("dapo", 0.1, 0.28, 0.01),
+    ]
+    for loss_type, beta, eps_high, entropy_coef in cases:
+        for trainer in (stock, ours):
+            trainer.loss_type, trainer.beta, trainer.entropy_coef = loss_type, beta, entropy_coef
+            trainer.epsilon_high = eps_high if eps_high is not None else trainer.epsilon_low
+            trainer._entropy_bonus_enabled = entropy_coef != 0.0
+            trainer.current_gradient_accumulation_steps = 1
+        loss_a, grads_a = loss_and_grads(stock, inputs)
+        loss_b, grads_b = loss_and_grads(ours, inputs)
+        case = (loss_type, beta, eps_high, entropy_coef)
+        assert torch.allclose(loss_a, loss_b, rtol=1e-5, atol=1e-7), (case, loss_a, loss_b)
+        assert grads_a.keys() == grads_b.keys()
+        for name in grads_a:
+            assert torch.allclose(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-7), (case, name)
+    clipped = ours._metrics["train"]["clip_ratio/region_mean"]
+    assert clipped and max(clipped) > 0  # the comparison covered clipped tokens
+
+
+# --------------------------------------------------------------------------------------------------
+# expert slots, rewards, advantages, token pass
+
+
+@pytest.fixture(scope="module")
+def tgrl_batch(tiny_checkpoint, expert_file, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tgrl")
+    dataset = build_rl_dataset(expert_file)
+    trainer = make_trainer(tiny_checkpoint, dataset, tiny_args(tmp, online_group_filter=False))
+    batch, out = experience(trainer)
+    return trainer, batch, out
+
+
+def test_expert_takes_the_last_slot_of_its_group(tgrl_batch):
+    trainer, batch, out = tgrl_batch
+    is_expert = out["is_expert"].tolist()
+    for start in range(0, len(batch), G):
+        text = batch[start]["expert_text"]
+        assert is_expert[start : start + G] == [False] * (G - 1) + [bool(text)]
+        if text:
+            ids = trainer._expert_ids(text)
+            row = start + G - 1
+            n = int(out["completion_mask"][row].sum())
+            assert tuple(out["completion_ids"][row, :n].tolist()) == ids
+            assert ids[-1] == trainer._tokenizer.convert_tokens_to_ids("<|im_end|>")
+    metrics = trainer._metrics["train"]
+    n_groups_with_expert = sum(bool(batch[s]["expert_text"]) for s in range(0, len(batch), G))
+    # the expert slot is never generated
+    assert metrics["inject/generated"][-1] == len(batch) - n_groups_with_expert
+    if n_groups_with_expert:
+        assert metrics["accuracy/expert"][-1] == 1.0  # oracle trajectories are correct
+        assert metrics["inject/rate"][-1] == n_groups_with_expert / (len(batch) // G)
+
+
+def test_advantages_include_the_expert(tgrl_batch):
+    trainer, batch, out = tgrl_batch
+    rewards = trainer._last_rewards_per_func @ trainer.reward_weights  # accuracy + format
+    expected = group_advantages(rewards, G, std_norm=True, eps=1e-4)
+    assert torch.allclose(out["advantages"], expected, atol=1e-5)
+    for row in out["is_expert"].nonzero().flatten().tolist():
+        assert out["advantages"][row] > 0  # a correct, well-formatted trajectory among weak rollouts
+
+
+def test_token_weights_only_on_expert_rows(tgrl_batch):
+    trainer, _, out = tgrl_batch
+    w = out["expert_weights"]
+    assert torch.isfinite(w).all()
+    expert_rows = out["is_expert"]
+    assert (w[~expert_rows] == 0).all()
+    p_min = trainer.args.p_min
+    metrics = trainer._metrics["train"]
+    assert "vis_dep/expert" in metrics and "vis_dep/on_policy" not in metrics  # pass ran on experts only
+    for row in expert_rows.nonzero().flatten().tolist():
+        kept = out["completion_mask"][row].bool() & (w[row] > 0)
+        if kept.any():  # vis_dep: mean 1 over the kept tokens of the trajectory
+            assert abs(w[row][kept].mean().item() - 1.0) < 1e-5
+    assert 0.0 <= metrics["expert/w_zeroed"][-1] <= 1.0 and p_min == 1e-4
+
+
+def test_loss_and_grads_finite_with_experts(tgrl_batch):
+    trainer, _, out = tgrl_batch
+    trainer.current_gradient_accumulation_steps = 1
+    loss, grads = loss_and_grads(trainer, out)
+    assert torch.isfinite(loss)
+    assert grads and all(torch.isfinite(g).all() for g in grads.values())
+    assert trainer._metrics["train"]["loss/expert"]
+
+
+def test_microbatch_without_expert_tokens_adds_zero(tgrl_batch):
+    trainer, _, out = tgrl_batch
+    trainer.current_gradient_accumulation_steps = 1
+    no_expert = {**out, "is_expert": torch.zeros_like(out["is_expert"])}
+    plain = {k: v for k, v in out.items() if k not in ("is_expert", "expert_weights")}
+    a, grads_a = loss_and_grads(trainer, no_expert)
+    b, grads_b = loss_and_grads(trainer, plain)
+    assert a == b
+    assert all(torch.equal(grads_a[n], grads_b[n]) for n in grads_a)
+
+
+def test_sft_ratio_with_zeroed_weights_has_no_nan(tgrl_batch):
+    trainer, _, out = tgrl_batch
+    trainer.current_gradient_accumulation_steps = 1
+    weights = out["expert_weights"].clone()
+    weights[:, ::2] = 0.0  # w = 0 tokens: 0 * log p must not become NaN
+    trainer.args.expert_ratio = "sft"
+    try:
+        loss, grads = loss_and_grads(trainer, {**out, "expert_weights": weights})
+    finally:
+        trainer.args.expert_ratio = "shaped"
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads.values())
+
+
+def test_expert_term_raises_expert_token_probability(tgrl_batch):
+    """Only the expert term active (on-policy advantages 0): one SGD step makes the expert tokens likelier."""
+    trainer, _, out = tgrl_batch
+    if not out["is_expert"].any():
+        pytest.skip("no expert group in this batch")
+    trainer.current_gradient_accumulation_steps = 1
+    inputs = {**out, "advantages": out["is_expert"].float()}
+    expert_mask = out["completion_mask"].bool() & out["is_expert"].unsqueeze(1)
+    state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    before = completion_logps(trainer, inputs)[expert_mask].mean()
+    loss, _ = loss_and_grads(trainer, inputs)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            if p.grad is not None:
+                p -= 0.5 * p.grad
+    after = completion_logps(trainer, inputs)[expert_mask].mean()
+    trainer.model.load_state_dict(state)
+    assert loss < 0 and after > before
+
+
+# --------------------------------------------------------------------------------------------------
+# switches
+
+
+def test_on_fail_gate_keeps_experts_only_for_failing_groups(tgrl_batch):
+    trainer, batch, _ = tgrl_batch
+    rows = list(batch[: 2 * G])
+    tok = trainer._tokenizer
+    right = f"<think>x</think><answer>{rows[0]['solution']}</answer>"
+    texts = ["<answer>nothing</answer>"] * (2 * G)
+    texts[3] = right  # group 0 has one correct rollout, group 1 none
+    completion_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    slots = [G - 1, 2 * G - 1]
+    trainer.args.inject_gate = 0
+    assert trainer._gate_slots(slots, rows, completion_ids) == [2 * G - 1]
+    trainer.args.inject_gate = 1
+    assert trainer._gate_slots(slots, rows, completion_ids) == slots
+    trainer.args.inject_gate = 0
+
+
+def test_adv_on_only_and_online_group_filter(tgrl_batch):
+    trainer, _, out = tgrl_batch
+    n = out["completion_ids"].size(0)
+    # group 0: on-policy rewards all 0, expert 1; group 1: all tie at 1
+    rpf = torch.zeros(n, 2)
+    rpf[G - 1, 0] = 1.0
+    rpf[G:, 0] = 1.0
+    is_expert = torch.zeros(n, dtype=torch.bool)
+    is_expert[G - 1] = True
+    trainer._last_rewards_per_func = rpf
+    trainer.args.adv_group, trainer.args.online_group_filter = "on_only", True
+    try:
+        adjusted = {**out, "is_expert": is_expert}
+        trainer._adjust_advantages(adjusted)
+    finally:
+        trainer.args.adv_group, trainer.args.online_group_filter = "mixed", False
+    # on_only: mean 0 and std 0 from the tied on-policy members -> A = r - mean (no division)
+    assert adjusted["advantages"][G - 1] == 1.0 and (adjusted["advantages"][: G - 1] == 0).all()
+    assert adjusted["row_keep"].tolist() == [1.0] * G + [0.0] * G  # group 1 ties: dropped
+    assert adjusted["num_items_in_batch"] == out["completion_mask"][:G].sum()
+
+
+def test_diagnostic_pass_runs_on_policy_rows_only_when_asked(tgrl_batch, monkeypatch):
+    trainer, batch, out = tgrl_batch
+    seen = []
+    original = trainer._forward_rows
+
+    def spy(model, out_, rows, perturb, compute_entropy):
+        seen.append((tuple(rows), perturb))
+        return original(model, out_, rows, perturb, compute_entropy)
+
+    monkeypatch.setattr(trainer, "_forward_rows", spy)
+    experts = tuple(out["is_expert"].nonzero().flatten().tolist())
+    trainer._token_pass(dict(out), batch)
+    assert {rows for rows, _ in seen} <= {experts}
+    seen.clear()
+    trainer.args.vis_dep_diag_every = 1
+    try:
+        trainer._token_pass(dict(out), batch)
+    finally:
+        trainer.args.vis_dep_diag_every = 0
+    assert any(perturb and len(rows) == len(batch) for rows, perturb in seen)
+    assert trainer._metrics["train"]["vis_dep/on_policy"]
+
+
+def test_generation_subset_matches_tokenizing_the_subset(tgrl_batch):
+    trainer, batch, _ = tgrl_batch
+    from trl.data_utils import prepare_multimodal_messages
+
+    prompts = [prepare_multimodal_messages(r["prompt"], images=r["images"]) for r in batch]
+    prompt_ids, images, fields = trainer._tokenize_prompts(prompts)
+    keep = [0, 3, 9, 15]
+    sub_ids, sub_images, sub_fields = trainer._select_prompts(keep, prompt_ids, images, fields)
+    ref_ids, _, ref_fields = trainer._tokenize_prompts([prompts[i] for i in keep])
+    assert sub_ids == ref_ids and len(sub_images) == len(keep)
+    assert torch.equal(sub_fields["pixel_values"], ref_fields["pixel_values"])
+    assert torch.equal(sub_fields["image_grid_thw"], ref_fields["image_grid_thw"])
+    assert sub_fields["mm_token_type_ids"] == ref_fields["mm_token_type_ids"]
+
+
+def test_vision_tokens_are_suppressed(tgrl_batch):
+    trainer, _, _ = tgrl_batch
+    tok = trainer._tokenizer
+    ids = vision_token_ids(tok)
+    assert set(ids) <= set(trainer.generation_config.suppress_tokens)
+    vllm = vision_guard({"bad_words": ["foo"]}, tok, use_vllm=True)
+    assert set(vllm["bad_words"]) == {"foo", *VISION_SPECIAL_TOKENS}
+
+
+def test_config_rejects_groups_split_across_micro_batches(tmp_path):
+    with pytest.raises(ValueError, match="divisible by num_generations"):
+        tiny_args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=1, steps_per_generation=1)
+    with pytest.raises(ValueError, match="inject_mode"):
+        tiny_args(tmp_path, inject_mode="sometimes")
+    tiny_args(tmp_path, per_device_train_batch_size=4, steps_per_generation=2)  # 4 x 2 = one group: fine
+
+
+def test_overlong_expert_is_an_error_naming_the_row(tiny_checkpoint, expert_file, tmp_path):
+    dataset = build_rl_dataset(expert_file)
+    with pytest.raises(ValueError, match=r"row syn-train-\d+: expert trajectory has \d+ tokens"):
+        make_trainer(tiny_checkpoint, dataset, tiny_args(tmp_path, max_completion_length=8))

@@ -1,0 +1,87 @@
+"""Training metrics on disk: every logged step becomes one JSON line in ``<output_dir>/metrics.jsonl``.
+
+Always on (TensorBoard / W&B stay opt-in through ``report_to``), written by the main process only,
+append-only and fsynced, so a killed run keeps its curve; a resumed run appends the re-done steps
+again (readers keep the last line per step: eval/plot_training.py does).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from tgrl.utils import append_jsonl
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _jsonable(value):
+    if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    return str(value)
+
+
+class JsonlMetricsCallback(TrainerCallback):
+    """Append ``{"step": ..., "epoch": ..., <every logged key>}`` per ``on_log`` (NaN/inf -> null);
+    the end-of-run summary (train_runtime, ...) is left out: it belongs to no step."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path is not None else None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "train_runtime" in logs:
+            return  # the end-of-run summary goes to train_results.json, not into the per-step curve
+        path = self.path or Path(args.output_dir) / METRICS_FILE
+        row = {"step": state.global_step, "epoch": _jsonable(state.epoch)}
+        row.update({key: _jsonable(value) for key, value in logs.items()})
+        append_jsonl(path, [row])
+
+
+SUMMARY_KEYS = (
+    "loss",
+    "reward",
+    "accuracy/on_policy",
+    "accuracy/expert",
+    "fact_accuracy",
+    "completion_length",
+    "entropy",
+    "mean_token_accuracy",
+    "time/step",
+)
+
+
+class ConsoleSummaryCallback(TrainerCallback):
+    """One short console line every ``every`` logged steps (the full record is in metrics.jsonl),
+    instead of Transformers' printing of the whole log dict at every step."""
+
+    def __init__(self, every: int = 10):
+        self.every = max(1, every)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if "train_runtime" not in logs and state.global_step % self.every:
+            return
+        parts = [
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in logs.items()
+            if k in SUMMARY_KEYS
+        ]
+        if "train_runtime" in logs:
+            parts = [f"{k}={logs[k]:.4g}" for k in ("train_runtime", "train_loss") if k in logs]
+        print(f"[step {state.global_step}/{state.max_steps}] " + " ".join(parts), flush=True)
+
+
+def quiet_console(trainer, every: int = 10) -> None:
+    """Swap the per-step dict printing (PrinterCallback / ProgressCallback) for :class:`ConsoleSummaryCallback`."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(ConsoleSummaryCallback(every))

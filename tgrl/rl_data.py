@@ -1,0 +1,107 @@
+"""Problems (DESIGN 4) -> the rows TRL's GRPOTrainer and SFTTrainer read.
+
+RL row (one per problem; TRL repeats it ``num_generations`` times and passes every column to the
+reward functions as a keyword argument):
+
+    prompt        chat messages from tgrl.prompts.build_messages (image placeholders, then the question)
+    images        the problem's images (decoded lazily by ``datasets``)
+    solution      gold answer (tgrl.rewards.accuracy_reward reads it)
+    choices       option texts or None;   answer_type   "choice" | "number" | "text" | "expression"
+    id            problem id (group sanity checks, data-order logging)
+    expert_text   the filtered teacher trajectory from meta.expert.text, "" when the prompt has none
+    facts         JSON of the scene ground truth ({"counts": ...}) for the fact-accuracy metric, or ""
+
+SFT row: ``prompt`` (system + user turn), ``completion`` (the assistant turn) and ``images``; TRL's
+prompt-completion path masks the prompt out of the loss (``completion_only_loss``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from tgrl.data import Problem, load_problems
+from tgrl.prompts import ANSWER_CLOSE, ANSWER_OPEN, build_messages
+from tgrl.utils import UserError
+
+
+def expert_text(problem: Problem) -> str:
+    """The expert trajectory of a problem (meta.expert.text) or "" when the filter kept none."""
+    expert = (problem.meta or {}).get("expert")
+    if not expert:
+        return ""
+    if not isinstance(expert, dict) or not isinstance(expert.get("text"), str):
+        raise UserError(
+            f"problem {problem.id}: meta.expert must be null or an object with a 'text' string, got {expert!r}. "
+            "Fix: rebuild the training set with data_prep/build_teacher_trajectories.py"
+        )
+    return expert["text"]
+
+
+def facts_json(problem: Problem) -> str:
+    """Ground-truth visual facts for :func:`tgrl.teachers.oracle.fact_accuracy` ("" when there are none)."""
+    counts = (problem.meta or {}).get("counts")
+    return json.dumps({"counts": counts}, sort_keys=True) if counts else ""
+
+
+def rl_row(problem: Problem) -> dict[str, Any]:
+    return {
+        "prompt": build_messages(problem.question, problem.choices, n_images=len(problem.image_paths)),
+        "images": list(problem.image_paths),
+        "solution": problem.answer,
+        "choices": problem.choices,
+        "answer_type": problem.answer_type,
+        "id": problem.id,
+        "expert_text": expert_text(problem),
+        "facts": facts_json(problem),
+    }
+
+
+def direct_answer(problem: Problem) -> str:
+    """The tiny tier's weak-base target: the answer alone, no reasoning (DESIGN 7)."""
+    return f"{ANSWER_OPEN}{problem.answer}{ANSWER_CLOSE}"
+
+
+def sft_row(problem: Problem, target: str) -> dict[str, Any] | None:
+    """Prompt-completion row; ``None`` for target 'expert' when the problem has no expert trajectory."""
+    if target == "expert":
+        text = expert_text(problem)
+        if not text:
+            return None
+    elif target == "direct":
+        text = direct_answer(problem)
+    else:
+        raise UserError(f"unknown SFT target {target!r}; use 'expert' or 'direct'")
+    return {
+        "prompt": build_messages(problem.question, problem.choices, n_images=len(problem.image_paths)),
+        "completion": [{"role": "assistant", "content": [{"type": "text", "text": text}]}],
+        "images": list(problem.image_paths),
+        "id": problem.id,
+    }
+
+
+def _to_dataset(rows: list[dict[str, Any]]):
+    from datasets import Dataset, Image, Sequence
+
+    dataset = Dataset.from_list(rows)
+    return dataset.cast_column("images", Sequence(Image()))
+
+
+def build_rl_dataset(path: str | os.PathLike, limit: int | None = None):
+    """The RL training set of a problem JSONL, as a ``datasets.Dataset`` (images decoded on access)."""
+    problems = load_problems(path, limit=limit)
+    return _to_dataset([rl_row(p) for p in problems])
+
+
+def build_sft_dataset(path: str | os.PathLike, target: str = "expert", limit: int | None = None):
+    """The SFT training set: expert trajectories (rows without one skipped) or direct answers."""
+    problems = load_problems(path, limit=limit)
+    rows = [r for r in (sft_row(p, target) for p in problems) if r is not None]
+    if not rows:
+        raise UserError(
+            f"{path}: no row has an expert trajectory (meta.expert), so there is nothing to train on with "
+            "sft_target 'expert'. Fix: point train_file at the filtered teacher output "
+            "(data_prep/build_teacher_trajectories.py) or use sft_target 'direct'"
+        )
+    return _to_dataset(rows)

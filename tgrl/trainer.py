@@ -1,0 +1,907 @@
+"""TGRL: trajectory-guided RL for multimodal RLVR, as a small subclass of TRL's GRPOTrainer.
+
+Where to look (DESIGN section 5; the maths lives in tgrl/token_weights.py as pure tensor functions):
+
+* the expert slot of each group ......... TGRLTrainer._generate_single_turn
+* advantages (on_only), group filter ..... TGRLTrainer._adjust_advantages
+* visual dependency and token weights .... TGRLTrainer._token_pass
+* THE LOSS ............................... TGRLTrainer._compute_loss -> token_weights.tgrl_loss
+
+GRPO is this trainer with guidance off (``inject_mode: never``, ``onpolicy_token_weight: none``):
+then the loss and its gradients equal stock GRPOTrainer's on the same batch (tests/test_trainer.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import torch
+from accelerate.utils import gather_object
+from trl import GRPOConfig, GRPOTrainer
+from trl.models.utils import unwrap_model_for_generation
+from trl.trainer.utils import split_pixel_values_by_grid
+
+from tgrl.metrics import JsonlMetricsCallback, quiet_console
+from tgrl.modeling import VISION_SPECIAL_TOKENS, vision_token_ids
+from tgrl.perturb import MODES as PERTURB_MODES
+from tgrl.perturb import perturb_pixel_values
+from tgrl.rewards import accuracy_reward, completion_text
+from tgrl.teachers.oracle import fact_accuracy
+from tgrl.token_weights import (
+    EXPERT_RATIOS,
+    EXPERT_TOKEN_WEIGHTS,
+    expert_token_weights,
+    group_advantages,
+    masked_mean,
+    tgrl_loss,
+    visual_dependency,
+)
+from tgrl.utils import append_jsonl
+
+# DESIGN's `loss_agg` is TRL's `loss_type` (one switch, not two): how each maps onto tgrl_loss.
+LOSS_AGG = {
+    "dapo": "token_mean",
+    "bnpo": "token_mean",
+    "grpo": "seq_mean_token_mean",
+    "dr_grpo": "seq_mean_token_sum_norm",
+}
+# Multimodal keys whose rows we know how to select (Qwen2-VL / Qwen2.5-VL layout).
+_ROW_KEYS = {"pixel_values", "image_grid_thw", "mm_token_type_ids"}
+
+
+@dataclass
+class TGRLConfig(GRPOConfig):
+    """GRPOConfig plus the TGRL switches of DESIGN section 5 (all reconstructions: the paper's values
+    are unknown to us; each help string says where our default comes from).
+
+    Switches DESIGN names that TRL already has are TRL's own fields, not duplicates:
+    eps_low / eps_high = ``epsilon`` / ``epsilon_high``; KL (on on-policy tokens only) = ``beta``;
+    entropy coefficient = ``entropy_coef``; ``adv_std_norm`` = ``scale_rewards`` ("group" on,
+    "none" off); ``loss_agg`` = ``loss_type`` (dapo/bnpo: token mean; grpo: per-sequence token mean;
+    dr_grpo: constant divisor).
+    """
+
+    inject_mode: str = field(
+        default="always",
+        metadata={
+            "help": "DESIGN 5.3. 'always': every group with an expert trajectory gets it in its last n_exp slots "
+            "(LUFFY); 'on_fail': only when at most inject_gate on-policy rollouts are correct (HPT / BREAD "
+            "gate); 'never': no expert = GRPO."
+        },
+    )
+    inject_gate: int = field(
+        default=0, metadata={"help": "on_fail gate g: inject when #correct rollouts <= g (HPT uses 0)."}
+    )
+    n_exp: int = field(
+        default=1,
+        metadata={
+            "help": "Expert slots per group; n_on = num_generations - n_exp rollouts are generated (LUFFY 7+1). "
+            "Slots beyond the number of stored trajectories repeat them."
+        },
+    )
+    adv_group: str = field(
+        default="mixed",
+        metadata={
+            "help": "DESIGN 5.3. 'mixed': mean/std over the whole group incl. the expert (LUFFY paper and code); "
+            "'on_only': mean/std from on-policy members, applied to all (LUFFY grpo_split, CalibRL)."
+        },
+    )
+    expert_ratio: str = field(
+        default="shaped",
+        metadata={
+            "help": "DESIGN 5.5, f in l_exp = -A w f(pi_theta(y*)). 'shaped': p/(p+gamma) (LUFFY train.sh); "
+            "'raw_p': p (IS with pi_teacher=1); 'sft': log p; 'teacher_is': p/pi_teacher (needs stored "
+            "per-token teacher log-probs, meta.expert.teacher_logprobs)."
+        },
+    )
+    expert_gamma: float = field(default=0.1, metadata={"help": "gamma of 'shaped' (LUFFY p_div_p_0.1)."})
+    expert_token_weight: str = field(
+        default="vis_dep",
+        metadata={
+            "help": "DESIGN 5.5 token reweighting w_t of expert tokens [abstract; formula ours]: 'vis_dep' "
+            "(1 + alpha * min-max s_t, mean 1; VPPO-inspired), 'none' (= LUFFY-VL), 'vis_topk' (VPPO mask), "
+            "'entropy_topk' (Prefix-RFT), 'chord_phi' (CHORD p(1-p)), 'trust_region' (TRAPO min(1, p/tau))."
+        },
+    )
+    onpolicy_token_weight: str = field(
+        default="none",
+        metadata={
+            "help": "u_t of on-policy tokens, same schemes (default none: u = 1, plain PPO-clip tokens)."
+        },
+    )
+    vis_dep_alpha: float = field(default=1.0, metadata={"help": "alpha of 'vis_dep' (ours)."})
+    vis_topk_rho: float = field(default=0.4, metadata={"help": "rho of 'vis_topk' (VPPO 7B script: 0.4)."})
+    entropy_topk_frac: float = field(
+        default=0.2, metadata={"help": "share of 'entropy_topk' (Prefix-RFT: 0.2)."}
+    )
+    trust_region_tau: float = field(
+        default=0.1, metadata={"help": "tau of 'trust_region' (TRAPO clip_low 0.1)."}
+    )
+    p_min: float = field(
+        default=1e-4,
+        metadata={"help": "DESIGN 5.5: expert tokens with pi_old < p_min get w = 0 (counted; ours)."},
+    )
+    perturb_mode: str = field(
+        default="patch_blackening",
+        metadata={"help": "DESIGN 5.4 perturbed image I~: patch_blackening (VPPO), noise, full_mask."},
+    )
+    perturb_prob: float = field(
+        default=0.5, metadata={"help": "Per-14x14-patch blackening probability (VPPO black_prob 0.5)."}
+    )
+    on_policy_clip: bool = field(
+        default=True,
+        metadata={"help": "PPO clip on on-policy tokens (DESIGN default on; LUFFY train.sh turns it off)."},
+    )
+    online_group_filter: bool = field(
+        default=False,
+        metadata={
+            "help": "DESIGN 5.2 (DAPO dynamic sampling without refill): groups whose rewards all tie are masked "
+            "out of the loss and its normaliser; the count is logged as groups/dropped."
+        },
+    )
+    expert_overlong: str = field(
+        default="error",
+        metadata={
+            "help": "An expert trajectory longer than max_completion_length (+ end-of-turn): 'error' (filter F2 "
+            "should have rejected it; never truncate silently), 'truncate' (keep the first tokens, no end-of-turn; "
+            "for the w/o-F2 ablation), 'drop' (that prompt trains as a plain GRPO group)."
+        },
+    )
+    vis_dep_diag_every: int = field(
+        default=0,
+        metadata={
+            "help": "Every N steps also run the perturbed-image pass on on-policy rollouts, to log vis_dep/on_policy "
+            "(the 'visual evidence in reasoning' diagnostic, DESIGN 5.6). 0 = never (the pass then runs on "
+            "expert sequences only, unless on-policy weighting needs it)."
+        },
+    )
+    log_data_order: bool = field(
+        default=True,
+        metadata={
+            "help": "Append the prompt ids of every generation batch to <output_dir>/data_order.jsonl."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        choices = {
+            "inject_mode": ("always", "on_fail", "never"),
+            "adv_group": ("mixed", "on_only"),
+            "expert_ratio": EXPERT_RATIOS,
+            "expert_token_weight": EXPERT_TOKEN_WEIGHTS,
+            "onpolicy_token_weight": EXPERT_TOKEN_WEIGHTS,
+            "perturb_mode": PERTURB_MODES,
+            "expert_overlong": ("error", "truncate", "drop"),
+            "loss_type": tuple(LOSS_AGG),
+        }
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name} must be one of {list(valid)}, got {getattr(self, name)!r}")
+        unsupported = {
+            "importance_sampling_level": self.importance_sampling_level != "token",
+            "off_policy_mask_threshold": self.off_policy_mask_threshold is not None,
+            "top_entropy_quantile": self.top_entropy_quantile < 1.0,
+            "use_adaptive_entropy": self.use_adaptive_entropy,
+            "delta": self.delta is not None,
+            "multi_objective_aggregation": self.multi_objective_aggregation != "sum_then_normalize",
+        }
+        bad = [name for name, is_set in unsupported.items() if is_set]
+        if bad:
+            raise ValueError(f"TGRLTrainer does not implement {bad}; leave them at TRL's defaults")
+        if self.adv_group == "on_only" and self.scale_rewards == "batch":
+            raise ValueError("adv_group 'on_only' needs scale_rewards 'group' or 'none'")
+        if self.inject_mode != "never":
+            if not 1 <= self.n_exp < self.num_generations:
+                raise ValueError(f"n_exp must be in [1, num_generations - 1], got {self.n_exp}")
+            local = self.per_device_train_batch_size * self.steps_per_generation
+            if local % self.num_generations:
+                raise ValueError(
+                    f"each rank must hold whole groups: per_device_train_batch_size * steps_per_generation "
+                    f"({local}) must be divisible by num_generations ({self.num_generations})"
+                )
+
+
+class TGRLTrainer(GRPOTrainer):
+    """GRPOTrainer with expert trajectories in the group and a token-level expert loss.
+
+    The only changes w.r.t. GRPOTrainer (everything else, incl. sampling, vLLM, DeepSpeed, rewards,
+    checkpoints, is inherited):
+
+    1. ``_generate_single_turn``: the last ``n_exp`` slots of each group whose prompt has an expert
+       trajectory (``expert_text`` column) hold the tokenized trajectory + end-of-turn token instead of
+       a rollout; with inject_mode 'always' those slots are not generated at all (HF generate and vLLM
+       colocate without tensor parallelism; vLLM server/TP generate all and replace). Rewards and group
+       advantages then include the expert, as in LUFFY. Vision special tokens are suppressed in every
+       rollout (HF ``suppress_tokens``, vLLM ``bad_words``).
+    2. ``_generate_and_score_completions``: adds ``is_expert`` (B,), the stop-gradient token weights
+       (``expert_weights``, ``onpolicy_weights``), optional on-policy-only advantages and the online
+       group filter (``row_keep``), and logs the metrics below.
+    3. ``_compute_loss``: on-policy tokens get TRL's PPO-clip term (KL only there); expert tokens get
+       -A * w_t * f(pi_theta) with no ratio to pi_old and no clip (token_weights.tgrl_loss).
+
+    Metrics (flat keys, one JSON line per logged step in <output_dir>/metrics.jsonl):
+    ``reward`` (all rows, TRL), ``reward/on_policy``, ``reward/expert``, ``accuracy/on_policy``,
+    ``accuracy/expert``, ``groups/n``, ``groups/solve_none``, ``groups/solve_all``,
+    ``groups/dropped``, ``inject/rate`` (share of groups with an expert), ``inject/generated`` (rows
+    generated), ``adv/on_policy_mean``, ``adv/on_policy_std``, ``adv/expert_mean``, ``adv/expert_std``,
+    ``expert/p_mean`` and ``expert/p_below_0.01`` (pi_old on expert tokens), ``expert/w_mean``,
+    ``expert/w_std``, ``expert/w_max``, ``expert/w_zeroed`` (share with p < p_min),
+    ``expert/p_theta_mean`` (current policy, loss time), ``vis_dep/expert``, ``vis_dep/on_policy``,
+    ``fact_accuracy`` (on-policy traces), ``fact_accuracy/expert``, ``completion_length`` (on-policy),
+    ``completion_length/expert``, ``entropy`` (on-policy tokens), ``entropy/expert``, ``kl``,
+    ``clip_ratio/low_mean``, ``clip_ratio/high_mean``, ``clip_ratio/region_mean``, ``loss/on_policy``,
+    ``loss/expert``, ``grad_norm``, ``loss``, ``time/step``, ``time/generate``, ``time/score``,
+    ``time/token_pass``, ``time/experience``, ``time/update``; plus TRL's ``rewards/<func>/mean``,
+    ``frac_reward_zero_std``, ``completions/*`` (over all rows, expert included).
+    """
+
+    _tag_names = ["trl", "grpo", "tgrl"]
+
+    def __init__(
+        self, model, reward_funcs, args: TGRLConfig, train_dataset=None, processing_class=None, **kwargs
+    ):
+        if not isinstance(args, TGRLConfig):
+            raise TypeError("TGRLTrainer needs a TGRLConfig")
+        for unsupported in ("tools", "rollout_func", "environment_factory"):
+            if kwargs.get(unsupported):
+                raise ValueError(f"TGRLTrainer does not support {unsupported}")
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        args.generation_kwargs = vision_guard(args.generation_kwargs, tokenizer, args.use_vllm)
+        super().__init__(
+            model,
+            reward_funcs,
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+
+        im_end = self._tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.expert_eos_id = im_end if im_end in self.eos_token_ids else self.eos_token_ids[0]
+        names = [getattr(f, "__name__", "") for f in self.reward_funcs]
+        self._acc_index = names.index(accuracy_reward.__name__) if accuracy_reward.__name__ in names else None
+        if args.inject_mode == "on_fail" and self._acc_index is None:
+            raise ValueError(
+                "inject_mode 'on_fail' needs the 'accuracy' reward function (the gate counts correct rollouts)"
+            )
+        if args.inject_mode != "never" and train_dataset is not None:
+            self._check_expert_texts(train_dataset)
+        self.add_callback(JsonlMetricsCallback())
+        quiet_console(self, every=max(1, 10 // max(1, int(args.logging_steps))))
+        self._rows = None  # the generation batch's dataset rows, for _generate_single_turn
+        self._expert_rows = None  # (B,) bool, set by _generate_single_turn
+        self._timing = defaultdict(float)
+        self._experience_seconds = 0.0
+        self._last_log = None  # (perf_counter, global_step) for time/step
+
+    # ---------------------------------------------------------------------------------------------
+    # expert trajectories
+
+    def _check_expert_texts(self, dataset) -> None:
+        """Fail early (naming a row) on trajectories the rollout budget cannot hold (filter F2 should
+        have rejected them; see expert_overlong) or that contain a vision special token."""
+        texts = dataset["expert_text"] if "expert_text" in dataset.column_names else []
+        ids = dataset["id"] if "id" in dataset.column_names else list(range(len(texts)))
+        if not any(texts):
+            raise ValueError(
+                f"inject_mode is {self.args.inject_mode!r} but no training row has an expert trajectory "
+                "(meta.expert). Build the filtered teacher set first, or set inject_mode: never (GRPO)"
+            )
+        vision = set(vision_token_ids(self._tokenizer))
+        for row_id, text in zip(ids, texts, strict=True):
+            if not text:
+                continue
+            tokens = self._full_expert_ids(text)
+            if len(tokens) > self.max_completion_length and self.args.expert_overlong == "error":
+                raise ValueError(
+                    f"row {row_id}: expert trajectory has {len(tokens)} tokens with end-of-turn, more than "
+                    f"max_completion_length={self.max_completion_length}. Fix: filter with the same max length "
+                    "(F2), or set expert_overlong: truncate / drop"
+                )
+            if vision & set(tokens):
+                raise ValueError(f"row {row_id}: expert trajectory contains a vision special token")
+
+    @lru_cache(maxsize=65536)  # noqa: B019 - one trainer per process; texts repeat every epoch
+    def _full_expert_ids(self, text: str) -> tuple[int, ...]:
+        return (*self._tokenizer(text, add_special_tokens=False)["input_ids"], self.expert_eos_id)
+
+    def _expert_too_long(self, text: str) -> bool:
+        return len(self._full_expert_ids(text)) > self.max_completion_length
+
+    def _expert_ids(self, text: str) -> tuple[int, ...]:
+        """The expert slot's completion: policy tokens of the trajectory + end-of-turn (truncated only
+        with expert_overlong 'truncate')."""
+        return self._full_expert_ids(text)[: self.max_completion_length]
+
+    def _expert_slots(self, rows: list[dict]) -> list[int]:
+        """Local row indices of the expert slots: the last n_exp rows of each group with a trajectory."""
+        G, n_exp = self.num_generations, self.args.n_exp
+        if len(rows) % G:
+            raise RuntimeError(f"generation batch of {len(rows)} rows is not whole groups of {G}")
+        slots = []
+        for start in range(0, len(rows), G):
+            group = rows[start : start + G]
+            if len({r.get("id") for r in group}) != 1:
+                raise RuntimeError(
+                    "a group spans different prompts: groups must be consecutive and whole per rank"
+                )
+            text = group[0].get("expert_text")
+            if text and not (self.args.expert_overlong == "drop" and self._expert_too_long(text)):
+                slots.extend(range(start + G - n_exp, start + G))
+        return slots
+
+    def _can_skip_generation(self, multimodal_fields: dict) -> bool:
+        """Whether the expert slots can be left out of generation (not just replaced afterwards)."""
+        if self.use_vllm:  # server mode needs n rollouts per prompt; TP slices assume equal counts per rank
+            return self.vllm_mode == "colocate" and self.args.vllm_tensor_parallel_size == 1
+        return set(multimodal_fields) <= _ROW_KEYS
+
+    @staticmethod
+    def _select_prompts(keep: list[int], prompt_ids, images, multimodal_fields):
+        """The generation inputs of the rows ``keep`` (Qwen-VL layout: pixel rows split by image grid)."""
+        sub_fields = {}
+        if "pixel_values" in multimodal_fields:
+            num_images = [len(im) if im else 0 for im in images]
+            split = split_pixel_values_by_grid({**multimodal_fields, "num_images": num_images})
+            sub_fields["pixel_values"] = torch.cat([split["pixel_values"][i] for i in keep])
+            sub_fields["image_grid_thw"] = torch.cat([split["image_grid_thw"][i] for i in keep])
+        if "mm_token_type_ids" in multimodal_fields:
+            sub_fields["mm_token_type_ids"] = [multimodal_fields["mm_token_type_ids"][i] for i in keep]
+        sub_images = None if images is None else [images[i] for i in keep]
+        return [prompt_ids[i] for i in keep], sub_images, sub_fields
+
+    def _generate_single_turn(
+        self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
+    ):
+        rows, cfg = self._rows, self.args
+        if (
+            rows is None
+            or cfg.inject_mode == "never"
+            or not self.model.training
+            or len(rows) != len(prompt_ids)
+        ):
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+        start = time.perf_counter()
+        slots = self._expert_slots(rows)
+        n = len(prompt_ids)
+        if cfg.inject_mode == "always" and slots and self._can_skip_generation(multimodal_fields):
+            keep = sorted(set(range(n)) - set(slots))
+            sub = self._select_prompts(keep, prompt_ids, images, multimodal_fields)
+            sub_ids, sub_logprobs = super()._generate_single_turn(
+                *sub, num_generations - cfg.n_exp, has_tool_images
+            )
+            completion_ids = [None] * n
+            logprobs = None if sub_logprobs is None else [None] * n
+            for j, i in enumerate(keep):
+                completion_ids[i] = sub_ids[j]
+                if logprobs is not None:
+                    logprobs[i] = sub_logprobs[j]
+            generated = len(keep)
+        else:
+            completion_ids, logprobs = super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+            completion_ids, logprobs = list(completion_ids), None if logprobs is None else list(logprobs)
+            generated = n
+            if cfg.inject_mode == "on_fail" and slots:
+                slots = self._gate_slots(slots, rows, completion_ids)
+        for i in slots:
+            ids = self._expert_ids(rows[i]["expert_text"])
+            completion_ids[i] = list(ids)
+            if logprobs is not None:  # vLLM: no sampling log-prob for the expert; TRL maps NaN to IS ratio 1
+                logprobs[i] = [float("nan")] * len(ids)
+        is_expert = torch.zeros(n, dtype=torch.bool)
+        is_expert[slots] = True
+        self._expert_rows = is_expert
+        self._timing["generate"] += time.perf_counter() - start
+        self._timing["generated"] += generated
+        return completion_ids, logprobs
+
+    def _gate_slots(self, slots: list[int], rows: list[dict], completion_ids) -> list[int]:
+        """on_fail: keep a group's expert slots only if at most inject_gate of its rollouts are correct."""
+        G = self.num_generations
+        texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+        correct = accuracy_reward(
+            texts,
+            [r["solution"] for r in rows],
+            choices=[r.get("choices") for r in rows],
+            answer_type=[r.get("answer_type") for r in rows],
+        )
+        failing = {
+            g
+            for g in range(len(rows) // G)
+            if sum(c == 1.0 for c in correct[g * G : (g + 1) * G]) <= self.args.inject_gate
+        }
+        return [i for i in slots if i // G in failing]
+
+    # ---------------------------------------------------------------------------------------------
+    # experience: rewards, advantages, token quantities
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        start = time.perf_counter()
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._timing["score"] += time.perf_counter() - start
+        self._last_completions = completions  # local rows
+        self._last_rewards_per_func = rewards_per_func  # all ranks (gathered by TRL)
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        if not self.model.training:
+            out = super()._generate_and_score_completions(inputs)
+            out["is_expert"] = torch.zeros(
+                out["completion_ids"].size(0), dtype=torch.bool, device=out["completion_ids"].device
+            )
+            return out
+        start = time.perf_counter()
+        self._timing.clear()
+        self._rows, self._expert_rows = inputs, None
+        try:
+            out = super()._generate_and_score_completions(inputs)
+        finally:
+            self._rows = None
+        device = out["completion_ids"].device
+        n = out["completion_ids"].size(0)
+        is_expert = self._expert_rows if self._expert_rows is not None else torch.zeros(n, dtype=torch.bool)
+        out["is_expert"] = is_expert.to(device)
+        self._adjust_advantages(out)
+        token_start = time.perf_counter()
+        self._token_pass(out, inputs)
+        self._timing["token_pass"] = time.perf_counter() - token_start
+        self._log_experience(out, inputs)
+        seconds = time.perf_counter() - start
+        self._experience_seconds += seconds
+        metrics = self._metrics["train"]
+        metrics["time/experience"].append(seconds)
+        for key in ("generate", "score", "token_pass"):
+            metrics[f"time/{key}"].append(self._timing[key])
+        if self.args.log_data_order:
+            ids = gather_object([row.get("id") for row in inputs[:: self.num_generations]])
+            if self.accelerator.is_main_process:
+                path = os.path.join(self.args.output_dir, "data_order.jsonl")
+                append_jsonl(path, [{"step": self.state.global_step, "ids": ids}])
+        return out
+
+    def _process_slice(self, n_local: int) -> slice:
+        rank = self.accelerator.process_index
+        return slice(rank * n_local, (rank + 1) * n_local)
+
+    def _adjust_advantages(self, out) -> None:
+        """adv_group 'on_only' and the online group filter; 'mixed' keeps TRL's advantages unchanged."""
+        cfg, G = self.args, self.num_generations
+        n = out["completion_ids"].size(0)
+        rpf = self._last_rewards_per_func
+        rewards = (rpf * self.reward_weights.to(rpf.device).unsqueeze(0)).nansum(dim=1)
+        rewards[torch.isnan(rpf).all(dim=1)] = torch.nan
+        is_expert = self.accelerator.gather(out["is_expert"])
+        if cfg.adv_group == "on_only":
+            adv = group_advantages(
+                rewards, G, std_norm=cfg.scale_rewards != "none", on_policy_mask=~is_expert.bool()
+            )
+            out["advantages"] = adv[self._process_slice(n)].to(out["advantages"].dtype)
+        if cfg.online_group_filter:
+            r = rewards.view(-1, G)
+            hi = torch.nan_to_num(r, nan=-math.inf).amax(1)
+            lo = torch.nan_to_num(r, nan=math.inf).amin(1)
+            tied = hi <= lo  # all valid rewards equal (or none valid)
+            keep = (~tied).repeat_interleave(G)[self._process_slice(n)].to(out["completion_mask"].dtype)
+            out["row_keep"] = keep
+            mask = out["completion_mask"] * keep.unsqueeze(1)
+            out["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
+            self._metrics["train"]["groups/dropped"].append(tied.sum().item())
+
+    def _forward_rows(self, model, out, rows: list[int], perturb: bool, compute_entropy: bool):
+        """No-grad log-probs (and entropies) of completion tokens for the given local rows, with the
+        clean or the perturbed image (DESIGN 5.4). Returns (B, T) tensors, zero outside ``rows``."""
+        idx = torch.tensor(rows, dtype=torch.long, device=out["completion_ids"].device)
+        input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)[idx]
+        attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)[idx]
+        kwargs = {}
+        if "pixel_values" in out:
+            split = split_pixel_values_by_grid(out)
+            pixel_values = torch.cat([split["pixel_values"][i] for i in rows])
+            grid = torch.cat([split["image_grid_thw"][i] for i in rows])
+            if perturb:
+                image_processor = self.processing_class.image_processor
+                rng = np.random.default_rng(
+                    [self.args.seed, self.state.global_step, self.accelerator.process_index]
+                )
+                pixel_values = perturb_pixel_values(
+                    pixel_values.cpu(),
+                    grid.cpu(),
+                    self.args.perturb_mode,
+                    self.args.perturb_prob,
+                    rng,
+                    image_mean=image_processor.image_mean,
+                    image_std=image_processor.image_std,
+                    patch_size=image_processor.patch_size,
+                    temporal_patch_size=image_processor.temporal_patch_size,
+                    merge_size=image_processor.merge_size,
+                ).to(out["pixel_values"].device)
+            kwargs.update(
+                pixel_values=pixel_values,
+                image_grid_thw=grid,
+                num_images=[out["num_images"][i] for i in rows],
+            )
+        if "mm_token_type_ids" in out:
+            kwargs["mm_token_type_ids"] = out["mm_token_type_ids"][idx]
+        logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            model,
+            input_ids,
+            attention_mask,
+            out["completion_ids"].size(1),
+            batch_size=self.args.per_device_train_batch_size,
+            compute_entropy=compute_entropy,
+            **kwargs,
+        )
+        full_logps = torch.zeros_like(out["completion_mask"], dtype=logps.dtype)
+        full_logps[idx] = logps
+        full_entropy = None
+        if compute_entropy:
+            full_entropy = torch.zeros_like(full_logps)
+            full_entropy[idx] = entropies
+        return full_logps, full_entropy
+
+    @torch.no_grad()
+    def _token_pass(self, out, inputs) -> None:
+        """Stop-gradient token quantities under pi_old (DESIGN 5.4): p_t, s_t, then w_t and u_t.
+
+        Forwards run only on the rows that need them (expert rows; on-policy rows only for on-policy
+        weighting or the periodic diagnostic). Every collective below depends on the config alone, never
+        on the local rows, so ranks with and without expert rows stay in step (ZeRO-3: one gather).
+        """
+        cfg = self.args
+        guided = cfg.inject_mode != "never"
+        weigh_on = cfg.onpolicy_token_weight != "none"
+        diag = cfg.vis_dep_diag_every > 0 and self.state.global_step % cfg.vis_dep_diag_every == 0
+        if not (guided or weigh_on or diag):
+            return
+        extra = {
+            "pixel_attention_mask",
+            "spatial_shapes",
+            "image_sizes",
+            "token_type_ids",
+            "image_position_ids",
+        } & set(out)
+        if extra:
+            raise NotImplementedError(
+                f"the token pass supports the Qwen-VL input layout; got {sorted(extra)}"
+            )
+        is_expert = out["is_expert"].bool()
+        mask = out["completion_mask"].bool()
+        exp_rows = set(is_expert.nonzero().flatten().tolist())
+        on_rows = set((~is_expert).nonzero().flatten().tolist())
+        needs_s = ("vis_dep", "vis_topk")
+        s_for_exp = guided and cfg.expert_token_weight in needs_s
+        s_for_on = weigh_on and cfg.onpolicy_token_weight in needs_s
+        needs_entropy = "entropy_topk" in (
+            cfg.expert_token_weight if guided else "",
+            cfg.onpolicy_token_weight,
+        )
+        p_rows = (exp_rows if guided else set()) | (on_rows if weigh_on else set())
+        s_rows = (exp_rows if s_for_exp or diag else set()) | (on_rows if s_for_on or diag else set())
+        clean_rows = sorted(p_rows | s_rows)
+        reuse = "old_per_token_logps" in out and not needs_entropy  # TRL's pi_old forward: identical values
+
+        logp = torch.zeros_like(mask, dtype=torch.float32)
+        entropy = torch.zeros_like(logp) if needs_entropy else None
+        s_mask = torch.zeros_like(mask)
+        s = torch.zeros_like(logp)
+        with unwrap_model_for_generation(
+            self.model_wrapped,
+            self.accelerator,
+            gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+            gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+        ) as model:
+            if reuse:
+                logp = out["old_per_token_logps"].float()
+            elif clean_rows:
+                logp, entropy = self._forward_rows(
+                    model, out, clean_rows, perturb=False, compute_entropy=needs_entropy
+                )
+            if s_rows:
+                logp_perturbed, _ = self._forward_rows(
+                    model, out, sorted(s_rows), perturb=True, compute_entropy=False
+                )
+                s_mask[sorted(s_rows)] = mask[sorted(s_rows)]
+                _, s = visual_dependency(logp, logp_perturbed, s_mask)
+        if s_for_exp or s_for_on or diag:
+            self._log_mean("vis_dep/expert", s, s_mask & is_expert.unsqueeze(1))
+            self._log_mean("vis_dep/on_policy", s, s_mask & ~is_expert.unsqueeze(1))
+        p = torch.exp(logp)
+        weight_kwargs = dict(
+            s=s,
+            entropy=entropy,
+            alpha=cfg.vis_dep_alpha,
+            rho=cfg.vis_topk_rho,
+            entropy_top=cfg.entropy_topk_frac,
+            trust_tau=cfg.trust_region_tau,
+            p_min=cfg.p_min,
+        )
+        if guided:
+            exp_mask = mask & is_expert.unsqueeze(1)
+            w, _ = expert_token_weights(cfg.expert_token_weight, mask=exp_mask, p=p, **weight_kwargs)
+            out["expert_weights"] = w
+            self._log_mean("expert/p_mean", p, exp_mask)
+            self._log_mean("expert/p_below_0.01", (p < 0.01).float(), exp_mask)
+            self._log_mean("expert/w_zeroed", (p < cfg.p_min).float(), exp_mask)
+            w_mean = self._log_mean("expert/w_mean", w, exp_mask)
+            if w_mean is not None:
+                self._log_mean("expert/w_std", (w - w_mean) ** 2, exp_mask, sqrt=True)
+                local_max = w[exp_mask].max() if exp_mask.any() else torch.zeros((), device=w.device)
+                self._metrics["train"]["expert/w_max"].append(
+                    self.accelerator.gather(local_max.reshape(1)).max().item()
+                )
+            if cfg.expert_ratio == "teacher_is":
+                out["expert_teacher_logps"] = self._teacher_logps(out, inputs)
+        if weigh_on:
+            on_mask = mask & ~is_expert.unsqueeze(1)
+            u, _ = expert_token_weights(cfg.onpolicy_token_weight, mask=on_mask, p=p, **weight_kwargs)
+            out["onpolicy_weights"] = u
+            self._log_mean("onpolicy/w_mean", u, on_mask)
+
+    def _teacher_logps(self, out, inputs) -> torch.Tensor:
+        """(B, T) per-token teacher log-probs of expert rows (``expert_teacher_logprobs`` column,
+        aligned with the policy tokens; the appended end-of-turn token gets 0)."""
+        teacher = torch.zeros_like(out["completion_mask"], dtype=torch.float32)
+        for i in out["is_expert"].nonzero().flatten().tolist():
+            values = inputs[i].get("expert_teacher_logprobs")
+            if not values:
+                raise ValueError(
+                    f"row {inputs[i].get('id')}: expert_ratio 'teacher_is' needs meta.expert.teacher_logprobs"
+                )
+            values = torch.tensor(values, dtype=torch.float32)
+            teacher[i, : values.numel()] = values
+        return teacher
+
+    def _global_mean(self, x: torch.Tensor, mask: torch.Tensor) -> float | None:
+        mask = mask.to(x.dtype)
+        totals = self.accelerator.reduce(
+            torch.stack([(torch.nan_to_num(x) * mask).sum(), mask.sum()]), reduction="sum"
+        )
+        return None if totals[1].item() == 0 else (totals[0] / totals[1]).item()
+
+    def _log_mean(
+        self, key: str, x: torch.Tensor, mask: torch.Tensor, sqrt: bool = False, mode: str = "train"
+    ):
+        """Log the all-rank mean of ``x`` over ``mask`` (nothing when the mask is empty everywhere)."""
+        value = self._global_mean(x, mask)
+        if value is not None:
+            self._metrics[mode][key].append(math.sqrt(max(value, 0.0)) if sqrt else value)
+        return value
+
+    def _log_experience(self, out, inputs) -> None:
+        """DESIGN 5.6 metrics of one generation batch, over all ranks."""
+        metrics, G = self._metrics["train"], self.num_generations
+        rpf = self._last_rewards_per_func
+        rewards = (rpf * self.reward_weights.to(rpf.device).unsqueeze(0)).nansum(dim=1)
+        is_exp = self.accelerator.gather(out["is_expert"]).bool()
+        on = ~is_exp
+
+        def mean_of(x, sel, key):
+            values = x[sel & ~torch.isnan(x)]
+            if values.numel():
+                metrics[key].append(values.float().mean().item())
+
+        mean_of(rewards, on, "reward/on_policy")
+        mean_of(rewards, is_exp, "reward/expert")
+        if self._acc_index is not None:
+            acc = rpf[:, self._acc_index]
+            mean_of(acc, on, "accuracy/on_policy")
+            mean_of(acc, is_exp, "accuracy/expert")
+            correct = ((acc >= 1.0) & on).view(-1, G).sum(1)
+            n_on = on.view(-1, G).sum(1)
+            metrics["groups/n"].append(float(n_on.numel()))
+            metrics["groups/solve_none"].append((correct == 0).sum().item())
+            metrics["groups/solve_all"].append((correct == n_on).sum().item())
+        metrics["inject/rate"].append(is_exp.view(-1, G).any(1).float().mean().item())
+        generated = self._timing.get("generated", float(out["completion_ids"].size(0)))
+        metrics["inject/generated"].append(
+            self.accelerator.reduce(torch.tensor(generated, device=rpf.device), "sum").item()
+        )
+        adv = self.accelerator.gather(out["advantages"].reshape(out["advantages"].size(0), -1)[:, 0])
+        for name, sel in (("on_policy", on), ("expert", is_exp)):
+            if sel.any():
+                metrics[f"adv/{name}_mean"].append(adv[sel].mean().item())
+                metrics[f"adv/{name}_std"].append(adv[sel].std().item() if sel.sum() > 1 else 0.0)
+        lengths = self.accelerator.gather(out["completion_mask"].sum(1).float())
+        mean_of(lengths, on, "completion_length")
+        mean_of(lengths, is_exp, "completion_length/expert")
+        facts = [row.get("facts") or "" for row in inputs]
+        if any(facts):
+            texts = [completion_text(c) for c in self._last_completions]
+            local = [_fact_accuracy(t, f) for t, f in zip(texts, facts, strict=True)]
+            fact = self.accelerator.gather(torch.tensor(local, dtype=torch.float32, device=rpf.device))
+            mean_of(fact, on, "fact_accuracy")
+            mean_of(fact, is_exp, "fact_accuracy/expert")
+
+    # ---------------------------------------------------------------------------------------------
+    # THE LOSS
+
+    def _compute_loss(self, model, inputs):
+        """DESIGN 5.5: PPO-clip on on-policy tokens, -A * w * f(pi_theta) on expert tokens."""
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model,
+            input_ids,
+            attention_mask,
+            completion_ids.size(1),
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+            pixel_values=inputs.get("pixel_values"),
+            image_grid_thw=inputs.get("image_grid_thw"),
+            num_images=inputs.get("num_images"),
+            pixel_attention_mask=inputs.get("pixel_attention_mask"),
+            spatial_shapes=inputs.get("spatial_shapes"),
+            num_tiles=inputs.get("num_tiles"),
+            image_sizes=inputs.get("image_sizes"),
+            token_type_ids=inputs.get("token_type_ids"),
+            mm_token_type_ids=inputs.get("mm_token_type_ids"),
+            image_position_ids=inputs.get("image_position_ids"),
+        )
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        if "row_keep" in inputs:  # online group filter: dropped groups leave loss and normaliser
+            mask = mask * inputs["row_keep"].unsqueeze(1)
+        old_logps = inputs.get("old_per_token_logps")
+        old_logps = logps.detach() if old_logps is None else old_logps
+        onpolicy_weights = inputs.get("onpolicy_weights")
+        if self.use_vllm and self.vllm_importance_sampling_correction:  # TRL's truncated IS, on-policy tokens
+            ratio = inputs["importance_sampling_ratio"].expand_as(logps)
+            onpolicy_weights = ratio if onpolicy_weights is None else onpolicy_weights * ratio
+
+        mode = "train" if self.model.training else "eval"
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        num_tokens = None
+        if self.loss_type == "dapo":  # TRL: tokens of the whole generation batch, per accumulation window
+            num_tokens = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+            if mode == "train":
+                num_tokens = num_tokens * accumulation / self.args.steps_per_generation
+        loss, stats = tgrl_loss(
+            logps,
+            old_logps,
+            inputs["advantages"],
+            mask,
+            expert_mask=inputs.get("is_expert"),
+            expert_weights=inputs.get("expert_weights"),
+            onpolicy_weights=onpolicy_weights,
+            expert_ratio=self.args.expert_ratio,
+            gamma=self.args.expert_gamma,
+            teacher_logp=inputs.get("expert_teacher_logps"),
+            eps_low=self.epsilon_low,
+            eps_high=self.epsilon_high,
+            on_policy_clip=self.args.on_policy_clip,
+            loss_agg=LOSS_AGG[self.loss_type],
+            max_len=self.max_completion_length,
+            num_tokens=num_tokens,
+        )
+        if self.beta != 0.0:  # KL to the reference, on-policy tokens only, aggregated like the loss
+            kl = self._kl_per_token(
+                logps, inputs["ref_per_token_logps"], old_logps, inputs.get("is_expert"), mask
+            )
+            loss = loss + self.beta * _aggregate(
+                kl, mask, LOSS_AGG[self.loss_type], self.max_completion_length, num_tokens
+            )
+        if self.loss_type != "dapo":
+            loss = loss / accumulation
+        if self.entropy_coef != 0.0:  # TRL's bonus: mean entropy of the loss tokens, scaled for accumulation
+            loss = (
+                loss - self.entropy_coef * (entropies * mask).sum() / mask.sum().clamp(min=1.0) / accumulation
+            )
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
+
+        is_expert = inputs.get("is_expert")
+        row_is_expert = (
+            torch.zeros(mask.size(0), dtype=torch.bool, device=mask.device)
+            if is_expert is None
+            else is_expert.bool()
+        )
+        on_mask = mask.bool() & ~row_is_expert.unsqueeze(1)
+        exp_mask = mask.bool() & row_is_expert.unsqueeze(1)
+        self._log_mean("entropy", entropies.detach(), on_mask, mode=mode)
+        self._log_mean("entropy/expert", entropies.detach(), exp_mask, mode=mode)
+        self._log_mean("expert/p_theta_mean", torch.exp(logps.detach()), exp_mask, mode=mode)
+        # token-weighted all-rank means of tgrl_loss's per-micro-batch statistics
+        n_on, n_exp = stats["n_on_tokens"], stats["n_exp_tokens"]
+        kl_mean = 0.0 if self.beta == 0.0 else (kl.sum() / max(n_on, 1.0)).item()
+        local = [stats[k] * n_on for k in ("clip_low", "clip_high", "clip_region", "loss_on")] + [
+            kl_mean * n_on
+        ]
+        totals = self.accelerator.reduce(
+            torch.tensor([*local, n_on, stats["loss_exp"] * n_exp, n_exp], device=logps.device),
+            reduction="sum",
+        ).tolist()
+        metrics = self._metrics[mode]
+        if totals[5] > 0:
+            for key, value in zip(
+                ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "loss/on_policy"),
+                totals[:4],
+                strict=True,
+            ):
+                metrics[key].append(value / totals[5])
+            if self.beta != 0.0:
+                metrics["kl"].append(totals[4] / totals[5])
+        if totals[7] > 0:
+            metrics["loss/expert"].append(totals[6] / totals[7])
+        return loss
+
+    def _kl_per_token(self, logps, ref_logps, old_logps, is_expert, mask) -> torch.Tensor:
+        """TRL's k3 KL to the reference (times the IS ratio when ``use_bias_correction_kl``), 0 off the
+        on-policy tokens: expert tokens are not pulled back toward the reference (DESIGN 5.5)."""
+        on = mask.bool()
+        if is_expert is not None:
+            on = on & ~is_expert.bool().unsqueeze(1)
+        delta = torch.where(on, ref_logps - logps, torch.zeros_like(logps))
+        kl = torch.exp(delta) - delta - 1
+        if self.args.use_bias_correction_kl:
+            kl = kl * torch.exp(torch.where(on, logps - old_logps, torch.zeros_like(logps)))
+        return torch.where(on, kl, torch.zeros_like(kl))
+
+    # ---------------------------------------------------------------------------------------------
+    # timing
+
+    def training_step(self, model, inputs, num_items_in_batch):
+        if self._last_log is None:
+            self._last_log = (time.perf_counter(), self.state.global_step)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training and self._last_log is not None and "loss" in logs:
+            now, step = time.perf_counter(), self.state.global_step
+            last_time, last_step = self._last_log
+            if step > last_step:
+                per_step = (now - last_time) / (step - last_step)
+                logs["time/step"] = per_step
+                logs["time/update"] = per_step - self._experience_seconds / (step - last_step)
+            self._last_log, self._experience_seconds = (now, step), 0.0
+        super().log(logs, start_time)
+
+
+def vision_guard(generation_kwargs: dict | None, tokenizer, use_vllm: bool) -> dict:
+    """Generation kwargs that forbid every vision special token in rollouts (a sampled <|image_pad|>
+    crashes the next forward, ENV_FACTS): HF ``suppress_tokens`` ids, or vLLM ``bad_words`` strings
+    (SamplingParams tokenizes them; JSON-safe for server mode). User entries are kept."""
+    kwargs = dict(generation_kwargs or {})
+    if use_vllm:
+        present = [
+            t for t in VISION_SPECIAL_TOKENS if tokenizer.convert_tokens_to_ids(t) != tokenizer.unk_token_id
+        ]
+        kwargs["bad_words"] = sorted(set(kwargs.get("bad_words") or []) | set(present))
+    else:
+        kwargs["suppress_tokens"] = sorted(
+            set(kwargs.get("suppress_tokens") or []) | set(vision_token_ids(tokenizer))
+        )
+    return kwargs
+
+
+def _aggregate(per_token, mask, loss_agg: str, max_len: int, num_tokens=None) -> torch.Tensor:
+    """The aggregation of token_weights.tgrl_loss, for a per-token term added outside it (the KL)."""
+    valid = mask.bool()
+    if loss_agg == "token_mean":
+        return per_token.sum() / (valid.sum().clamp(min=1) if num_tokens is None else num_tokens)
+    if loss_agg == "seq_mean_token_mean":
+        return masked_mean(masked_mean(per_token, valid, dim=1), valid.any(1))
+    return per_token.sum() / (per_token.size(0) * max_len)
+
+
+@lru_cache(maxsize=4096)
+def _parse_facts(facts: str) -> dict:
+    return json.loads(facts)
+
+
+def _fact_accuracy(text: str, facts: str) -> float:
+    if not facts:
+        return float("nan")
+    value = fact_accuracy(text, _parse_facts(facts))
+    return float("nan") if value is None else value

@@ -1,0 +1,81 @@
+"""RL on a vision-language model: GRPO, TGRL, LUFFY-VL and the ablations, chosen by the recipe.
+
+    python train/rl.py --config train/recipes/tiny/tgrl.yaml                      # CPU, tiny tier
+    python train/rl.py --config train/recipes/tiny/tgrl.yaml seed=1 output_dir=checkpoints/tiny_tgrl_s1
+    accelerate launch --config_file train/accelerate/zero2.yaml train/rl.py \
+        --config train/recipes/7b/tgrl.yaml                                        # 8 GPUs (scripts/run_tgrl_7b.sh)
+
+GRPO is the same trainer with ``inject_mode: never`` (tgrl/trainer.py). Writes to ``output_dir``:
+checkpoints (``checkpoint-N``, with optimizer and RNG state), ``metrics.jsonl`` (one line per logged
+step), ``data_order.jsonl``, ``run_config.json`` (recipe, resolved config, git commit, versions) and
+the final model + processor. ``resume_from_checkpoint: auto`` continues from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tgrl.config import RLScriptArguments, load_policy, parse_recipe, resolve_resume, save_run_record  # noqa: E402
+from tgrl.utils import cli, set_torch_threads  # noqa: E402
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    from trl import ModelConfig, get_peft_config
+
+    from tgrl.config import split_config_arg
+    from tgrl.rewards import get_reward_funcs
+    from tgrl.rl_data import build_rl_dataset
+    from tgrl.trainer import TGRLConfig, TGRLTrainer
+
+    argv = sys.argv[1:] if argv is None else argv
+    (script_args, training_args, model_args), merged = parse_recipe(
+        (RLScriptArguments, TGRLConfig, ModelConfig), argv
+    )
+    set_torch_threads()
+
+    # ------------------------------------------------------------------ data
+    dataset = build_rl_dataset(script_args.train_file, limit=script_args.max_train_samples)
+    n_expert = sum(bool(t) for t in dataset["expert_text"])
+    print(f"[rl] {len(dataset)} prompts from {script_args.train_file}, {n_expert} with an expert trajectory")
+
+    # ------------------------------------------------------------------ model
+    model, processor = load_policy(
+        model_args, script_args.min_pixels, script_args.max_pixels, script_args.freeze_vision_tower
+    )
+    trainer = TGRLTrainer(
+        model,
+        get_reward_funcs(script_args.reward_funcs),
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=get_peft_config(model_args),
+    )
+
+    # ------------------------------------------------------------------ train
+    if trainer.accelerator.is_main_process:
+        save_run_record(
+            training_args.output_dir,
+            split_config_arg(argv)[0],
+            merged,
+            script_args,
+            training_args,
+            model_args,
+        )
+    resume = resolve_resume(training_args.output_dir, training_args.resume_from_checkpoint)
+    if resume:
+        print(f"[rl] resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(training_args.output_dir)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""SFT of a vision-language model on expert trajectories (or on direct answers: the tiny weak base).
+
+    python train/sft.py --config train/recipes/tiny/sft.yaml               # SFT on teacher trajectories
+    python train/sft.py --config train/recipes/tiny/base_direct_sft.yaml   # tiny weak base (DESIGN 7)
+    accelerate launch --config_file train/accelerate/zero2.yaml train/sft.py --config train/recipes/7b/sft.yaml
+
+TRL's SFTTrainer on prompt-completion rows (tgrl/rl_data.py): the prompt (system + user turn with the
+images) is masked out of the loss by ``completion_only_loss``, so only the assistant turn, its
+end-of-turn token included, is trained. ``sft_target: expert`` trains on exactly the filtered
+trajectories RL injects (rows without one are skipped); ``direct`` on ``<answer>GOLD</answer>``.
+SFT-then-RL = the GRPO recipe with ``model_name_or_path`` set to this script's ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tgrl.config import SFTScriptArguments, load_policy, parse_recipe, resolve_resume, save_run_record  # noqa: E402
+from tgrl.utils import UserError, cli, set_torch_threads  # noqa: E402
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
+
+    from tgrl.config import split_config_arg
+    from tgrl.metrics import JsonlMetricsCallback, quiet_console
+    from tgrl.rl_data import build_sft_dataset
+
+    argv = sys.argv[1:] if argv is None else argv
+    (script_args, training_args, model_args), merged = parse_recipe(
+        (SFTScriptArguments, SFTConfig, ModelConfig), argv
+    )
+    if training_args.completion_only_loss is False:
+        raise UserError(
+            "completion_only_loss must stay true: the prompt (question and image tokens) is not a target"
+        )
+    set_torch_threads()
+
+    # ------------------------------------------------------------------ data
+    dataset = build_sft_dataset(
+        script_args.train_file, script_args.sft_target, limit=script_args.max_train_samples
+    )
+    print(f"[sft] {len(dataset)} {script_args.sft_target} targets from {script_args.train_file}")
+
+    # ------------------------------------------------------------------ model
+    model, processor = load_policy(
+        model_args, script_args.min_pixels, script_args.max_pixels, script_args.freeze_vision_tower
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=get_peft_config(model_args),
+        callbacks=[JsonlMetricsCallback()],
+    )
+    quiet_console(trainer)
+
+    # ------------------------------------------------------------------ train
+    if trainer.accelerator.is_main_process:
+        save_run_record(
+            training_args.output_dir,
+            split_config_arg(argv)[0],
+            merged,
+            script_args,
+            training_args,
+            model_args,
+        )
+    resume = resolve_resume(training_args.output_dir, training_args.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(training_args.output_dir)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+
+
+if __name__ == "__main__":
+    main()
