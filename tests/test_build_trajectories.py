@@ -191,3 +191,48 @@ def test_hf_backend_end_to_end(tiny_checkpoint, synthetic_dir, tmp_path):
     rows = rows_of(out / "trajectories.jsonl")
     assert len(rows) == 6 and all(r["teacher"] == str(tiny_checkpoint) for r in rows)
     assert all(r["reward"] in (0.0, 1.0) and r["gen"]["max_tokens"] == 8 for r in rows)
+
+
+@pytest.mark.parametrize(
+    "env", [{}, {"TEACHER_URL": "http://node:8000/v1", "NUM_SHARDS": "4", "SHARD_INDEX": "2"}]
+)
+def test_gpu_launcher_dry_run_prints_valid_commands(env):
+    import os
+    import shlex
+    import subprocess
+
+    import filter_trajectories
+
+    script = REPO_ROOT / "scripts" / "build_teacher_7b.sh"
+    done = subprocess.run(
+        ["bash", str(script)],
+        env={**os.environ, "DRY_RUN": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    commands = [shlex.split(line) for line in done.stdout.splitlines() if not line.startswith("#")]
+    teacher = next(c for c in commands if c[1].endswith("build_teacher_trajectories.py"))
+    args = btt.build_parser().parse_args(teacher[2:])  # the printed command is one the builder accepts
+    if env:
+        assert (args.backend, args.base_url, args.num_shards, args.shard_index) == (
+            "openai",
+            env["TEACHER_URL"],
+            4,
+            2,
+        )
+        assert not any(c[1].endswith("filter_trajectories.py") for c in commands)  # shards filter later
+    else:
+        assert (args.backend, args.model, args.tensor_parallel_size, args.k) == (
+            "vllm",
+            "Qwen/Qwen2.5-VL-72B-Instruct",
+            8,
+            4,
+        )
+        filt = next(c for c in commands if c[1].endswith("filter_trajectories.py"))
+        fargs = filter_trajectories.build_parser().parse_args(filt[2:])
+        assert (
+            fargs.policy == "Qwen/Qwen2.5-VL-7B-Instruct"
+            and fargs.trajectories == args.out / "trajectories.jsonl"
+        )
