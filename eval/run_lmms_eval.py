@@ -42,6 +42,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -590,7 +591,28 @@ def main(argv: list[str] | None = None) -> int:
     for task in pending:
         print(f"[run_lmms_eval] {run} / {task['task']} ({task['lmms_task']}): evaluating")
         started = time.time()
-        results = evaluate_task(lm, task_manager, task, settings, args.limit)
+        try:
+            results = evaluate_task(lm, task_manager, task, settings, args.limit)
+        except Exception as err:  # keep the traceback, end with one line that says what failed
+            traceback.print_exc()
+            cause = err
+            while cause.__cause__ is not None or cause.__context__ is not None:
+                cause = cause.__cause__ or cause.__context__
+            hint = ""
+            if any(
+                w in f"{type(cause).__name__} {cause}".lower()
+                for w in ("connection", "not cached", "offline")
+            ):
+                hint = (
+                    " The benchmark data is not in the local Hugging Face cache and the network is not "
+                    "reachable: download it where there is network (HF_HOME shared with this machine)."
+                )
+            print(
+                f"error: {run} / {task['task']} ({task['lmms_task']}) failed inside lmms-eval: "
+                f"{type(cause).__name__}: {str(cause)[:300]}.{hint}",
+                file=sys.stderr,
+            )
+            raise SystemExit(1) from None
         seconds = round(time.time() - started, 2)
         if rank != 0:
             continue

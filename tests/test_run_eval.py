@@ -117,6 +117,22 @@ def test_errors_exit_nonzero_with_a_message(tiny_checkpoint, tmp_path) -> None:
     assert bad_suite.returncode == 2 and "suite 'nosuch'" in bad_suite.stderr
 
 
+def test_failure_inside_lmms_eval_exits_nonzero(tiny_checkpoint, tmp_path) -> None:
+    """lmms-eval's CLI would exit 0 here; the runner ends with status 1 and a one-line reason, and
+    records nothing."""
+    offline = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    summary = tmp_path / "s.jsonl"
+    failed = run(
+        *("--model", str(tiny_checkpoint), "--tasks", "mmstar", "--limit", "1", "--device", "cpu"),
+        *("--out", str(tmp_path / "raw"), "--summary", str(summary)),
+        env=offline,
+    )
+    assert failed.returncode == 1
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "mmstar" in last and "Lin-Chen/MMStar" in last
+    assert not summary.exists()
+
+
 def test_task_names_and_settings(runner) -> None:
     tasks = runner.resolve_tasks(["mathvista_testmini", "tgrl_dynamath", "mmstar_reasoning"], [])
     assert [(t["task"], t["lmms_task"], t["builtin"]) for t in tasks] == [
