@@ -28,6 +28,7 @@ NUM_GPUS=${NUM_GPUS:-auto}
 TP=${TP:-1}
 BACKEND=${BACKEND:-}
 LIMIT=${LIMIT:-}
+BATCH_SIZE=${BATCH_SIZE:-}    # e.g. BATCH_SIZE=1 with BACKEND=hf on the paper suite (its 256 is for vLLM)
 EXTRA_ARGS=${EXTRA_ARGS:-}
 DRY_RUN=${DRY_RUN:-0}
 if [ -z "${PYTHON:-}" ]; then
@@ -63,6 +64,7 @@ runner_args() {  # entry line -> the runner's arguments
            --out "$OUT" --summary "$SUMMARY" --backend "$BACKEND")
   [ -n "$seed" ] && a+=(--seed "$seed")
   [ -n "$LIMIT" ] && a+=(--limit "$LIMIT")
+  [ -n "$BATCH_SIZE" ] && a+=(--batch-size "$BATCH_SIZE")
   [ "$BACKEND" = vllm ] && a+=(--tensor-parallel-size "$TP")
   [ "$NUM_GPUS" -eq 0 ] && a+=(--device cpu)
   # shellcheck disable=SC2206
