@@ -428,8 +428,8 @@ def evaluate_task(lm, task_manager, task: dict[str, Any], settings: dict[str, An
         numpy_random_seed=seed,
         torch_random_seed=seed,
         fewshot_random_seed=seed,
-        # scoring in the main thread: tgrl.rewards bounds math-verify with an alarm only there,
-        # which is also how the training reward runs
+        # one scoring worker: math-verify's wall-clock budget per answer (tgrl.rewards) must not
+        # depend on how many threads compete for the CPU, or a score could change with the machine
         process_docs_parallel=1,
         verbosity="WARNING",
     )
