@@ -83,6 +83,7 @@ OPERATIONAL_OPTIONS = {
     "gpu_memory_utilization",
     "enforce_eager",
     "max_num_seqs",
+    "max_images_per_prompt",
 }
 
 
@@ -143,20 +144,16 @@ def read_done(path: Path) -> dict[tuple[str, int], dict]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _backend_option_specs() -> dict[str, tuple[Any, Any, list[str]]]:
-    """Every backend option as (type, default, backends taking it), from the Options dataclasses."""
-    specs: dict[str, tuple[Any, Any, list[str]]] = {}
+def _backend_option_specs() -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Every backend option as (type, {backend: default}), from the backends' Options dataclasses."""
+    specs: dict[str, tuple[Any, dict[str, Any]]] = {}
     for backend in TEACHER_BACKENDS:
         cls = get_teacher_class(backend)
         hints = typing.get_type_hints(cls.Options)
         for f in dataclasses.fields(cls.Options):
             tp = hints[f.name]
             args = [a for a in typing.get_args(tp) if a is not type(None)]
-            base = args[0] if args else tp
-            if f.name in specs:
-                specs[f.name][2].append(backend)
-            else:
-                specs[f.name] = (base, f.default, [backend])
+            specs.setdefault(f.name, (args[0] if args else tp, {}))[1][backend] = f.default
     return specs
 
 
@@ -181,10 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--manifest-every", type=float, default=30.0, help="seconds between manifest updates")
     parser.add_argument("--no-progress", action="store_true")
     group = parser.add_argument_group("backend options (each applies to the backends named in its help)")
-    for name, (tp, default, backends) in _backend_option_specs().items():
+    for name, (tp, defaults) in _backend_option_specs().items():
         flag = "--" + name.replace("_", "-")
-        shown = default if default is not dataclasses.MISSING else None
-        help_text = f"[{', '.join(backends)}] default {shown!r}"
+        help_text = "default " + ", ".join(f"{backend}: {default!r}" for backend, default in defaults.items())
         if tp is bool:
             group.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
@@ -304,7 +300,10 @@ class Builder:
         )
         # The manifest exists (running) before the first append, so a kill at any moment resumes.
         self.write_manifest(done, teacher_info=None, final=False)
-        teacher = make_teacher(a.backend, self.settings, self.options)
+        options = dict(self.options)
+        if a.backend == "vllm" and "max_images_per_prompt" not in options:
+            options["max_images_per_prompt"] = max(len(p.images) for p in problems)  # vLLM's mm limit
+        teacher = make_teacher(a.backend, self.settings, options)
         bar = None
         if not a.no_progress:
             from tqdm import tqdm
@@ -452,5 +451,5 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     main()
 
-# Expected (tiny tier, 3000 synthetic train problems, --k 4 --wrong-fact-rate 0.2 --seed 0): 12000
-# samples in ~10-20 s on one CPU core; see the manifest's counts.reward_mean (~0.85).
+# Expected (tiny tier, 3000 synthetic train problems, --k 4 --wrong-fact-rate 0.2 --seed 0, measured on a
+# 2-core CPU): 12000 samples in ~1.3 s wall; counts.reward_mean 0.8336 (n_correct 10003).
