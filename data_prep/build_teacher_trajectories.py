@@ -126,16 +126,17 @@ def repair_torn_tail(path: Path) -> int:
         return size
 
 
-def read_done(path: Path) -> dict[tuple[str, int], dict]:
-    """Finished (id, sample_idx) -> record; a duplicate in the log is an error (it never should be)."""
-    done: dict[tuple[str, int], dict] = {}
+def read_done(path: Path) -> dict[tuple[str, int], float | None]:
+    """Finished (id, sample_idx) -> reward (only what resuming and the manifest need, so a 150k-sample
+    log does not sit in memory); a duplicate in the log is an error (it never should be)."""
+    done: dict[tuple[str, int], float | None] = {}
     if not path.exists():
         return done
     for line, row in read_jsonl(path, tolerate_torn_tail=True):
         key = (row["id"], int(row["sample_idx"]))
         if key in done:
             raise UserError(f"{path}:{line}: (id={key[0]!r}, sample_idx={key[1]}) is written twice")
-        done[key] = row
+        done[key] = row.get("reward")
     return done
 
 
@@ -323,7 +324,7 @@ class Builder:
                         continue
                     record = self.record(by_id[s.id], s, teacher.name)
                     buffer.append(record)
-                    done[(s.id, s.sample_idx)] = record
+                    done[(s.id, s.sample_idx)] = record["reward"]
                     self.state["generated"] += 1
                     self.state["finish"][s.finish_reason or "unknown"] += 1
                 if bar is not None:
@@ -392,8 +393,8 @@ class Builder:
         a, st = self.args, self.state
         problems = st["problems"]
         ids = {p.id for p in problems}
-        mine = [r for (pid, _), r in done.items() if pid in ids]
-        rewards = [r["reward"] for r in mine if r.get("reward") is not None]
+        mine = [reward for (pid, _), reward in done.items() if pid in ids]
+        rewards = [r for r in mine if r is not None]
         expected = len(problems) * a.k
         wall = time.time() - st["t_start"]
         manifest = {

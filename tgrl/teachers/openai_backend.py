@@ -237,6 +237,8 @@ class OpenAITeacher(Teacher):
             raise _Retryable(f"timeout: {type(err).__name__}") from None
         except httpx.TransportError as err:
             raise _Retryable(f"connection: {type(err).__name__}: {err}") from None
+        except httpx.HTTPError as err:  # any other client-side failure: worth another try
+            raise _Retryable(f"http: {type(err).__name__}: {err}") from None
         status = response.status_code
         if status == 429:
             raise _Retryable("429: rate limited", parse_retry_after(response.headers.get("retry-after")))
