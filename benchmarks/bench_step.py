@@ -1,9 +1,10 @@
 """Per-step wall time of GRPO vs TGRL on the same tiny batch (CPU, one thread).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_step.py --steps 12 --methods grpo_trl grpo tgrl luffy
+    OMP_NUM_THREADS=1 python benchmarks/bench_step.py --checkpoint checkpoints/tiny_base --steps 25
 
-Each method trains ``--steps`` steps from the same tiny checkpoint, data and seed (8 prompts x 8
-rollouts of up to 32 tokens per step, lr 1e-4); the wall time between consecutive optimizer steps is
+Each method trains ``--steps`` steps from the same tiny checkpoint, data and seed with the tiny
+recipes' batch (``--batch`` 32 rollouts = 4 prompts x 8, up to ``--max-len`` 64 tokens, lr 1e-4,
+oracle expert trajectories); the wall time between consecutive optimizer steps is
 recorded by a callback and the median over steps after ``--warmup`` is printed as a JSON line:
 ``grpo_trl`` is stock trl.GRPOTrainer, ``grpo`` is TGRLTrainer with inject_mode never, ``tgrl`` the
 default TGRL (7+1, vis_dep weights), ``luffy`` TGRL with expert_token_weight none.
@@ -63,7 +64,9 @@ def expert_file(data: Path, out: Path, limit: int) -> Path:
     return path
 
 
-def run(method: str, checkpoint: str, data: Path, out: Path, steps: int) -> list[float]:
+def run(
+    method: str, checkpoint: str, data: Path, out: Path, steps: int, batch: int, max_len: int
+) -> list[float]:
     import torch
     from transformers import AutoModelForImageTextToText
     from trl import GRPOConfig, GRPOTrainer
@@ -78,9 +81,9 @@ def run(method: str, checkpoint: str, data: Path, out: Path, steps: int) -> list
         output_dir=str(out / method),
         use_cpu=True,
         bf16=False,
-        per_device_train_batch_size=int(__import__("os").environ.get("BENCH_BS", 64)),
+        per_device_train_batch_size=batch,
         num_generations=8,
-        max_completion_length=32,
+        max_completion_length=max_len,
         max_steps=steps,
         logging_steps=1,
         report_to=[],
@@ -119,21 +122,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default="checkpoints/tiny-init")
     ap.add_argument("--data", default="data/synthetic/train.jsonl")
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--batch", type=int, default=32, help="rollouts per step (a multiple of 8)")
+    ap.add_argument("--max-len", type=int, default=64, help="max_completion_length")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=["grpo_trl", "grpo", "tgrl", "luffy"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        data = expert_file(Path(args.data), Path(tmp), limit=8 * args.steps)
+        data = expert_file(Path(args.data), Path(tmp), limit=args.batch // 8 * args.steps)
         for method in args.methods:
-            times = run(method, args.checkpoint, data, Path(tmp), args.steps)[args.warmup :]
+            times = run(method, args.checkpoint, data, Path(tmp), args.steps, args.batch, args.max_len)
+            times = times[args.warmup :]
             print(
                 json.dumps(
                     {
                         "method": method,
                         "median_step_s": round(statistics.median(times), 4),
                         "min_step_s": round(min(times), 4),
+                        "mean_step_s": round(statistics.fmean(times), 4),
                         "steps_timed": len(times),
+                        "rollouts_per_step": args.batch,
                     }
                 ),
                 flush=True,

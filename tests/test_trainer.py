@@ -370,7 +370,9 @@ def test_vision_tokens_are_suppressed(tgrl_batch):
 
 def test_config_rejects_groups_split_across_micro_batches(tmp_path):
     with pytest.raises(ValueError, match="divisible by num_generations"):
-        tiny_args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=1, steps_per_generation=1)
+        tiny_args(
+            tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=1, steps_per_generation=1
+        )
     with pytest.raises(ValueError, match="inject_mode"):
         tiny_args(tmp_path, inject_mode="sometimes")
     tiny_args(tmp_path, per_device_train_batch_size=4, steps_per_generation=2)  # 4 x 2 = one group: fine
@@ -380,3 +382,58 @@ def test_overlong_expert_is_an_error_naming_the_row(tiny_checkpoint, expert_file
     dataset = build_rl_dataset(expert_file)
     with pytest.raises(ValueError, match=r"row syn-train-\d+: expert trajectory has \d+ tokens"):
         make_trainer(tiny_checkpoint, dataset, tiny_args(tmp_path, max_completion_length=8))
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints: a killed run resumes to the same step, data order and parameters
+
+
+class Kill(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_state(tiny_checkpoint, expert_file, tmp_path):
+    from transformers import TrainerCallback
+
+    from tgrl.config import resolve_resume
+    from tgrl.utils import read_jsonl
+
+    dataset = build_rl_dataset(expert_file)
+
+    def args(out):
+        return tiny_args(
+            tmp_path,
+            output_dir=str(out),
+            max_steps=4,
+            save_strategy="steps",
+            save_steps=2,
+            log_data_order=True,
+        )
+
+    def order(out):
+        by_step = {row["step"]: row["ids"] for _, row in read_jsonl(out / "data_order.jsonl")}
+        return [by_step[s] for s in sorted(by_step)]
+
+    full = make_trainer(tiny_checkpoint, dataset, args(tmp_path / "full"))
+    full.train()
+
+    class KillAtStep3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise Kill()
+
+    killed = make_trainer(tiny_checkpoint, dataset, args(tmp_path / "killed"))
+    killed.add_callback(KillAtStep3())
+    with pytest.raises(Kill):
+        killed.train()
+    checkpoint = resolve_resume(str(tmp_path / "killed"), "auto")
+    assert checkpoint.endswith("checkpoint-2")
+    resumed = make_trainer(tiny_checkpoint, dataset, args(tmp_path / "killed"))
+    resumed.train(resume_from_checkpoint=checkpoint)
+
+    assert resumed.state.global_step == full.state.global_step == 4
+    assert order(tmp_path / "killed") == order(tmp_path / "full")
+    for (name, a), (_, b) in zip(
+        full.model.named_parameters(), resumed.model.named_parameters(), strict=True
+    ):
+        assert torch.allclose(a, b, atol=1e-6), name

@@ -23,7 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from accelerate.utils import gather_object
+from accelerate.utils import gather_object, is_peft_model
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import split_pixel_values_by_grid
@@ -208,7 +208,32 @@ class TGRLConfig(GRPOConfig):
                 )
 
 
-class TGRLTrainer(GRPOTrainer):
+class CheckpointKeyFixMixin:
+    """Resume that restores the weights of key-renamed models (Qwen2.5-VL and most VLMs).
+
+    transformers 5.20's ``Trainer._load_from_checkpoint`` reads ``model.safetensors`` with a plain
+    ``load_state_dict(strict=False)``, but ``save_pretrained`` wrote the original hub key names
+    (``visual.*``, ``model.layers.*``) while the module has ``model.visual.*``,
+    ``model.language_model.*``: every key misses, a warning is logged and training silently restarts
+    from the initial weights (huggingface/transformers#43701, open). Here the checkpoint is read through
+    ``from_pretrained``, which applies the renaming, and loaded strictly. DeepSpeed resumes from its own
+    engine state and never comes here; PEFT adapters and FSDP keep the stock path.
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        model = self.model if model is None else model
+        full = any(
+            os.path.isfile(os.path.join(resume_from_checkpoint, name))
+            for name in ("model.safetensors", "model.safetensors.index.json")
+        )
+        if not full or is_peft_model(model) or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        dtype = next(model.parameters()).dtype
+        loaded = type(model).from_pretrained(resume_from_checkpoint, dtype=dtype)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+
+
+class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
     """GRPOTrainer with expert trajectories in the group and a token-level expert loss.
 
     The only changes w.r.t. GRPOTrainer (everything else, incl. sampling, vLLM, DeepSpeed, rewards,
@@ -807,8 +832,9 @@ class TGRLTrainer(GRPOTrainer):
             if is_expert is None
             else is_expert.bool()
         )
-        on_mask = mask.bool() & ~row_is_expert.unsqueeze(1)
-        exp_mask = mask.bool() & row_is_expert.unsqueeze(1)
+        valid = completion_mask.bool()  # diagnostics over every completion token, filtered groups included
+        on_mask = valid & ~row_is_expert.unsqueeze(1)
+        exp_mask = valid & row_is_expert.unsqueeze(1)
         self._log_mean("entropy", entropies.detach(), on_mask, mode=mode)
         self._log_mean("entropy/expert", entropies.detach(), exp_mask, mode=mode)
         self._log_mean("expert/p_theta_mean", torch.exp(logps.detach()), exp_mask, mode=mode)

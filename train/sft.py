@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> None:
     from tgrl.config import split_config_arg
     from tgrl.metrics import JsonlMetricsCallback, quiet_console
     from tgrl.rl_data import build_sft_dataset
+    from tgrl.trainer import CheckpointKeyFixMixin
+
+    class TGRLSFTTrainer(CheckpointKeyFixMixin, SFTTrainer):
+        """SFTTrainer whose resume restores key-renamed VLM weights (see CheckpointKeyFixMixin)."""
 
     argv = sys.argv[1:] if argv is None else argv
     (script_args, training_args, model_args), merged = parse_recipe(
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     model, processor = load_policy(
         model_args, script_args.min_pixels, script_args.max_pixels, script_args.freeze_vision_tower
     )
-    trainer = SFTTrainer(
+    trainer = TGRLSFTTrainer(
         model=model,
         args=training_args,
         train_dataset=dataset,

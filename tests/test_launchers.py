@@ -1,0 +1,176 @@
+"""Launchers: DRY_RUN prints the exact command, preflight failures stop a real run with a clear message;
+accelerate + DeepSpeed ZeRO-2 on CPU runs the trainer (slow: the first launch JIT-compiles an op)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = [
+    "run_tgrl_7b.sh",
+    "run_grpo_7b.sh",
+    "run_sft_rl_7b.sh",
+    "run_gpu_7b.sh",
+    "run_tiny.sh",
+    "_launch.sh",
+]
+
+
+def bash(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **env}
+    for key in ("NNODES", "NODE_RANK", "MASTER_ADDR", "ZERO", "VLLM_MODE", "MODEL", "DATA", "OUTPUT"):
+        if key not in env:
+            full_env.pop(key, None)
+    return subprocess.run(
+        ["bash", f"scripts/{script}", *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_scripts_are_valid_bash(script):
+    assert subprocess.run(["bash", "-n", f"scripts/{script}"], cwd=REPO).returncode == 0
+
+
+def test_dry_run_prints_the_7b_command():
+    result = bash("run_tgrl_7b.sh", DRY_RUN="1")
+    assert result.returncode == 0, result.stderr
+    command = [line for line in result.stdout.splitlines() if line.startswith("+ ")]
+    assert len(command) == 1
+    cmd = command[0]
+    assert "accelerate launch" in cmd and "train/deepspeed/zero2.json" in cmd
+    assert "--config_file train/accelerate/zero2.yaml" in cmd and "--num_processes 8" in cmd
+    assert "train/rl.py --config train/recipes/7b/tgrl.yaml" in cmd and "resume_from_checkpoint=auto" in cmd
+
+
+def test_dry_run_switches_and_overrides():
+    result = bash(
+        "run_grpo_7b.sh",
+        "seed=3",
+        DRY_RUN="1",
+        ZERO="3",
+        NNODES="2",
+        NODE_RANK="1",
+        MASTER_ADDR="10.1.2.3",
+        VLLM_MODE="server",
+        MODEL="/models/qwen",
+        FREEZE_VISION="0",
+        WANDB_PROJECT="tgrl",
+    )
+    assert result.returncode == 0, result.stderr
+    cmd = result.stdout.strip().splitlines()[-1]
+    for part in (
+        "train/deepspeed/zero3.json",
+        "--num_machines 2",
+        "--num_processes 16",
+        "--machine_rank 1",
+        "--main_process_ip 10.1.2.3",
+        "train/recipes/7b/grpo.yaml",
+        "model_name_or_path=/models/qwen",
+        "freeze_vision_tower=false",
+        "vllm_mode=server",
+        "vllm_server_host=",
+        "report_to=wandb",
+        "seed=3",
+    ):
+        assert part in cmd, part
+    assert "preflight: FAIL model not found: /models/qwen" in result.stderr  # reported, not fatal
+
+
+def test_multinode_without_master_addr_is_reported():
+    result = bash("run_tgrl_7b.sh", DRY_RUN="1", NNODES="2")
+    assert result.returncode == 0 and "needs MASTER_ADDR" in result.stderr
+
+
+def test_sft_rl_dry_run_prints_both_stages():
+    result = bash("run_sft_rl_7b.sh", DRY_RUN="1", SFT_OUTPUT="/tmp/tgrl-no-such-sft")
+    assert result.returncode == 0, result.stderr
+    commands = [line for line in result.stdout.splitlines() if line.startswith("+ ")]
+    assert len(commands) == 2
+    assert "train/sft.py --config train/recipes/7b/sft.yaml" in commands[0]
+    assert "output_dir=/tmp/tgrl-no-such-sft" in commands[0]
+    assert (
+        "train/recipes/7b/sft_rl.yaml" in commands[1]
+        and "model_name_or_path=/tmp/tgrl-no-such-sft" in commands[1]
+    )
+
+
+def test_real_run_without_gpus_fails_in_preflight():
+    result = bash("run_tgrl_7b.sh")
+    assert result.returncode == 2
+    assert "preflight: FAIL" in result.stderr and "nothing was started" in result.stderr
+
+
+def test_tiny_twin_dry_run():
+    result = bash("run_tiny.sh", "tgrl", "seed=1", DRY_RUN="1")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "train/rl.py --config train/recipes/tiny/tgrl.yaml resume_from_checkpoint=auto seed=1"
+        in result.stdout
+    )
+    result = bash("run_tiny.sh", "base_direct_sft", DRY_RUN="1", USE_ACCELERATE="1", NUM_PROCS="2")
+    assert (
+        "accelerate launch --config_file train/accelerate/zero2_cpu.yaml --num_processes 2 train/sft.py"
+        in result.stdout
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_accelerate_deepspeed_zero2_on_cpu(processes, tiny_checkpoint, synthetic_dir, tmp_path):
+    """2 TGRL steps through accelerate + DeepSpeed ZeRO-2 (gloo) on CPU, 1 and 2 processes."""
+    import random
+
+    from tgrl.data import load_problems
+    from tgrl.teachers.oracle import oracle_trace
+    from tgrl.utils import write_jsonl
+
+    rng = random.Random(0)
+    rows = []
+    for problem in load_problems(synthetic_dir / "train.jsonl", limit=16):
+        record = problem.to_record()
+        record["images"] = problem.image_paths
+        record["meta"]["expert"] = {"text": oracle_trace(problem.meta, rng), "teacher": "oracle"}
+        rows.append(record)
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+    result = subprocess.run(
+        [
+            str(REPO / ".venv/bin/accelerate"),
+            "launch",
+            "--config_file",
+            "train/accelerate/zero2_cpu.yaml",
+            "--num_processes",
+            str(processes),
+            "train/rl.py",
+            "--config",
+            "train/recipes/tiny/tgrl.yaml",
+            f"model_name_or_path={tiny_checkpoint}",
+            f"train_file={tmp_path / 'train.jsonl'}",
+            f"output_dir={out}",
+            "max_steps=2",
+            "per_device_train_batch_size=16",
+            "max_completion_length=32",
+            "save_strategy=no",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[-1]["inject/generated"] == 14 * processes  # 2 groups per rank, 7 generated each
