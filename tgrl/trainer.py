@@ -65,7 +65,8 @@ class TGRLConfig(GRPOConfig):
     eps_low / eps_high = ``epsilon`` / ``epsilon_high``; KL (on on-policy tokens only) = ``beta``;
     entropy coefficient = ``entropy_coef``; ``adv_std_norm`` = ``scale_rewards`` ("group" on,
     "none" off); ``loss_agg`` = ``loss_type`` (dapo/bnpo: token mean; grpo: per-sequence token mean;
-    dr_grpo: constant divisor).
+    dr_grpo: constant divisor). Advantages are TRL's (r - mean) / (std + 1e-4) over the group, expert
+    included ('mixed'); DESIGN writes 1e-6, TRL's value keeps GRPO bit-identical to stock GRPOTrainer.
     """
 
     inject_mode: str = field(
@@ -298,6 +299,18 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             )
         if args.inject_mode != "never" and train_dataset is not None:
             self._check_expert_texts(train_dataset)
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        token_pass = (
+            args.inject_mode != "never" or args.onpolicy_token_weight != "none" or args.vis_dep_diag_every
+        )
+        if (
+            plugin is not None
+            and plugin.zero_stage == 3
+            and token_pass
+            and not args.ds3_gather_for_generation
+        ):
+            # the token pass runs rank-local forwards of different sizes: only safe on gathered weights
+            raise ValueError("ZeRO-3 needs ds3_gather_for_generation: true for the TGRL token pass")
         self.add_callback(JsonlMetricsCallback())
         quiet_console(self, every=max(1, 10 // max(1, int(args.logging_steps))))
         self._rows = None  # the generation batch's dataset rows, for _generate_single_turn
@@ -320,20 +333,24 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
                 "(meta.expert). Build the filtered teacher set first, or set inject_mode: never (GRPO)"
             )
         vision = set(vision_token_ids(self._tokenizer))
-        for row_id, text in zip(ids, texts, strict=True):
-            if not text:
-                continue
-            tokens = self._full_expert_ids(text)
-            if len(tokens) > self.max_completion_length and self.args.expert_overlong == "error":
-                raise ValueError(
-                    f"row {row_id}: expert trajectory has {len(tokens)} tokens with end-of-turn, more than "
-                    f"max_completion_length={self.max_completion_length}. Fix: filter with the same max length "
-                    "(F2), or set expert_overlong: truncate / drop"
-                )
-            if vision & set(tokens):
-                raise ValueError(f"row {row_id}: expert trajectory contains a vision special token")
+        limit = self.max_completion_length - 1  # the end-of-turn token is appended
+        chunk = 1024  # lengths only: holding every tokenized trajectory would cost GBs at ViRL39K scale
+        for start in range(0, len(texts), chunk):
+            batch = [t or "" for t in texts[start : start + chunk]]
+            encoded = self._tokenizer(batch, add_special_tokens=False)["input_ids"]
+            for row_id, text, tokens in zip(ids[start : start + chunk], batch, encoded, strict=True):
+                if not text:
+                    continue
+                if len(tokens) > limit and self.args.expert_overlong == "error":
+                    raise ValueError(
+                        f"row {row_id}: expert trajectory has {len(tokens) + 1} tokens with end-of-turn, more "
+                        f"than max_completion_length={self.max_completion_length}. Fix: filter with the same "
+                        "max length (F2), or set expert_overlong: truncate / drop"
+                    )
+                if vision.intersection(tokens):
+                    raise ValueError(f"row {row_id}: expert trajectory contains a vision special token")
 
-    @lru_cache(maxsize=65536)  # noqa: B019 - one trainer per process; texts repeat every epoch
+    @lru_cache(maxsize=256)  # noqa: B019 - one trainer per process; a generation batch's texts repeat G times
     def _full_expert_ids(self, text: str) -> tuple[int, ...]:
         return (*self._tokenizer(text, add_special_tokens=False)["input_ids"], self.expert_eos_id)
 
@@ -386,16 +403,18 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
     ):
         rows, cfg = self._rows, self.args
+        start = time.perf_counter()
         if (
             rows is None
             or cfg.inject_mode == "never"
             or not self.model.training
             or len(rows) != len(prompt_ids)
         ):
-            return super()._generate_single_turn(
+            out = super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images
             )
-        start = time.perf_counter()
+            self._timing["generate"] += time.perf_counter() - start
+            return out
         slots = self._expert_slots(rows)
         n = len(prompt_ids)
         if cfg.inject_mode == "always" and slots and self._can_skip_generation(multimodal_fields):

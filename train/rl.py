@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tgrl.config import RLScriptArguments, load_policy, parse_recipe, resolve_resume, save_run_record  # noqa: E402
-from tgrl.utils import cli, set_torch_threads  # noqa: E402
+from tgrl.utils import UserError, cli, set_torch_threads  # noqa: E402
 
 
 @cli
@@ -46,14 +46,17 @@ def main(argv: list[str] | None = None) -> None:
     model, processor = load_policy(
         model_args, script_args.min_pixels, script_args.max_pixels, script_args.freeze_vision_tower
     )
-    trainer = TGRLTrainer(
-        model,
-        get_reward_funcs(script_args.reward_funcs),
-        args=training_args,
-        train_dataset=dataset,
-        processing_class=processor,
-        peft_config=get_peft_config(model_args),
-    )
+    try:
+        trainer = TGRLTrainer(
+            model,
+            get_reward_funcs(script_args.reward_funcs),
+            args=training_args,
+            train_dataset=dataset,
+            processing_class=processor,
+            peft_config=get_peft_config(model_args),
+        )
+    except ValueError as err:  # a recipe/data mismatch the trainer detected up front (names row or key)
+        raise UserError(str(err)) from None
 
     # ------------------------------------------------------------------ train
     if trainer.accelerator.is_main_process:
