@@ -18,6 +18,7 @@ SCRIPTS = [
     "run_gpu_7b.sh",
     "run_tiny.sh",
     "_launch.sh",
+    "bench.sh",
 ]
 
 
@@ -104,8 +105,8 @@ def test_sft_rl_dry_run_prints_both_stages():
     )
 
 
-def test_real_run_without_gpus_fails_in_preflight():
-    result = bash("run_tgrl_7b.sh")
+def test_real_run_fails_in_preflight_and_starts_nothing():
+    result = bash("run_tgrl_7b.sh", DATA="/nonexistent/train.jsonl")  # fails on every machine
     assert result.returncode == 2
     assert "preflight: FAIL" in result.stderr and "nothing was started" in result.stderr
 

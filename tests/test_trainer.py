@@ -437,3 +437,26 @@ def test_killed_run_resumes_to_the_same_state(tiny_checkpoint, expert_file, tmp_
         full.model.named_parameters(), resumed.model.named_parameters(), strict=True
     ):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_teacher_is_reads_stored_teacher_logprobs(tgrl_batch):
+    trainer, batch, out = tgrl_batch
+    rows = [dict(r) for r in batch]
+    experts = out["is_expert"].nonzero().flatten().tolist()
+    if not experts:
+        pytest.skip("no expert group in this batch")
+    for i in experts:
+        rows[i]["expert_teacher_logprobs"] = [-0.5] * 5
+    teacher = trainer._teacher_logps(out, rows)
+    assert (teacher[experts, :5] == -0.5).all() and (teacher[experts, 5:] == 0).all()
+    assert (teacher[~out["is_expert"]] == 0).all()
+    trainer.args.expert_ratio = "teacher_is"
+    trainer.current_gradient_accumulation_steps = 1
+    try:
+        loss, grads = loss_and_grads(trainer, {**out, "expert_teacher_logps": teacher})
+    finally:
+        trainer.args.expert_ratio = "shaped"
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads.values())
+    rows[experts[0]]["expert_teacher_logprobs"] = None
+    with pytest.raises(ValueError, match="expert_ratio .teacher_is. needs meta.expert.teacher_logprobs"):
+        trainer._teacher_logps(out, rows)

@@ -9,6 +9,8 @@ reward functions as a keyword argument):
     choices       option texts or None;   answer_type   "choice" | "number" | "text" | "expression"
     id            problem id (group sanity checks, data-order logging)
     expert_text   the filtered teacher trajectory from meta.expert.text, "" when the prompt has none
+    expert_teacher_logprobs  meta.expert.teacher_logprobs (per policy token; only expert_ratio
+                  teacher_is reads it) or None
     facts         JSON of the scene ground truth ({"counts": ...}) for the fact-accuracy metric, or ""
 
 SFT row: ``prompt`` (system + user turn), ``completion`` (the assistant turn) and ``images``; TRL's
@@ -39,6 +41,14 @@ def expert_text(problem: Problem) -> str:
     return expert["text"]
 
 
+def expert_teacher_logprobs(problem: Problem) -> list[float] | None:
+    """Per-token teacher log-probs of the expert trajectory, aligned with the policy tokenization (the
+    same tokenizer for Qwen teacher and policy), if the teacher pipeline stored them."""
+    expert = (problem.meta or {}).get("expert") or {}
+    values = expert.get("teacher_logprobs") if isinstance(expert, dict) else None
+    return [float(v) for v in values] if values else None
+
+
 def facts_json(problem: Problem) -> str:
     """Ground-truth visual facts for :func:`tgrl.teachers.oracle.fact_accuracy` ("" when there are none)."""
     counts = (problem.meta or {}).get("counts")
@@ -54,6 +64,7 @@ def rl_row(problem: Problem) -> dict[str, Any]:
         "answer_type": problem.answer_type,
         "id": problem.id,
         "expert_text": expert_text(problem),
+        "expert_teacher_logprobs": expert_teacher_logprobs(problem),
         "facts": facts_json(problem),
     }
 
