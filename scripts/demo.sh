@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Tiny-tier demo on CPU: build the tiny Qwen2.5-VL checkpoint and the synthetic scenes, show a sample.
-# (Later stages of the pipeline are added here as they land; see REPRODUCE.md.)
+# Tiny-tier demo on CPU (make demo): the tiny Qwen2.5-VL checkpoint and the synthetic scenes with a sample,
+# then a short version of the mini-replication (scripts/reproduce_tiny.sh with QUICK=1: weak base, oracle
+# teacher + filtering, GRPO vs TGRL for one seed, lmms-eval on 1,000 held-out items, table + curves).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -21,5 +22,8 @@ print("prompt:", processor.tokenizer.decode(batch["input_ids"][0]))
 print("image :", problem.image_paths[0], "| gold answer:", problem.answer, "| meta counts:", problem.meta["counts"])
 print("reply :", generate_texts(model, processor, [problem.question], [problem.load_images()], max_new_tokens=16)[0][0])
 PY
+echo "== 4. mini-replication, short version (GRPO vs TGRL, one seed): scripts/reproduce_tiny.sh QUICK=1"
+QUICK=1 bash scripts/reproduce_tiny.sh
 echo
-echo "outputs: checkpoints/tiny-init (model), data/synthetic (train.jsonl, test.jsonl, images/, manifest.json)"
+echo "outputs: checkpoints/tiny-init (model), data/synthetic (scenes), results/tiny_demo/tables (table),"
+echo "         results/tiny_demo/plots (training curves), checkpoints/tiny_demo (runs, logs)"
