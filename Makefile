@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: install demo test slow_test quality style tiny data clean
+.PHONY: install demo test slow_test quality style tiny data reproduce bench eval clean
 
 # The venv is rebuilt only when the lock file or pyproject changes. --no-deps: the lock is complete and
 # carries one deliberate metadata conflict (latex2sympy2/antlr; see requirements-cpu.txt).
@@ -47,6 +47,18 @@ quality: install
 style: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# The full tiny mini-replication (4 methods x 3 seeds + ablation; ~60 min on 2 cores): results/tiny/
+reproduce: install
+	bash scripts/reproduce_tiny.sh
+
+# Performance benchmarks: per-step time split, eval/teacher throughput, peak RSS (prints numbers)
+bench: install
+	bash scripts/bench.sh
+
+# Every checkpoint under checkpoints/ x the tiny suite, then the tables (SUITE=paper on GPU nodes)
+eval: install
+	bash scripts/eval_all.sh
 
 clean:
 	rm -rf $(VENV) .cache

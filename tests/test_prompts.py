@@ -21,12 +21,17 @@ def test_messages_put_images_first_and_letter_choices():
 
 
 def test_response_format():
-    assert format_response("red 1, blue 2, 1+2=3", "3") == "<think>red 1, blue 2, 1+2=3</think><answer>3</answer>"
+    assert (
+        format_response("red 1, blue 2, 1+2=3", "3")
+        == "<think>red 1, blue 2, 1+2=3</think><answer>3</answer>"
+    )
 
 
 def test_custom_template_file(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text('system: "S"\nuser: "Q: {question}"\nchoices: " [{options}]"\nchoice_line: "{letter}={text}"\n')
+    path.write_text(
+        'system: "S"\nuser: "Q: {question}"\nchoices: " [{options}]"\nchoice_line: "{letter}={text}"\n'
+    )
     msgs = build_messages("x", choices=["a", "b"], template_path=str(path))
     assert msgs[0]["content"][0]["text"] == "S"
     assert msgs[1]["content"][-1]["text"] == "Q: x [A=a\nB=b]"
