@@ -153,6 +153,9 @@ MATCH_CASES = [
     ("red", "blue", None, None, False),
     ("east", "seat", None, None, False),  # never a product of symbols
     ("circle", "Circle", None, "text", True),
+    ("(B)", "B", None, "text", True),  # lettered answer typed "text" (converted data)
+    ("Option B", "B", None, "text", True),
+    ("(C)", "B", None, "text", False),
     # wrapped answers
     ("\\boxed{7}", "7", None, None, True),
     ("x = 5", "5", None, None, True),

@@ -813,7 +813,9 @@ def _parse_gold_cached(gold: str, choices: tuple[str, ...] | None, answer_type: 
         letters = _choice_letters(text, choices, uppercase_only=False)
         if not letters and answer_type == "choice":
             return "choice answer matches no option letter or option text"
-    elif answer_type is None:
+    elif answer_type in (None, "text"):
+        # A lone capital letter is read as an option letter even without choices ("(B)" == "B"): converted
+        # sets (ViRL39K) keep lettered answers typed "text" when their options cannot be parsed out.
         letters = _choice_letters(text, None, uppercase_only=True)
     number = _parse_number(text)
     if (
