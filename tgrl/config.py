@@ -387,3 +387,18 @@ def resolve_resume(output_dir: str, resume: str | None) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
     return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+
+
+def train_and_save(trainer, processor, output_dir: str, resume_from_checkpoint: str | None, tag: str) -> None:
+    """The common end of train/rl.py and train/sft.py: resume if asked, train, then save the final model,
+    the processor (so the folder loads with AutoProcessor) and the trainer state/metrics."""
+    resume = resolve_resume(output_dir, resume_from_checkpoint)
+    if resume:
+        print(f"[{tag}] resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(output_dir)
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(output_dir)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tgrl.config import RLScriptArguments, load_policy, parse_recipe, resolve_resume, save_run_record  # noqa: E402
+from tgrl.config import RLScriptArguments, load_policy, parse_recipe, save_run_record, train_and_save  # noqa: E402
 from tgrl.utils import UserError, cli, set_torch_threads  # noqa: E402
 
 
@@ -68,16 +68,7 @@ def main(argv: list[str] | None = None) -> None:
             training_args,
             model_args,
         )
-    resume = resolve_resume(training_args.output_dir, training_args.resume_from_checkpoint)
-    if resume:
-        print(f"[rl] resuming from {resume}")
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        processor.save_pretrained(training_args.output_dir)
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
+    train_and_save(trainer, processor, training_args.output_dir, training_args.resume_from_checkpoint, "rl")
 
 
 if __name__ == "__main__":
