@@ -389,10 +389,15 @@ def resolve_resume(output_dir: str, resume: str | None) -> str | None:
     return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
 
 
-def train_and_save(trainer, processor, output_dir: str, resume_from_checkpoint: str | None, tag: str) -> None:
-    """The common end of train/rl.py and train/sft.py: resume if asked, train, then save the final model,
-    the processor (so the folder loads with AutoProcessor) and the trainer state/metrics."""
-    resume = resolve_resume(output_dir, resume_from_checkpoint)
+def train_and_save(
+    trainer, processor, argv: list[str], merged: dict, script_args, training_args, model_args, tag: str
+) -> None:
+    """The common end of train/rl.py and train/sft.py: write the run record, resume if asked, train, then
+    save the final model, the processor (so the folder loads with AutoProcessor) and the trainer state."""
+    output_dir = training_args.output_dir
+    if trainer.accelerator.is_main_process:
+        save_run_record(output_dir, split_config_arg(argv)[0], merged, script_args, training_args, model_args)
+    resume = resolve_resume(output_dir, training_args.resume_from_checkpoint)
     if resume:
         print(f"[{tag}] resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)

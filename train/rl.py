@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tgrl.config import RLScriptArguments, load_policy, parse_recipe, save_run_record, train_and_save  # noqa: E402
+from tgrl.config import RLScriptArguments, load_policy, parse_recipe, train_and_save  # noqa: E402
 from tgrl.utils import UserError, cli, set_torch_threads  # noqa: E402
 
 
@@ -26,7 +26,6 @@ from tgrl.utils import UserError, cli, set_torch_threads  # noqa: E402
 def main(argv: list[str] | None = None) -> None:
     from trl import ModelConfig, get_peft_config
 
-    from tgrl.config import split_config_arg
     from tgrl.rewards import get_reward_funcs
     from tgrl.rl_data import build_rl_dataset
     from tgrl.trainer import TGRLConfig, TGRLTrainer
@@ -59,16 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(str(err)) from None
 
     # ------------------------------------------------------------------ train
-    if trainer.accelerator.is_main_process:
-        save_run_record(
-            training_args.output_dir,
-            split_config_arg(argv)[0],
-            merged,
-            script_args,
-            training_args,
-            model_args,
-        )
-    train_and_save(trainer, processor, training_args.output_dir, training_args.resume_from_checkpoint, "rl")
+    train_and_save(trainer, processor, argv, merged, script_args, training_args, model_args, "rl")
 
 
 if __name__ == "__main__":
