@@ -63,13 +63,13 @@ class FakeChatServer:
                 with server.lock:
                     server.inflight += 1
                     server.max_inflight = max(server.max_inflight, server.inflight)
+                self.counted = True
                 try:
                     server.handle(self)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout): expected for 'slow'
                 finally:
-                    with server.lock:
-                        server.inflight -= 1
+                    server.release(self)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -87,7 +87,16 @@ class FakeChatServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
+    def release(self, h) -> None:
+        """A request stops counting as in flight just before its reply is written: once the client has
+        the reply it may send the next request, possibly before this handler thread runs again."""
+        with self.lock:
+            if getattr(h, "counted", False):
+                h.counted = False
+                self.inflight -= 1
+
     def send(self, h, status: int, body: bytes, headers: dict | None = None) -> None:
+        self.release(h)
         h.send_response(status)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(body)))
