@@ -1,152 +1,631 @@
-"""Per-step wall time of GRPO vs TGRL on the same tiny batch (CPU, one thread).
+"""Per-step wall time of stock TRL GRPO, our GRPO, TGRL and LUFFY-VL, split into its phases (CPU).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_step.py --checkpoint checkpoints/tiny_base --steps 25
+    OMP_NUM_THREADS=1 python benchmarks/bench_step.py --work .cache/bench/work --out step.json
+    python benchmarks/bench_step.py --rounds 3 --steps 20 --methods grpo_trl grpo tgrl
 
-Each method trains ``--steps`` steps from the same tiny checkpoint, data and seed with the tiny
-recipes' batch (``--batch`` 32 rollouts = 4 prompts x 8, up to ``--max-len`` 64 tokens, lr 1e-4,
-oracle expert trajectories); the wall time between consecutive optimizer steps is
-recorded by a callback and the median over steps after ``--warmup`` is printed as a JSON line:
-``grpo_trl`` is stock trl.GRPOTrainer, ``grpo`` is TGRLTrainer with inject_mode never, ``tgrl`` the
-default TGRL (7+1, vis_dep weights), ``luffy`` TGRL with expert_token_weight none.
+Methods (each from the tiny recipes, so the bench measures what the real runs do):
+
+* ``grpo_trl``: stock ``trl.GRPOTrainer`` with exactly the TRL keys of ``recipes/tiny/grpo.yaml``
+  (and the same vision-token suppression, without which a rollout can crash the next forward);
+* ``grpo``: ``TGRLTrainer`` with ``recipes/tiny/grpo.yaml`` (``inject_mode: never``);
+* ``tgrl``: ``recipes/tiny/tgrl.yaml`` (7 rollouts + 1 expert, vis_dep token weights);
+* ``luffy``: ``recipes/tiny/luffy_vl.yaml`` (TGRL without token reweighting).
+
+Every run is its own subprocess (its peak RSS comes from ``os.wait4``), trains ``--warmup`` +
+``--steps`` steps from the same weak base on the same data and seed, and records per optimizer step:
+``step`` (wall time between consecutive ``on_step_end`` callbacks), ``generate`` (rollouts, expert
+slots included), ``score`` (reward functions), ``token_pass`` (TGRL's no-grad log-prob and perturbed
+image forwards; 0 for stock TRL), ``exp_other`` (the rest of the experience phase: tokenization,
+advantages, metrics) and ``update`` (``step`` minus the experience phase: the loss forward/backward,
+the optimizer, callbacks and logging), each in wall and in CPU seconds (``time.process_time``; CPU
+time hardly moves when another job competes for the cores). The phases are measured by wrapping the
+same four trainer methods on every trainer, so stock and ours are timed identically.
+
+Runs are interleaved: round r runs the methods in a rotated order, so slow drift of the machine
+(another job, thermal state) hits every method alike. The summary pools the timed steps of all rounds
+of a method; ratios are of median step times (and, as a check on drift, the median of the per-round
+ratios). Targets (issue 6): our GRPO within 5% of stock, TGRL within 15% of GRPO.
+
+The weak base is built like ``scripts/reproduce_tiny.sh`` builds it (tiny model, synthetic scenes,
+oracle teacher, F1+F2 filter, a short SFT warm-up on grounded traces) in ``--work``, unless
+``checkpoints/tiny_repro/base`` is finished (``.tgrl_done``) and ``--reuse-base`` allows it: with a
+direct-answer base the rollouts would be far shorter than the experts and the padding would dominate.
+``benchmarks/bench_throughput.py`` reuses the same ``--work`` folder.
+
+Output: one JSON line per method summary and per ratio on stdout, then a short table; ``--out``
+writes everything (incl. every run's per-step records) as one JSON document.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+PY = sys.executable
+RECIPES = {
+    "grpo_trl": "grpo.yaml",
+    "grpo": "grpo.yaml",
+    "tgrl": "tgrl.yaml",
+    "luffy": "luffy_vl.yaml",
+}
+RECIPE_DIR = REPO / "train" / "recipes" / "tiny"
+REPRO_BASE = REPO / "checkpoints" / "tiny_repro" / "base"
+PHASES = ("step", "generate", "score", "token_pass", "exp_other", "update")
+# (numerator, denominator, target: numerator/denominator must not exceed it; None = informational)
+RATIOS = (("grpo", "grpo_trl", 1.05), ("tgrl", "grpo", 1.15), ("luffy", "grpo", None))
 
 
-class StepTimer:
-    """Wall time between consecutive optimizer steps (includes generation, scoring and the update)."""
-
-    def __init__(self):
-        from transformers import TrainerCallback
-
-        timer = self
-
-        class _Callback(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                timer.stamps.append(time.perf_counter())
-
-            def on_train_begin(self, args, state, control, **kwargs):
-                timer.stamps.append(time.perf_counter())
-
-        self.stamps: list[float] = []
-        self.callback = _Callback()
-
-    def durations(self) -> list[float]:
-        return [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
+# --------------------------------------------------------------------------------------------------
+# measured subprocesses (shared with bench_throughput.py)
 
 
-def expert_file(data: Path, out: Path, limit: int) -> Path:
-    from tgrl.data import load_problems
-    from tgrl.teachers.oracle import oracle_trace
-    from tgrl.utils import write_jsonl
+@dataclass
+class Measured:
+    """Outcome of one measured subprocess: exit code, wall seconds and peak resident memory."""
 
-    rng = random.Random(0)
-    rows = []
-    for problem in load_problems(data, limit=limit):
-        record = problem.to_record()
-        record["images"] = problem.image_paths
-        record["meta"]["expert"] = {"text": oracle_trace(problem.meta, rng), "teacher": "oracle"}
-        rows.append(record)
-    path = out / "train_expert.jsonl"
-    write_jsonl(path, rows)
-    return path
+    returncode: int
+    wall_s: float
+    peak_rss_mb: float
 
 
-def run(
-    method: str, checkpoint: str, data: Path, out: Path, steps: int, batch: int, max_len: int
-) -> list[float]:
-    import torch
-    from transformers import AutoModelForImageTextToText
-    from trl import GRPOConfig, GRPOTrainer
-
-    from tgrl.modeling import load_processor
-    from tgrl.rewards import get_reward_funcs
-    from tgrl.rl_data import build_rl_dataset
-    from tgrl.trainer import TGRLConfig, TGRLTrainer
-
-    torch.set_num_threads(1)
-    common = dict(
-        output_dir=str(out / method),
-        use_cpu=True,
-        bf16=False,
-        per_device_train_batch_size=batch,
-        num_generations=8,
-        max_completion_length=max_len,
-        max_steps=steps,
-        logging_steps=1,
-        report_to=[],
-        learning_rate=1e-4,
-        save_strategy="no",
-        gradient_checkpointing=False,
-        disable_tqdm=True,
-        seed=0,
-        beta=0.0,
-        loss_type="dapo",
-        temperature=1.0,
+def bench_env() -> dict[str, str]:
+    """Environment of every measured process: one torch thread (two threads stall at random on these
+    2-core machines, ENV_FACTS), offline hub, unbuffered output for the logs."""
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TGRL_TORCH_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        WANDB_MODE="disabled",
+        PYTHONUNBUFFERED="1",
     )
-    dataset = build_rl_dataset(data)
-    model = AutoModelForImageTextToText.from_pretrained(checkpoint)
-    processor = load_processor(checkpoint)
-    timer = StepTimer()
-    rewards = get_reward_funcs(["accuracy", "format"])
-    if method == "grpo_trl":
-        trainer = GRPOTrainer(
-            model, rewards, args=GRPOConfig(**common), train_dataset=dataset, processing_class=processor
+    return env
+
+
+def run_measured(cmd: Sequence[Any], log_path: Path, check: bool = True) -> Measured:
+    """Run ``cmd`` from the repo root with its output in ``log_path``; peak RSS from ``os.wait4``.
+
+    ``wait4`` gives the rusage of exactly this child (its own waited-for children included), so each
+    measurement has its own peak even though the bench runs many processes one after another
+    (``RUSAGE_CHILDREN`` of the bench itself would only ever grow)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [str(c) for c in cmd], cwd=REPO, env=bench_env(), stdout=log, stderr=subprocess.STDOUT
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
+    if check and proc.returncode != 0:
+        tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-25:])
+        raise RuntimeError(f"{' '.join(map(str, cmd))} exited {proc.returncode}; log {log_path}:\n{tail}")
+    return Measured(proc.returncode, round(wall, 3), round(usage.ru_maxrss / 1024.0, 1))  # KiB -> MiB
+
+
+def emit(record: dict[str, Any], sink: list[dict[str, Any]]) -> None:
+    """One measurement as one JSON line on stdout (and into the --out document)."""
+    sink.append(record)
+    print(json.dumps(record), flush=True)
+
+
+def note(message: str) -> None:
+    """Progress for humans, on stderr so stdout stays JSON lines plus the final table."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def write_out(path: str | None, document: dict[str, Any]) -> None:
+    """The whole run as one JSON document (``--out``), for tables and comparisons later."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(document, indent=1) + "\n")
+        note(f"wrote {path}")
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain fixed-width table (no dependency)."""
+    cells = [[str(h) for h in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [
+        "  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths, strict=True)))
+        for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# assets: the same pipeline as scripts/reproduce_tiny.sh stages 1-3, at bench size
+
+
+@dataclass
+class Assets:
+    """Inputs the benchmarks share: the weak base and the problem files (paths as strings)."""
+
+    base: str
+    base_source: str
+    train: str | None  # problems with meta.expert (F1+F2-filtered oracle trajectories): RL and SFT data
+    problems: str  # the synthetic train split (the teacher benchmark's input)
+    test: str  # the held-out synthetic split (the eval benchmark's input)
+
+
+def _done(path: Path) -> bool:
+    return (path / ".tgrl_done").is_file()
+
+
+def _stage(out: Path, cmd: list[Any], logs: Path) -> Path:
+    """Run one preparation command unless its output folder is marked finished."""
+    if not _done(out):
+        note(f"prepare {out.name}")
+        run_measured(cmd, logs / f"{out.name}.log")
+        (out / ".tgrl_done").touch()
+    return out
+
+
+def prepare_assets(
+    work: Path,
+    n_train: int = 1000,
+    n_test: int = 500,
+    base_steps: int = 300,
+    reuse_base: bool = True,
+    base: str | None = None,
+    data: str | None = None,
+    train: str | None = None,
+    need_train: bool = True,
+) -> Assets:
+    """Find or build what the benchmarks run on, like scripts/reproduce_tiny.sh stages 1-3.
+
+    Stages (each marked ``.tgrl_done`` in ``work``, so a second bench on the same folder costs nothing):
+    tiny model, synthetic scenes (unless ``data`` names a folder with train/test.jsonl), oracle
+    trajectories K=4 with 20% wrong facts, the F1+F2 filter (the expert set, unless ``train`` is given
+    or nobody needs it), and the weak base: ``base`` if given, else the finished reproduce_tiny.sh base
+    if ``reuse_base``, else ``base_steps`` SFT warm-up steps on the expert set."""
+    work.mkdir(parents=True, exist_ok=True)
+    logs = work / "logs"
+    init = work / "tiny-init"
+    make_init = [PY, "data_prep/build_tiny_model.py", "--out", init, "--size", "S", "--seed", "0"]
+    if data:
+        synth = Path(data)
+    else:
+        synth = _stage(
+            work / "synthetic",
+            [PY, "data_prep/make_synthetic.py", "--out", work / "synthetic", "--n-train", n_train]
+            + ["--n-test", n_test, "--seed", "0"],
+            logs,
+        )
+    build_base = not base and not (reuse_base and _done(REPRO_BASE))
+    if not train and (need_train or build_base):
+        _stage(init, make_init, logs)
+        teacher = _stage(
+            work / "teacher",
+            [PY, "data_prep/build_teacher_trajectories.py", "--data", synth / "train.jsonl"]
+            + ["--out", work / "teacher", "--backend", "oracle", "--k", "4", "--seed", "0"]
+            + ["--wrong-fact-rate", "0.2", "--no-progress"],
+            logs,
+        )
+        experts = _stage(
+            work / "experts",
+            [PY, "data_prep/filter_trajectories.py", "--data", synth / "train.jsonl", "--trajectories"]
+            + [teacher / "trajectories.jsonl", "--out", work / "experts", "--policy", init]
+            + ["--max-completion-tokens", "64", "--no-f3", "--no-progress"],
+            logs,
+        )
+        train = str(experts / "train.jsonl")
+    if base:
+        source = f"given: {base}"
+    elif not build_base:
+        base, source = (
+            str(REPRO_BASE),
+            f"reused {REPRO_BASE.relative_to(REPO)} (the reproduce_tiny.sh weak base)",
         )
     else:
-        method_keys = {
-            "grpo": dict(inject_mode="never"),
-            "tgrl": dict(inject_mode="always", expert_token_weight="vis_dep"),
-            "luffy": dict(inject_mode="always", expert_token_weight="none"),
-        }[method]
-        args = TGRLConfig(**common, **method_keys, log_data_order=False)
-        trainer = TGRLTrainer(model, rewards, args=args, train_dataset=dataset, processing_class=processor)
-    trainer.add_callback(timer.callback)
-    trainer.train()
-    return timer.durations()
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", default="checkpoints/tiny-init")
-    ap.add_argument("--data", default="data/synthetic/train.jsonl")
-    ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--batch", type=int, default=32, help="rollouts per step (a multiple of 8)")
-    ap.add_argument("--max-len", type=int, default=64, help="max_completion_length")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--methods", nargs="+", default=["grpo_trl", "grpo", "tgrl", "luffy"])
-    args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        data = expert_file(Path(args.data), Path(tmp), limit=args.batch // 8 * args.steps)
-        for method in args.methods:
-            times = run(method, args.checkpoint, data, Path(tmp), args.steps, args.batch, args.max_len)
-            times = times[args.warmup :]
-            print(
-                json.dumps(
-                    {
-                        "method": method,
-                        "median_step_s": round(statistics.median(times), 4),
-                        "min_step_s": round(min(times), 4),
-                        "mean_step_s": round(statistics.fmean(times), 4),
-                        "steps_timed": len(times),
-                        "rollouts_per_step": args.batch,
-                    }
-                ),
-                flush=True,
+        _stage(init, make_init, logs)
+        base = str(
+            _stage(
+                work / "base",
+                [PY, "train/sft.py", "--config", RECIPE_DIR / "sft.yaml", f"output_dir={work / 'base'}"]
+                + [f"model_name_or_path={init}", f"train_file={train}", "seed=0", f"max_steps={base_steps}"]
+                + ["save_strategy=no"],
+                logs,
             )
+        )
+        source = f"built: {base_steps} SFT warm-up steps on grounded oracle traces"
+    return Assets(
+        base=base,
+        base_source=source,
+        train=train,
+        problems=str(synth / "train.jsonl"),
+        test=str(synth / "test.jsonl"),
+    )
+
+
+def absolute_paths(args: argparse.Namespace) -> None:
+    """Path options as absolute paths: every measured process runs from the repo root."""
+    for name in ("base", "data", "train"):
+        if getattr(args, name, None):
+            setattr(args, name, str(Path(getattr(args, name)).resolve()))
+
+
+def add_asset_args(ap: argparse.ArgumentParser) -> None:
+    """The asset options both benchmark scripts share."""
+    ap.add_argument("--work", help="folder for the bench's base, data and runs (default: a temporary folder)")
+    ap.add_argument("--base", help="use this checkpoint as the weak base (no warm-up)")
+    ap.add_argument("--data", help="synthetic folder with train.jsonl and test.jsonl (default: built)")
+    ap.add_argument("--base-steps", type=int, default=300, help="SFT warm-up steps when the base is built")
+    ap.add_argument("--n-train", type=int, default=1000, help="synthetic train problems when built")
+    ap.add_argument("--n-test", type=int, default=500, help="synthetic test problems when built")
+    ap.add_argument(
+        "--no-reuse-base",
+        dest="reuse_base",
+        action="store_false",
+        help=f"build the base in --work even if {REPRO_BASE.relative_to(REPO)} is finished",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# child: one training run of one method, instrumented
+
+
+class StepProbe:
+    """Per-optimizer-step phase times, wall clock and CPU, by wrapping trainer methods on the instance.
+
+    The wrapped names are the hooks TRL itself calls through ``self``: ``_generate_and_score_completions``
+    (the whole experience phase), ``_generate_single_turn`` (generation), ``_calculate_rewards``
+    (scoring) and, on TGRLTrainer, ``_token_pass``. ``super()`` calls inside TGRLTrainer bypass the
+    instance attribute, so nothing is counted twice. CPU time (``time.process_time``, one torch thread)
+    is what the process itself consumed: unlike wall time it barely moves when another job competes for
+    the cores, so it is the check on a wall-time ratio taken on a busy machine."""
+
+    def __init__(self, trainer) -> None:
+        from transformers import TrainerCallback
+
+        self.current: dict[str, float] = defaultdict(float)
+        self.records: list[dict[str, float]] = []
+        self._last: tuple[float, float] | None = None
+        for name, key in (
+            ("_generate_single_turn", "generate"),
+            ("_calculate_rewards", "score"),
+            ("_token_pass", "token_pass"),
+            ("_generate_and_score_completions", "experience"),
+        ):
+            if hasattr(trainer, name):
+                setattr(trainer, name, self._timed(getattr(trainer, name), key))
+        probe = self
+
+        class _Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                probe._last = (time.perf_counter(), time.process_time())
+
+            def on_step_end(self, args, state, control, **kwargs):
+                probe._close_step()
+
+        trainer.add_callback(_Callback())
+
+    def _timed(self, fn: Callable, key: str) -> Callable:
+        def wrapper(*args, **kwargs):
+            wall, cpu = time.perf_counter(), time.process_time()
+            try:
+                out = fn(*args, **kwargs)
+            finally:
+                self.current[key] += time.perf_counter() - wall
+                self.current[f"{key}_cpu"] += time.process_time() - cpu
+            if key == "experience":
+                self._lengths(out)
+            return out
+
+        return wrapper
+
+    def _lengths(self, out: dict) -> None:
+        """Completion lengths of the batch: on-policy vs expert rows and the padded width (the cost the
+        token forwards actually pay)."""
+        mask = out["completion_mask"]
+        lengths = mask.sum(1).float()
+        is_expert = out.get("is_expert")
+        on = lengths if is_expert is None else lengths[~is_expert.bool()]
+        self.current["len_on_policy"] = on.mean().item() if on.numel() else float("nan")
+        if is_expert is not None and bool(is_expert.any()):
+            self.current["len_expert"] = lengths[is_expert.bool()].mean().item()
+            self.current["rows_expert"] = float(is_expert.sum().item())
+        self.current["padded_width"] = float(mask.size(1))
+        self.current["rows"] = float(mask.size(0))
+
+    def _close_step(self) -> None:
+        now = (time.perf_counter(), time.process_time())
+        last = self._last or now
+        record = dict(self.current)
+        for suffix, i in (("", 0), ("_cpu", 1)):
+            record[f"step{suffix}"] = now[i] - last[i]
+            experience = record.pop(f"experience{suffix}", 0.0)
+            parts = [record.setdefault(f"{k}{suffix}", 0.0) for k in ("generate", "score", "token_pass")]
+            record[f"exp_other{suffix}"] = experience - sum(parts)
+            record[f"update{suffix}"] = record[f"step{suffix}"] - experience
+        self.records.append(record)
+        self.current.clear()
+        self._last = now
+
+
+def stock_config_file(recipe: Path, out: Path) -> Path:
+    """The recipe restricted to the keys stock TRL (and the script/model arguments) knows: the same
+    TRL settings for stock GRPOTrainer as our GRPO, nothing TGRL-specific."""
+    import yaml
+    from trl import GRPOConfig, ModelConfig
+
+    from tgrl.config import RLScriptArguments, load_recipe
+
+    known = {f.name for cls in (GRPOConfig, ModelConfig, RLScriptArguments) for f in fields(cls)}
+    kept = {k: v for k, v in load_recipe(recipe).items() if k in known}
+    out.write_text(yaml.safe_dump(kept, sort_keys=False))
+    return out
+
+
+def child_main(args: argparse.Namespace) -> None:
+    """Train one method for warmup + steps steps and write the per-step records (runs in its own process)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from trl import GRPOConfig, GRPOTrainer, ModelConfig
+
+    from tgrl.config import RLScriptArguments, load_policy, parse_recipe
+    from tgrl.rewards import get_reward_funcs
+    from tgrl.rl_data import build_rl_dataset
+    from tgrl.trainer import TGRLConfig, TGRLTrainer, vision_guard
+
+    out_dir = Path(args.run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recipe = RECIPE_DIR / RECIPES[args.child]
+    overrides = [
+        f"output_dir={out_dir / 'run'}",
+        f"model_name_or_path={args.base}",
+        f"train_file={args.train}",
+        f"max_steps={args.warmup + args.steps}",
+        "save_strategy=no",
+        "report_to=none",
+        "logging_steps=1",
+        "disable_tqdm=true",
+    ]
+    if args.batch:
+        overrides.append(f"per_device_train_batch_size={args.batch}")
+    if args.max_len:
+        overrides.append(f"max_completion_length={args.max_len}")
+    stock = args.child == "grpo_trl"
+    config = stock_config_file(recipe, out_dir / "stock_recipe.yaml") if stock else recipe
+    classes = (RLScriptArguments, GRPOConfig if stock else TGRLConfig, ModelConfig)
+    (script_args, training_args, model_args), _ = parse_recipe(classes, ["--config", str(config), *overrides])
+
+    dataset = build_rl_dataset(script_args.train_file)
+    model, processor = load_policy(model_args, script_args.min_pixels, script_args.max_pixels)
+    rewards = get_reward_funcs(script_args.reward_funcs)
+    if stock:
+        # TGRLTrainer adds this itself; stock TRL needs it too (a sampled <|image_pad|> crashes the step)
+        training_args.generation_kwargs = vision_guard(
+            training_args.generation_kwargs, processor.tokenizer, training_args.use_vllm
+        )
+        trainer = GRPOTrainer(
+            model, rewards, args=training_args, train_dataset=dataset, processing_class=processor
+        )
+    else:
+        trainer = TGRLTrainer(
+            model, rewards, args=training_args, train_dataset=dataset, processing_class=processor
+        )
+    probe = StepProbe(trainer)
+    trainer.train()
+    result = {
+        "method": args.child,
+        "recipe": str(recipe.relative_to(REPO)),
+        "rows_per_step": training_args.per_device_train_batch_size,
+        "num_generations": training_args.num_generations,
+        "max_completion_length": training_args.max_completion_length,
+        "torch_threads": torch.get_num_threads(),
+        "params": sum(p.numel() for p in model.parameters()),
+        "records": probe.records,
+    }
+    Path(args.result).write_text(json.dumps(result))
+
+
+# --------------------------------------------------------------------------------------------------
+# orchestration: interleaved rounds, summaries, ratios
+
+
+def interleaved(methods: Sequence[str], rounds: int) -> list[tuple[int, str]]:
+    """(round, method) in run order: round r starts r places further into the method list, so every
+    method runs early, in the middle and late."""
+    order = []
+    for r in range(rounds):
+        shift = r % len(methods)
+        order.extend((r, m) for m in [*methods[shift:], *methods[:shift]])
+    return order
+
+
+def _median(values: Sequence[float]) -> float | None:
+    clean = [v for v in values if v == v]  # drop NaN
+    return round(statistics.median(clean), 4) if clean else None
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    clean = [v for v in values if v == v]
+    return round(statistics.fmean(clean), 4) if clean else None
+
+
+def summarize(method: str, runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
+    """Pooled timed steps of all rounds of one method: median and mean per phase (wall and CPU),
+    lengths, memory. Medians of the phases need not add up to the median step; the means do."""
+    timed = [rec for run in runs for rec in run["records"][warmup:]]
+    if not timed:
+        raise RuntimeError(f"{method}: no timed steps (raise --steps or lower --warmup)")
+    summary: dict[str, Any] = {"bench": "step", "method": method}
+    for stat, fn in (("median", _median), ("mean", _mean)):
+        for suffix in ("", "_cpu"):
+            for phase in PHASES:
+                summary[f"{stat}_{phase}{suffix}_s"] = fn([r[f"{phase}{suffix}"] for r in timed])
+    for suffix in ("", "_cpu"):
+        summary[f"round_median_step{suffix}_s"] = [
+            _median([r[f"step{suffix}"] for r in run["records"][warmup:]]) for run in runs
+        ]
+    summary["steps_timed"] = len(timed)
+    summary["rounds"] = len(runs)
+    summary["len_on_policy"] = _mean([r.get("len_on_policy", float("nan")) for r in timed])
+    summary["len_expert"] = _mean([r.get("len_expert", float("nan")) for r in timed])
+    summary["padded_width"] = _mean([r.get("padded_width", float("nan")) for r in timed])
+    first = runs[0]
+    summary["rows_per_step"] = first["rows_per_step"]
+    summary["max_completion_length"] = first["max_completion_length"]
+    summary["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
+    summary["process_wall_s"] = [run["process_wall_s"] for run in runs]
+    return summary
+
+
+def ratio_records(summaries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Median-step ratios (wall: judged against the target; CPU: the contention-proof check), plus the
+    median of per-round wall ratios (drift check)."""
+    out = []
+    for num, den, target in RATIOS:
+        if num not in summaries or den not in summaries:
+            continue
+        a, b = summaries[num], summaries[den]
+        ratio = a["median_step_s"] / b["median_step_s"]
+        per_round = [
+            x / y for x, y in zip(a["round_median_step_s"], b["round_median_step_s"], strict=False) if x and y
+        ]
+        record = {
+            "bench": "step_ratio",
+            "name": f"{num}/{den}",
+            "ratio": round(ratio, 4),
+            "cpu_ratio": round(a["median_step_cpu_s"] / b["median_step_cpu_s"], 4),
+            "mean_ratio": round(a["mean_step_s"] / b["mean_step_s"], 4),
+            "median_round_ratio": round(statistics.median(per_round), 4) if per_round else None,
+            "round_ratios": [round(r, 4) for r in per_round],
+            "target_max": target,
+        }
+        if target is not None:
+            record["ok"] = ratio <= target
+        out.append(record)
+    return out
+
+
+def step_table(summaries: dict[str, dict[str, Any]], ratios: list[dict[str, Any]]) -> str:
+    header = ["method", "step", *PHASES[1:], "step CPU", "len on/exp/pad", "RSS MB"]
+    rows = []
+    for method, s in summaries.items():
+        lengths = "/".join(
+            "-" if s[k] is None else f"{s[k]:.1f}" for k in ("len_on_policy", "len_expert", "padded_width")
+        )
+        rows.append(
+            [
+                method,
+                *(f"{s[f'median_{p}_s']:.3f}" for p in PHASES),
+                f"{s['median_step_cpu_s']:.3f}",
+                lengths,
+                f"{s['peak_rss_mb']:.0f}",
+            ]
+        )
+    lines = [
+        "median seconds per optimizer step (wall unless noted; pooled over rounds, warm-up excluded)",
+        format_table(header, rows),
+    ]
+    for r in ratios:
+        verdict = (
+            ""
+            if r["target_max"] is None
+            else f"  target <= {r['target_max']:.2f}: {'OK' if r['ok'] else 'MISSED'}"
+        )
+        lines.append(
+            f"{r['name']}: {r['ratio']:.3f} wall (CPU {r['cpu_ratio']:.3f}, mean {r['mean_ratio']:.3f}, "
+            f"per-round {r['round_ratios']}){verdict}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_asset_args(ap)
+    ap.add_argument("--train", help="RL problem JSONL with meta.expert (default: the prepared one)")
+    ap.add_argument(
+        "--methods", nargs="+", default=["grpo_trl", "grpo", "tgrl", "luffy"], choices=list(RECIPES)
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each runs every method once)")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per run")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed first steps per run")
+    ap.add_argument("--batch", type=int, help="rollouts per step (default: the recipe's 32 = 4 prompts x 8)")
+    ap.add_argument("--max-len", type=int, help="max_completion_length (default: the recipe's 64)")
+    ap.add_argument("--out", help="write all measurements (incl. per-step records) as one JSON file")
+    # internal: one run of one method (the orchestrator starts these)
+    ap.add_argument("--child", choices=list(RECIPES), help=argparse.SUPPRESS)
+    ap.add_argument("--run-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        child_main(args)
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="tgrl_bench_") as tmp:
+        work = Path(args.work).resolve() if args.work else Path(tmp)
+        absolute_paths(args)
+        assets = prepare_assets(
+            work,
+            args.n_train,
+            args.n_test,
+            args.base_steps,
+            args.reuse_base,
+            args.base,
+            args.data,
+            args.train,
+        )
+        train = assets.train
+        note(f"base: {assets.base_source}")
+        records: list[dict[str, Any]] = []
+        runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for r, method in interleaved(args.methods, args.rounds):
+            run_dir = work / "step_runs" / f"{stamp}_{method}_r{r}"
+            result = run_dir / "result.json"
+            cmd = [PY, Path(__file__).resolve(), "--child", method, "--run-dir", run_dir, "--result", result]
+            cmd += ["--base", assets.base, "--train", train, "--steps", args.steps, "--warmup", args.warmup]
+            if args.batch:
+                cmd += ["--batch", str(args.batch)]
+            if args.max_len:
+                cmd += ["--max-len", str(args.max_len)]
+            measured = run_measured(cmd, run_dir / "log.txt")
+            run = json.loads(result.read_text())
+            run.update(round=r, peak_rss_mb=measured.peak_rss_mb, process_wall_s=measured.wall_s)
+            runs[method].append(run)
+            steps = [rec["step"] for rec in run["records"][args.warmup :]]
+            cpu = [rec["step_cpu"] for rec in run["records"][args.warmup :]]
+            note(f"round {r} {method}: median step {_median(steps)} s wall, {_median(cpu)} s CPU")
+        summaries = {m: summarize(m, runs[m], args.warmup) for m in args.methods}
+        for summary in summaries.values():
+            emit(summary, records)
+        ratios = ratio_records(summaries)
+        for record in ratios:
+            emit(record, records)
+        print(step_table(summaries, ratios), flush=True)
+        write_out(
+            args.out,
+            {
+                "bench": "step",
+                "settings": {k: v for k, v in vars(args).items() if k not in ("child", "run_dir", "result")},
+                "assets": asdict(assets),
+                "measurements": records,
+                "runs": {m: runs[m] for m in args.methods},
+            },
+        )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
