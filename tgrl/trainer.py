@@ -28,7 +28,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import split_pixel_values_by_grid
 
-from tgrl.metrics import JsonlMetricsCallback, quiet_console
+from tgrl.metrics import DATA_ORDER_FILE, JsonlMetricsCallback, quiet_console
 from tgrl.modeling import VISION_SPECIAL_TOKENS, vision_token_ids
 from tgrl.perturb import MODES as PERTURB_MODES
 from tgrl.perturb import perturb_pixel_values
@@ -510,8 +510,8 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         if self.args.log_data_order:
             ids = gather_object([row.get("id") for row in inputs[:: self.num_generations]])
             if self.accelerator.is_main_process:
-                path = os.path.join(self.args.output_dir, "data_order.jsonl")
-                append_jsonl(path, [{"step": self.state.global_step, "ids": ids}])
+                path = os.path.join(self.args.output_dir, DATA_ORDER_FILE)
+                append_jsonl(path, [{"step": self.state.global_step, "ids": ids}], fsync=False)
         return out
 
     def _process_slice(self, n_local: int) -> slice:
