@@ -128,3 +128,24 @@ def test_resolve_resume_and_run_record(tmp_path):
     record = json.loads(save_run_record(out, "r.yaml", {"seed": 1}, script).read_text())
     assert record["recipe"] == "r.yaml" and record["resolved"]["RLScriptArguments"]["method"] == "grpo"
     assert "git_commit" in record and "packages" in record
+
+
+def test_yaml_errors_name_the_file_for_recipes_and_script_configs(tmp_path):
+    """Recipes (train/) and script configs (data_prep/) share one reader: same messages."""
+    import argparse
+
+    from tgrl.teachers.base import parse_args_with_config
+
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("a: [1, 2\n")
+    a_list = tmp_path / "list.yaml"
+    a_list.write_text("- 1\n- 2\n")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--k", type=int, default=1)
+    for path, message in ((bad_yaml, "not valid YAML"), (a_list, "must be a YAML mapping")):
+        with pytest.raises(UserError, match=f"{path.name}: .*{message}"):
+            parse_recipe(TYPES, ["--config", str(path)])
+        with pytest.raises(UserError, match=f"{path.name}: .*{message}"):
+            parse_args_with_config(parser, ["--config", str(path)])
+    with pytest.raises(UserError, match="nope.yaml: config file not found"):
+        parse_args_with_config(parser, ["--config", str(tmp_path / "nope.yaml")])

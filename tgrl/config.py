@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from tgrl.utils import UserError, git_commit, package_versions, write_json
+from tgrl.utils import UserError, git_commit, load_yaml_mapping, package_versions, write_json
 
 # --------------------------------------------------------------------------------------------------
 # Script arguments (what is neither a TRL training argument nor a model argument)
@@ -106,19 +106,7 @@ class SFTScriptArguments:
 
 def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
     """Read one recipe YAML (a flat mapping); errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: recipe not found. Fix: see train/recipes/ for the shipped recipes")
-    try:
-        with open(path, encoding="utf-8") as f:
-            recipe = yaml.safe_load(f)
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({err})") from None
-    if recipe is None:
-        return {}
-    if not isinstance(recipe, dict):
-        raise UserError(f"{path}: a recipe must be a YAML mapping of key: value, got {type(recipe).__name__}")
-    return recipe
+    return load_yaml_mapping(path, "recipe", fix="see train/recipes/ for the shipped recipes")
 
 
 def split_config_arg(argv: Sequence[str]) -> tuple[str | None, list[str]]:

@@ -72,6 +72,27 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
 
 
+def load_yaml_mapping(path: str | os.PathLike, what: str = "config", fix: str = "") -> dict[str, Any]:
+    """Read a flat YAML mapping (a recipe or a script config); every error names the file.
+
+    ``what`` names the file's role in messages; ``fix`` is appended to the not-found message.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found" + (f". Fix: {fix}" if fix else ""))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({err})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a {what} must be a YAML mapping of key: value, got {type(data).__name__}")
+    return data
+
+
 def append_jsonl(path: str | os.PathLike, rows: Iterable[dict], fsync: bool = True) -> None:
     """Append rows: the append-only log of resumable jobs (a torn last line is tolerated by
     :func:`read_jsonl` with ``tolerate_torn_tail=True``).

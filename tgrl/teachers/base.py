@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
-
 from tgrl.data import Problem
 from tgrl.prompts import build_messages
-from tgrl.utils import UserError
+from tgrl.utils import UserError, load_yaml_mapping
 
 
 @dataclass(frozen=True)
@@ -163,14 +161,7 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] 
     pre, _ = parser.parse_known_args(argv)
     if pre.config is not None:
         path = Path(pre.config)
-        if not path.is_file():
-            raise UserError(f"{path}: config file not found")
-        try:
-            config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"{path}: not valid YAML ({err})") from None
-        if not isinstance(config, dict):
-            raise UserError(f"{path}: expected a mapping of option: value, got {type(config).__name__}")
+        config = load_yaml_mapping(path, "config file")
         dests = {a.dest for a in parser._actions if a.dest not in ("help", "config")}
         normalised = {}
         for key, value in config.items():
