@@ -24,9 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tgrl.converters import (  # noqa: E402
     Conversion,
     Skip,
+    add_source_arguments,
     clean_gold,
     find_data_files,
-    read_rows,
+    read_all_rows,
     resolve_source,
     store_image,
     strip_image_tags,
@@ -93,17 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", type=Path, help="local copy: a parquet/JSON file or the dataset folder")
-    src.add_argument(
-        "--hub", nargs="?", const=DEFAULT_HUB_ID, help=f"dataset id on the hub (default {DEFAULT_HUB_ID})"
-    )
-    parser.add_argument("--revision", default=None)
-    parser.add_argument("--cache-dir", type=Path, default=None)
-    parser.add_argument("--out", type=Path, required=True)
+    add_source_arguments(parser, DEFAULT_HUB_ID)
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     parser.add_argument("--answer-format", choices=["free", "choice"], default="free")
-    parser.add_argument("--limit", type=int, default=None, help="stop after N converted rows per split")
     args = parser.parse_args(argv)
 
     root = resolve_source(args.input, args.hub, args.revision, args.cache_dir)
@@ -118,14 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
         files = find_data_files(root, split) if root.is_dir() else [root]
         if root.is_dir() and not any(split in f.name for f in files):
             continue  # this copy has no such split
-
-        def rows(files=files):
-            for f in files:
-                yield from read_rows(f)
-
         conv.run(
             split,
-            rows(),
+            read_all_rows(files),
             lambda row, i, split=split: convert_row(row, i, folder, args.out, split, args.answer_format),
             args.limit,
         )

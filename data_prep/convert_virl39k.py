@@ -27,10 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tgrl.converters import (  # noqa: E402
     Conversion,
     Skip,
+    add_source_arguments,
     clean_gold,
     extract_zips,
     find_data_files,
-    read_rows,
+    read_all_rows,
     resolve_source,
     split_inline_choices,
     store_image,
@@ -105,17 +106,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", type=Path, help="local copy: the parquet/JSON file or the dataset folder")
-    src.add_argument(
-        "--hub", nargs="?", const=DEFAULT_HUB_ID, help=f"dataset id on the hub (default {DEFAULT_HUB_ID})"
-    )
-    parser.add_argument("--revision", default=None, help="hub revision (commit) to pin")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="hub download cache")
+    add_source_arguments(parser, DEFAULT_HUB_ID)
     parser.add_argument("--image-root", type=Path, default=None, help="folder image paths are relative to")
-    parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--split", default="train", help="ViRL39K has one split: train")
-    parser.add_argument("--limit", type=int, default=None, help="stop after N converted rows")
     args = parser.parse_args(argv)
 
     root = resolve_source(args.input, args.hub, args.revision, args.cache_dir)
@@ -128,14 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
         "ViRL39K",
         {"hub_id": args.hub, "revision": args.revision, "input": str(root), "files": [str(f) for f in files]},
     )
-
-    def rows():
-        for f in files:
-            yield from read_rows(f)
-
     conv.run(
         args.split,
-        rows(),
+        read_all_rows(files),
         lambda row, i: convert_row(row, i, source_root, args.out, args.split, conv),
         args.limit,
     )

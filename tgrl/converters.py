@@ -8,6 +8,7 @@ reason in the manifest; no row is dropped silently.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import re
@@ -111,6 +112,25 @@ def resolve_source(
             raise UserError(f"{local}: no such file or folder. Fix: point --input at the downloaded dataset")
         return local
     return snapshot_from_hub(hub_id, revision, cache_dir)
+
+
+def add_source_arguments(parser: argparse.ArgumentParser, default_hub_id: str) -> None:
+    """The flags every converter shares: where the dataset comes from, where the output goes."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", type=Path, help="local copy: a parquet/JSON file or the dataset folder")
+    src.add_argument(
+        "--hub", nargs="?", const=default_hub_id, help=f"dataset id on the hub (default {default_hub_id})"
+    )
+    parser.add_argument("--revision", default=None, help="hub revision (commit) to pin")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="hub download cache")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--limit", type=int, default=None, help="stop after N converted rows per split")
+
+
+def read_all_rows(files: Iterable[Path]) -> Iterator[dict[str, Any]]:
+    """The rows of several data files, in order."""
+    for f in files:
+        yield from read_rows(f)
 
 
 def extract_zips(root: Path) -> None:
