@@ -64,6 +64,7 @@ from tgrl.utils import (  # noqa: E402
     git_commit,
     package_versions,
     read_jsonl,
+    repair_torn_tail,
     set_torch_threads,
     sha256_file,
     write_json,
@@ -96,34 +97,6 @@ def shard_name(stem: str, suffix: str, num_shards: int, shard_index: int) -> str
 def in_shard(problem_id: str, num_shards: int, shard_index: int) -> bool:
     """Deterministic split by a stable hash of the id: independent of file order and of --limit."""
     return num_shards == 1 or stable_int("tgrl-shard", problem_id, bits=62) % num_shards == shard_index
-
-
-def repair_torn_tail(path: Path) -> int:
-    """Cut a partial last line (the process was killed mid-write) so appends start on a fresh line.
-    Returns the number of bytes removed."""
-    if not path.exists():
-        return 0
-    size = path.stat().st_size
-    if size == 0:
-        return 0
-    with open(path, "rb+") as f:
-        f.seek(-1, os.SEEK_END)
-        if f.read(1) == b"\n":
-            return 0
-        chunk = 1 << 16
-        pos = size
-        while pos > 0:
-            start = max(0, pos - chunk)
-            f.seek(start)
-            data = f.read(pos - start)
-            nl = data.rfind(b"\n")
-            if nl != -1:
-                keep = start + nl + 1
-                f.truncate(keep)
-                return size - keep
-            pos = start
-        f.truncate(0)
-        return size
 
 
 def read_done(path: Path) -> dict[tuple[str, int], float | None]:

@@ -31,6 +31,7 @@ ROW_KEYS = {
     "tgrl_adv_on_only": {"adv_group"},
     "tgrl_ratio_raw_p": {"expert_ratio"},
     "tgrl_ratio_sft": {"expert_ratio"},
+    "tgrl_ratio_teacher_is": {"expert_ratio", "train_file"},
 }
 RUN_KEYS = {"method", "output_dir"}
 INFLUENTIAL_RL = {

@@ -445,11 +445,21 @@ def test_teacher_is_reads_stored_teacher_logprobs(tgrl_batch):
     experts = out["is_expert"].nonzero().flatten().tolist()
     if not experts:
         pytest.skip("no expert group in this batch")
+    lengths = {i: len(trainer._full_expert_ids(rows[i]["expert_text"])) for i in experts}
     for i in experts:
-        rows[i]["expert_teacher_logprobs"] = [-0.5] * 5
+        rows[i]["expert_teacher_logprobs"] = [-0.5] * lengths[i]
     teacher = trainer._teacher_logps(out, rows)
-    assert (teacher[experts, :5] == -0.5).all() and (teacher[experts, 5:] == 0).all()
+    width = teacher.size(1)
+    for i in experts:
+        n = min(lengths[i], width)  # an overlong expert is cut like its tokens
+        assert (teacher[i, :n] == -0.5).all() and (teacher[i, n:] == 0).all()
     assert (teacher[~out["is_expert"]] == 0).all()
+    # A file scored with another tokenizer (one value short of the end-of-turn token is allowed).
+    rows[experts[0]]["expert_teacher_logprobs"] = [-0.5] * (lengths[experts[0]] + 3)
+    with pytest.raises(ValueError, match="another tokenizer, or a stale file"):
+        trainer._teacher_logps(out, rows)
+    rows[experts[0]]["expert_teacher_logprobs"] = [-0.5] * (lengths[experts[0]] - 1)
+    trainer._teacher_logps(out, rows)
     trainer.args.expert_ratio = "teacher_is"
     trainer.current_gradient_accumulation_steps = 1
     try:

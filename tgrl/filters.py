@@ -98,8 +98,12 @@ def response_logprobs(
     images: Sequence[Sequence],
     choices: Sequence | None,
     responses: Sequence[Sequence[int]],
+    temperature: float = 1.0,
 ):
     """Per-token log p(y_t | I, q, y_<t) of one batch: ``(logp, mask)``, both ``(B, R)``.
+
+    ``temperature`` divides the logits first (the distribution a sampler at that temperature drew
+    from; TRL scores the policy the same way).
 
     The layout is the trainer's: the prompt batch from :func:`encode_prompts` (left-padded), the
     response ids appended and right-padded, the attention mask zero on both paddings, and the
@@ -124,7 +128,9 @@ def response_logprobs(
         inputs["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(resp)], dim=1)
     with torch.no_grad():
         logits = model(**inputs, logits_to_keep=width + 1, use_cache=False).logits[:, :-1, :]
-        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)
+        logp = (
+            torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)
+        )
     return logp * mask, mask
 
 

@@ -87,7 +87,10 @@ def load_model_and_processor(
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs).to(device)
+    if device == "auto":  # shard a model larger than one GPU over all visible GPUs (accelerate)
+        model = AutoModelForImageTextToText.from_pretrained(str(path), device_map="auto", **kwargs)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs).to(device)
     model.eval()
     return model, load_processor(path, min_pixels, max_pixels)
 

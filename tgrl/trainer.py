@@ -700,9 +700,17 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             values = inputs[i].get("expert_teacher_logprobs")
             if not values:
                 raise ValueError(
-                    f"row {inputs[i].get('id')}: expert_ratio 'teacher_is' needs meta.expert.teacher_logprobs"
+                    f"row {inputs[i].get('id')}: expert_ratio 'teacher_is' needs meta.expert.teacher_logprobs. "
+                    "Fix: run data_prep/score_teacher_logprobs.py and train on its output"
                 )
-            values = torch.tensor(values, dtype=torch.float32)
+            n_tokens = len(self._full_expert_ids(inputs[i]["expert_text"]))
+            if len(values) not in (n_tokens, n_tokens - 1):  # with or without the end-of-turn token
+                raise ValueError(
+                    f"row {inputs[i].get('id')}: {len(values)} teacher log-probs for an expert of {n_tokens} "
+                    "policy tokens (another tokenizer, or a stale file). Fix: rerun "
+                    "data_prep/score_teacher_logprobs.py with this policy"
+                )
+            values = torch.tensor(values[: teacher.size(1)], dtype=torch.float32)
             teacher[i, : values.numel()] = values
         return teacher
 

@@ -125,6 +125,34 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def repair_torn_tail(path: Path) -> int:
+    """Cut a partial last line (the process was killed mid-write) so appends start on a fresh line.
+    Returns the number of bytes removed."""
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return 0
+        chunk = 1 << 16
+        pos = size
+        while pos > 0:
+            start = max(0, pos - chunk)
+            f.seek(start)
+            data = f.read(pos - start)
+            nl = data.rfind(b"\n")
+            if nl != -1:
+                keep = start + nl + 1
+                f.truncate(keep)
+                return size - keep
+            pos = start
+        f.truncate(0)
+        return size
+
+
 def read_jsonl(path: str | os.PathLike, tolerate_torn_tail: bool = False) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, row)``; a malformed line raises :class:`UserError` naming file and line.
 

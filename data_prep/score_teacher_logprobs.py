@@ -1,0 +1,205 @@
+"""Store the teacher's per-token log-probs of each expert trajectory (for ``expert_ratio: teacher_is``).
+
+    python data_prep/score_teacher_logprobs.py --data data/tgrl/oracle/train.jsonl \\
+        --teacher checkpoints/teacher --policy checkpoints/tiny_base --temperature 1.0
+
+``expert_ratio: teacher_is`` replaces LUFFY's shaped ratio with the true importance ratio
+p_theta(y_t) / pi_teacher(y_t), so it needs pi_teacher of every expert token, aligned with the policy's
+tokenization. Generation backends return log-probs in their own tokenization (vLLM, an API), so this
+step re-scores the final texts with a local copy of the teacher instead: one forward pass per
+trajectory, same prompt and token layout as the trainer (:func:`tgrl.filters.response_logprobs`), the
+logits divided by the teacher's sampling ``--temperature``. The teacher must share the policy's
+tokenizer (Qwen2.5-VL-72B and -7B do); otherwise the script stops and says so.
+
+Writes next to ``--data`` (so relative image paths stay valid):
+
+* ``train.teacher_is.jsonl`` (``--out-name``): the training set with ``meta.expert.teacher_logprobs``
+  (one value per policy token, end-of-turn included, rounded to 1e-4); train with
+  ``train_file=<that file>`` (``train/recipes/*/tgrl_ratio_teacher_is.yaml``).
+* ``<out-name>.partial.jsonl``: the resume log (one line per scored problem, appended after every
+  batch); a killed run picks up where it stopped, a finished rerun with the same settings does nothing.
+* ``<out-name>.manifest.json``: inputs, hashes, settings, counts, wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tgrl.data import load_problems  # noqa: E402
+from tgrl.filters import response_logprobs, response_token_ids  # noqa: E402
+from tgrl.rl_data import expert_text  # noqa: E402
+from tgrl.teachers.base import parse_args_with_config, required  # noqa: E402
+from tgrl.utils import (  # noqa: E402
+    UserError,
+    append_jsonl,
+    cli,
+    git_commit,
+    package_versions,
+    read_jsonl,
+    repair_torn_tail,
+    set_torch_threads,
+    sha256_file,
+    write_json,
+    write_jsonl,
+)
+
+SETTINGS_KEY = "_settings"  # first line of the resume log: what the scores were made with
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    required(
+        p.add_argument("--data", type=Path, help="training set from filter_trajectories.py (train.jsonl)")
+    )
+    required(p.add_argument("--teacher", type=str, help="the teacher checkpoint (local folder or hub id)"))
+    p.add_argument("--policy", type=str, default=None, help="policy checkpoint whose tokenizer must match")
+    p.add_argument("--temperature", type=float, default=1.0, help="the teacher's sampling temperature")
+    p.add_argument("--out-name", default="train.teacher_is.jsonl", help="output file name (next to --data)")
+    p.add_argument("--batch-size", type=int, default=8, help="trajectories per forward pass")
+    p.add_argument("--dtype", default="float32", help="teacher dtype (float32 | bfloat16 | auto)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (shard over all GPUs)")
+    p.add_argument("--min-pixels", type=int, default=None)
+    p.add_argument("--max-pixels", type=int, default=None)
+    p.add_argument("--force", action="store_true", help="discard scores made with other settings")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def check_same_tokenizer(teacher_tok, policy_tok, teacher: str, policy: str) -> None:
+    """Token-level ratios need one tokenization: the same vocabulary and end-of-turn token."""
+    if (
+        teacher_tok.get_vocab() != policy_tok.get_vocab()
+        or teacher_tok.eos_token_id != policy_tok.eos_token_id
+    ):
+        raise UserError(
+            f"the teacher ({teacher}) and the policy ({policy}) tokenize differently, so per-token teacher "
+            "log-probs cannot be aligned with the policy's tokens. Fix: use a teacher from the policy's "
+            "family, or train with expert_ratio shaped / raw_p (no teacher log-probs needed)"
+        )
+
+
+def load_resume_log(path: Path, settings: dict, force: bool) -> dict[str, list[float]]:
+    """Scores already computed with these settings (``{}`` for a fresh run)."""
+    if not path.exists():
+        return {}
+    repair_torn_tail(path)  # a kill mid-write leaves half a line: cut it so appends start clean
+    rows = [row for _, row in read_jsonl(path)]
+    if not rows:  # killed while writing the header: nothing was scored
+        path.unlink()
+        return {}
+    if rows[0].get(SETTINGS_KEY) != settings:
+        if not force:
+            raise UserError(
+                f"{path} holds scores made with other inputs or settings; pass --force to discard them "
+                "or --out-name to write elsewhere"
+            )
+        path.unlink()
+        return {}
+    return {row["id"]: row["teacher_logprobs"] for row in rows[1:]}
+
+
+@cli
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args_with_config(build_parser(), argv)
+    if args.temperature <= 0 or args.batch_size < 1:
+        raise UserError("--temperature must be > 0 and --batch-size >= 1")
+    if args.device.startswith("cpu"):
+        set_torch_threads(1)
+    t0 = time.time()
+    out = args.data.parent / args.out_name
+    if out.resolve() == args.data.resolve():
+        raise UserError(
+            f"--out-name {args.out_name} would overwrite the input {args.data}; choose another name"
+        )
+    log_path = out.with_name(out.name + ".partial.jsonl")
+    manifest_path = out.with_name(out.name + ".manifest.json")
+    settings = {
+        "data_sha256": sha256_file(args.data) if args.data.exists() else None,
+        "teacher": args.teacher,
+        "temperature": args.temperature,
+        "dtype": args.dtype,
+        "min_pixels": args.min_pixels,
+        "max_pixels": args.max_pixels,
+    }
+    problems = load_problems(args.data)
+    raw_rows = [row for _, row in read_jsonl(args.data)]
+    todo_ids = [p.id for p in problems if expert_text(p)]
+    scores = load_resume_log(log_path, settings, args.force)
+
+    missing = [p for p in problems if expert_text(p) and p.id not in scores]
+    if missing:
+        from tqdm import tqdm
+
+        from tgrl.modeling import load_model_and_processor, load_processor
+
+        model, processor = load_model_and_processor(
+            args.teacher,
+            dtype=args.dtype,
+            device=args.device,
+            min_pixels=args.min_pixels,
+            max_pixels=args.max_pixels,
+        )
+        tokenizer = processor.tokenizer
+        if args.policy:
+            policy_tok = load_processor(args.policy).tokenizer
+            check_same_tokenizer(tokenizer, policy_tok, args.teacher, args.policy)
+        if not log_path.exists():
+            append_jsonl(log_path, [{SETTINGS_KEY: settings}])
+        missing.sort(key=lambda p: len(expert_text(p)), reverse=True)  # similar lengths share a batch
+        bar = tqdm(total=len(missing), desc="teacher log-probs", disable=args.no_progress)
+        for start in range(0, len(missing), args.batch_size):
+            chunk = missing[start : start + args.batch_size]
+            ids = [response_token_ids(tokenizer, expert_text(p)) for p in chunk]
+            logp, _ = response_logprobs(
+                model,
+                processor,
+                [p.question for p in chunk],
+                [p.load_images() for p in chunk],
+                [p.choices for p in chunk],
+                ids,
+                temperature=args.temperature,
+            )
+            rows = [
+                {"id": p.id, "teacher_logprobs": [round(v, 4) for v in logp[i, : len(ids[i])].tolist()]}
+                for i, p in enumerate(chunk)
+            ]
+            append_jsonl(log_path, rows)  # durable before the next batch: a kill loses one batch at most
+            scores.update({r["id"]: r["teacher_logprobs"] for r in rows})
+            bar.update(len(chunk))
+        bar.close()
+
+    for row in raw_rows:
+        expert = (row.get("meta") or {}).get("expert")
+        if expert:
+            expert["teacher_logprobs"] = scores[row["id"]]
+    write_jsonl(out, raw_rows)
+    flat = [v for i in todo_ids for v in scores[i]]
+    manifest = {
+        "data": str(args.data),
+        "out": str(out),
+        "settings": settings,
+        "policy": args.policy,
+        "problems": len(problems),
+        "scored": len(todo_ids),
+        "scored_this_run": len(missing),
+        "tokens": len(flat),
+        "mean_teacher_logprob": sum(flat) / len(flat) if flat else None,
+        "wall_s": round(time.time() - t0, 2),
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+    }
+    write_json(manifest_path, manifest)
+    print(
+        f"[teacher-logprobs] {len(todo_ids)}/{len(problems)} problems have an expert; scored {len(missing)} now; "
+        f"{len(flat)} tokens, mean log-prob {manifest['mean_teacher_logprob']} -> {out}"
+    )
+    return manifest
+
+
+if __name__ == "__main__":
+    main()
