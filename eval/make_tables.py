@@ -133,6 +133,40 @@ def load_summary(paths: list[str]) -> list[Row]:
     return rows
 
 
+# A task a benchmark defines as the mean of other tasks' scores; the table derives it per run (and per
+# suite and decoding) when every part is there. MMMU-Pro's overall score is the mean of its two settings.
+DERIVED: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
+    ("mmmu_pro", "acc"): (("mmmu_pro_standard", "acc"), ("mmmu_pro_vision", "acc")),
+}
+
+
+def add_derived_rows(rows: list[Row]) -> list[Row]:
+    """Append one derived row per (run, suite, decoding) that has every part of a DERIVED task: the
+    mean of the parts' latest values, n = the sum of their n, as recent as its newest part."""
+    latest: dict[tuple, Row] = {}
+    for r in rows:
+        key = (r.d["run"], r.d.get("suite"), r.d.get("decoding"), r.d["task"], r.d["metric"])
+        if key not in latest or r.order > latest[key].order:
+            latest[key] = r
+    derived = []
+    for (task, metric), parts in DERIVED.items():
+        for run, suite, decoding in sorted({k[:3] for k in latest}, key=str):
+            found = [latest.get((run, suite, decoding, *part)) for part in parts]
+            if not all(found):
+                continue
+            newest = max(found, key=lambda r: r.order)
+            d = {
+                **newest.d,
+                "task": task,
+                "metric": metric,
+                "value": sum(r.d["value"] for r in found) / len(found),
+                "n": sum(r.d["n"] for r in found),
+                "derived_from": [f"{t}/{m}" for t, m in parts],
+            }
+            derived.append(Row(d, newest.path, newest.line, newest.order))
+    return rows + derived
+
+
 def load_reported(path: str) -> list[dict[str, str]]:
     if not Path(path).is_file():
         raise InputError(f"{path}: reported CSV not found")
@@ -632,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         tables = load_tables(args.tables)
-        summary = load_summary(args.summary)
+        summary = add_derived_rows(load_summary(args.summary))
         reported = load_reported(args.reported)
         names = args.table or list(tables)
         unknown = [n for n in names if n not in tables]

@@ -210,3 +210,16 @@ def test_letter_sets_for_multi_select(utils) -> None:
     assert utils.letter_set(None) == frozenset()
     assert utils.logicvista_score("<answer>C, A</answer>", "A, C") == 1.0
     assert utils.logicvista_score("<answer>A, B, C</answer>", "A, C") == 0.0
+
+
+def test_every_suite_task_is_found_by_lmms_eval() -> None:
+    """A task named in eval/suites.yaml but missing (or broken) in eval/tasks would only fail on the
+    cluster, after the model is loaded; lmms-eval's own TaskManager must index every one of them."""
+    import yaml
+    from lmms_eval.tasks import TaskManager
+
+    suites = yaml.safe_load((REPO / "eval" / "suites.yaml").read_text())
+    named = {f"tgrl_{t}" for suite in suites.values() for t in (suite.get("tasks") or [])}
+    assert {"tgrl_mmmu_pro_standard", "tgrl_mmmu_pro_vision"} <= named
+    manager = TaskManager("WARNING", include_path=[str(TASKS.parent)], include_defaults=False)
+    assert sorted(named - set(manager.all_tasks)) == []

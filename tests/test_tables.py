@@ -275,3 +275,24 @@ def test_reported_csv_has_tgrl_row_per_main_column() -> None:
     keys = {(r["method"], r["protocol"], r["base_model"]) for r in rows}
     for method in ("base", "grpo", "dapo", "vppo", "papo_d"):
         assert (method, "C", "Qwen2.5-VL-7B-Instruct") in keys
+
+
+def test_mmmu_pro_overall_is_derived_from_both_settings(tmp_path: Path) -> None:
+    """MMMU-Pro's overall score is the mean of its standard and vision settings (2409.02813); a run
+    with only one setting gets no overall cell, and the latest value of each part is used."""
+    base = {"method": "grpo", "metric": "acc", "suite": "paper", "decoding": "greedy", "seed": 1}
+    lines = [
+        {**base, "run": "r1", "task": "mmmu_pro_standard", "value": 0.1, "n": 1730},
+        {**base, "run": "r1", "task": "mmmu_pro_standard", "value": 0.40, "n": 1730},  # rerun: wins
+        {**base, "run": "r1", "task": "mmmu_pro_vision", "value": 0.30, "n": 1730},
+        {**base, "run": "r2", "task": "mmmu_pro_standard", "value": 0.50, "n": 1730},  # no vision
+    ]
+    p = tmp_path / "summary.jsonl"
+    p.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    rows = mt.add_derived_rows(mt.load_summary([str(p)]))
+    derived = [r.d for r in rows if r.d["task"] == "mmmu_pro"]
+    assert len(derived) == 1 and derived[0]["run"] == "r1"
+    assert derived[0]["value"] == pytest.approx(0.35) and derived[0]["n"] == 3460
+    spec = {"title": "t", "columns": [{"task": "mmmu_pro", "metric": "acc"}], "rows": [{"method": "grpo"}]}
+    cell = mt.build_table("t", spec, rows, []).rows[0]["cells"][0]
+    assert cell.runs == ["r1"] and cell.values == [pytest.approx(0.35)]

@@ -600,6 +600,43 @@ def mmmu_process_results(doc: dict, results: list) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
+# MMMU-Pro (MMMU/MMMU_Pro, test; 1,730 items per setting). "standard (10 options)": the MMMU columns
+# (id, question, options, explanation, image_1 ... image_7, img_type, answer, topic_difficulty, subject),
+# every item multiple choice with up to 10 options. "vision": id, image (a screenshot holding the question
+# AND its options), options, answer, subject. The benchmark's overall score is the mean of the two
+# settings (MMMU-Pro paper, 2409.02813); eval/make_tables.py derives it as task mmmu_pro.
+
+
+def mmmu_pro_standard_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
+    return question_with_choices(doc["question"], mmmu_options(doc))
+
+
+MMMU_PRO_VISION_PROMPT = (
+    "Answer the multiple-choice question shown in the image with the letter of the correct option."
+)
+
+
+def mmmu_pro_vision_doc_to_visual(doc: dict) -> list:
+    return pil_images(doc.get("image"))
+
+
+def mmmu_pro_vision_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
+    """The question and its options are only in the image (the setting's point): the text says how
+    to answer, nothing else."""
+    return MMMU_PRO_VISION_PROMPT
+
+
+def mmmu_pro_process_results(doc: dict, results: list) -> dict[str, Any]:
+    """Right when the extracted answer is the gold letter (or the gold option's text)."""
+    responses = responses_of(results)
+    choices = mmmu_options(doc) or None
+    question = doc.get("question") or MMMU_PRO_VISION_PROMPT
+    return accuracy_results(
+        responses, [score_response(r, str(doc["answer"]), choices, "choice", question) for r in responses]
+    )
+
+
+# --------------------------------------------------------------------------------------------------
 # MMStar (Lin-Chen/MMStar, val): index, question (options written inside), image, answer (A-D),
 # category, l2_category, meta_info
 
