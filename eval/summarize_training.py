@@ -6,20 +6,27 @@
 The visual-dependency diagnostic (mean s_t on expert vs on-policy tokens, DESIGN 5.4/5.6) is measured
 by the trainer, not by evaluation: this script averages the logged values over the last ``--tail``
 share of training and writes them as summary rows (``metric: vis_dep_expert`` / ``vis_dep_on_policy``,
-``decoding: training``), next to the evaluation rows of the same run.
+``decoding: training``), next to the evaluation rows of the same run. Idempotent: the rows carry a
+key (run, checkpoint, task, suite, tail and the hash of metrics.jsonl), and a rerun on the same
+metrics adds nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tgrl.utils import UserError, append_jsonl, cli, git_commit, package_versions, read_jsonl  # noqa: E402
+from run_lmms_eval import append_locked, finished_keys  # noqa: E402
+
+from tgrl.utils import UserError, cli, git_commit, package_versions, read_jsonl, sha256_file  # noqa: E402
 
 DIAGNOSTICS = {"vis_dep_expert": "vis_dep/expert", "vis_dep_on_policy": "vis_dep/on_policy"}
 
@@ -59,8 +66,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tail", type=float, default=0.3, help="share of the run to average over")
     parser.add_argument("--summary", type=Path, default=Path("results/summary.jsonl"))
     args = parser.parse_args(argv)
-    means = tail_means(args.run_dir / "metrics.jsonl", args.tail)
+    metrics_path = args.run_dir / "metrics.jsonl"
+    means = tail_means(metrics_path, args.tail)
+    ident = {
+        "run": args.run,
+        "checkpoint": str(args.run_dir.resolve()),
+        "task": args.task,
+        "suite": args.suite,
+        "tail": args.tail,
+        "metrics_sha256": sha256_file(metrics_path),
+    }
+    key = "train-" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+    if key in finished_keys(args.summary):
+        print(f"[summarize_training] {args.run}: already in {args.summary} (same metrics); nothing to do")
+        return
     common = {
+        "key": key,
         "run": args.run,
         "method": args.method,
         "seed": args.seed,
@@ -73,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     rows = [{**common, "metric": name, "value": value, "n": n} for name, (value, n) in sorted(means.items())]
-    append_jsonl(args.summary, rows)
+    append_locked(args.summary, rows)
     print(
         f"[summarize_training] {args.run}: "
         + ", ".join(f"{r['metric']}={r['value']:.3f} (n={r['n']})" for r in rows)
