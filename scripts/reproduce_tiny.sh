@@ -12,6 +12,9 @@
 # same base with the same rollout budget -> lmms-eval on the held-out 1,000-item test split -> tables
 # (results/tiny/tables) and training curves (results/tiny/plots). Two jobs run at once (JOBS=2).
 #
+# More ablation rows (one seed each, ~9 min per pair of runs; finished runs are reused):
+#   ABLATIONS="tgrl_no_filter tgrl_inject_on_fail tgrl_adv_on_only tgrl_ratio_raw_p tgrl_ratio_sft" bash scripts/reproduce_tiny.sh
+#
 # Overrides: SEEDS="0 1 2" METHODS="grpo sft_rl luffy_vl tgrl" ABLATIONS="tgrl_no_filter" RL_STEPS=1000
 #            BASE_STEPS=450 SFT_STEPS=600 N_TRAIN=3000 N_TEST=1000 JOBS=2 OUT=results/tiny
 #            WORK=checkpoints/tiny_repro DATA=data/tiny_repro
@@ -118,7 +121,7 @@ for m in $ABLATIONS; do run_bg "${m}_s$first_seed" rl_job "$m" "$first_seed"; do
 wait_all
 
 say "6/6 tables and training curves"
-$PY eval/make_tables.py --summary "$SUMMARY" --out "$OUT/tables" --table tiny
+$PY eval/make_tables.py --summary "$SUMMARY" --out "$OUT/tables" --table tiny --table tiny_ablations
 mapfile -t METRIC_FILES < <(ls "$WORK"/*_s*/metrics.jsonl 2>/dev/null | grep -v '/sft_s')
 $PY eval/plot_training.py --metrics "${METRIC_FILES[@]}" --out "$OUT/plots" --smooth 20
 cat "$OUT/tables/tiny.md"
