@@ -50,3 +50,25 @@ def test_metrics_callback_syncs_at_checkpoints_not_per_step(tmp_path, monkeypatc
     assert len(calls) == 2  # metrics.jsonl and data_order.jsonl
     callback.on_train_end(args, state, None)
     assert len(calls) == 4
+
+
+def test_git_commit_ignores_results_but_not_code(tmp_path, monkeypatch):
+    """Provenance: a run that appends to a committed results file is not 'dirty'; edited code is."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "summary.jsonl").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(utils, "REPO_ROOT", tmp_path)
+    clean = utils.git_commit()
+    assert clean != "unknown" and not clean.endswith("+dirty")
+    (tmp_path / "results" / "summary.jsonl").write_text("{}\n{}\n")
+    assert utils.git_commit() == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert utils.git_commit() == clean + "+dirty"

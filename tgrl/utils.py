@@ -190,7 +190,10 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def git_commit(short: bool = True) -> str:
-    """The repo's current commit (with ``+dirty`` when the tree has changes), or ``unknown``."""
+    """The repo's current commit (with ``+dirty`` when the code has uncommitted changes), or ``unknown``.
+
+    Changes under ``results/`` do not count: they are the outputs being written (a run appending to
+    the committed ``results/tiny/summary.jsonl`` would otherwise mark itself dirty)."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", *(["--short"] if short else []), "HEAD"],
@@ -201,7 +204,7 @@ def git_commit(short: bool = True) -> str:
             timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
