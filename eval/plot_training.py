@@ -13,8 +13,10 @@ are not fixed, so every panel lists candidate keys in PANELS below (first one pr
 leading "train/" is ignored); adjust them there. Panels without data in any run are skipped. If a step is
 logged twice (a resumed run), the later line wins.
 
-Output (in --out): <run>.png for each run (label = the run directory's name), overlay.png with every run
-in every panel, and overlay_<panel>.png per panel for embedding one curve in a document.
+Output (in --out): <run>.png for each run (label = the run directory's name), overlay.png with every
+method in every panel, and overlay_<panel>.png per panel for embedding one curve in a document. In the
+overlays, runs that differ only in a trailing seed suffix (``tgrl_s0``, ``tgrl_s1``, ...) are one method:
+one colour, the mean of the seeds' smoothed curves, and a band from their minimum to their maximum.
 """
 
 from __future__ import annotations
@@ -156,6 +158,25 @@ def run_labels(paths: list[Path]) -> list[str]:
     return labels
 
 
+SEED_SUFFIX = re.compile(r"_s(?:eed)?\d+$")
+
+
+def method_of(run: str) -> str:
+    """``tgrl_s2`` -> ``tgrl``: the overlays draw the seeds of one method as one curve and band."""
+    return SEED_SUFFIX.sub("", run)
+
+
+def seed_band(
+    curves: list[tuple[list[int], list[float]]],
+) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Mean, min and max over seeds at the steps every seed logged (resumed or shorter runs may
+    miss some)."""
+    common = sorted(set.intersection(*(set(xs) for xs, _ in curves)))
+    at = [dict(zip(xs, ys, strict=True)) for xs, ys in curves]
+    cols = [[a[x] for a in at] for x in common]
+    return common, [sum(c) / len(c) for c in cols], [min(c) for c in cols], [max(c) for c in cols]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="PNG training curves from metrics JSONL files.")
     ap.add_argument("--metrics", nargs="+", required=True, help="<run>/metrics.jsonl, one or more")
@@ -202,29 +223,37 @@ def main(argv: list[str] | None = None) -> int:
         save_atomic(fig, path)
         written.append(path)
 
-    # overlays: colour = run, line style = series within a panel
+    # overlays: colour = method (its seeds averaged, min-max band), line style = series within a panel
     present = [p for p in PANELS if any(found[r][p] for r in found)]
     styles = ["-", "--", ":", "-."]
+    methods: dict[str, list[str]] = {}
+    for run in found:
+        methods.setdefault(method_of(run), []).append(run)
 
     def overlay(ax, p: str) -> None:
-        for i, run in enumerate(found):
-            for j, (s, (xs, ys)) in enumerate(found[run][p].items()):
-                label = run if len(PANELS[p]) == 1 else f"{run}: {s}"
-                draw(
-                    ax,
-                    xs,
-                    ys,
-                    args.smooth,
-                    label=label,
-                    color=f"C{i % 10}",
-                    linestyle=styles[j % len(styles)],
-                )
+        for i, (method, members) in enumerate(methods.items()):
+            color = f"C{i % 10}"
+            for j, s in enumerate(PANELS[p]):
+                curves = [
+                    (xs, smooth(ys, args.smooth))
+                    for run in members
+                    if (hit := found[run][p].get(s))
+                    for xs, ys in [hit]
+                ]
+                if not curves:
+                    continue
+                xs, mean, lo, hi = seed_band(curves)
+                seeds = f" ({len(curves)} seeds)" if len(curves) > 1 else ""
+                label = method + seeds + ("" if len(PANELS[p]) == 1 else f": {s}")
+                ax.plot(xs, mean, linewidth=1.5, color=color, linestyle=styles[j % len(styles)], label=label)
+                if len(curves) > 1:
+                    ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
         ax.set_title(p)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
 
     if present:
-        fig, axes = grid_axes(len(present), "all runs" + suffix)
+        fig, axes = grid_axes(len(present), "all methods, mean and min-max over seeds" + suffix)
         for ax, p in zip(axes, present, strict=True):
             overlay(ax, p)
         fig.tight_layout()

@@ -107,3 +107,15 @@ def test_malformed_metrics_exit_2(tmp_path: Path, capsys) -> None:
     assert pt.main(["--metrics", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "line 2" in err
+
+
+def test_overlays_group_seeds_into_methods() -> None:
+    assert [pt.method_of(r) for r in ("tgrl_s0", "tgrl_no_filter_s12", "grpo_seed3", "base")] == [
+        "tgrl",
+        "tgrl_no_filter",
+        "grpo",
+        "base",
+    ]
+    # seed 2 missed step 3 (e.g. a resumed run): the band covers the steps all seeds logged
+    xs, mean, lo, hi = pt.seed_band([([1, 2, 3], [0.0, 1.0, 2.0]), ([1, 2], [2.0, 3.0])])
+    assert xs == [1, 2] and mean == [1.0, 2.0] and lo == [0.0, 1.0] and hi == [2.0, 3.0]
