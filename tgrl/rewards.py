@@ -555,7 +555,11 @@ def _encloses_whole(text: str) -> bool:
 
 class _Timeout(BaseException):
     """Raised by our deadline tracer; a BaseException so ``except Exception`` (math-verify wraps every
-    step in one) cannot swallow it. (sympy, latex2sympy2 and antlr4 have no bare ``except:``.)"""
+    step in one) cannot swallow it. (sympy, latex2sympy2 and antlr4 have no bare ``except:``.)
+
+    A generator that the garbage collector finalises after the deadline gets it in its finalizer,
+    where Python prints "Exception ignored" (a PytestUnraisableExceptionWarning in the adversarial
+    tests); harmless: the next traced event raises again and the call still ends as timed out."""
 
 
 def _call_with_deadline(function: Callable[[], Any], seconds: float) -> tuple[bool, Any]:
