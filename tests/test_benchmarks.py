@@ -8,12 +8,13 @@ synthetic set and an in-test oracle expert file, so nothing is prepared by the s
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import write_expert_set
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -58,20 +59,7 @@ def json_lines(stdout: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def expert_train(synthetic_dir, tmp_path_factory) -> Path:
     """Train rows with an oracle expert trajectory each (the shape filter_trajectories.py writes)."""
-    from tgrl.data import load_problems
-    from tgrl.teachers.oracle import oracle_trace
-    from tgrl.utils import write_jsonl
-
-    rng = random.Random(0)
-    rows = []
-    for problem in load_problems(synthetic_dir / "train.jsonl", limit=8):
-        record = problem.to_record()
-        record["images"] = problem.image_paths
-        record["meta"]["expert"] = {"text": oracle_trace(problem.meta, rng), "teacher": "oracle"}
-        rows.append(record)
-    path = tmp_path_factory.mktemp("bench_experts") / "train.jsonl"
-    write_jsonl(path, rows)
-    return path
+    return write_expert_set(synthetic_dir, tmp_path_factory.mktemp("bench_experts") / "train.jsonl", limit=8)
 
 
 def test_benchmarks_print_parseable_json(tmp_path, tiny_checkpoint, synthetic_dir, expert_train):

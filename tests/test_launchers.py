@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import write_expert_set
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = [
     "run_tgrl_7b.sh",
@@ -129,20 +131,7 @@ def test_tiny_twin_dry_run():
 @pytest.mark.parametrize("processes", [1, 2])
 def test_accelerate_deepspeed_zero2_on_cpu(processes, tiny_checkpoint, synthetic_dir, tmp_path):
     """2 TGRL steps through accelerate + DeepSpeed ZeRO-2 (gloo) on CPU, 1 and 2 processes."""
-    import random
-
-    from tgrl.data import load_problems
-    from tgrl.teachers.oracle import oracle_trace
-    from tgrl.utils import write_jsonl
-
-    rng = random.Random(0)
-    rows = []
-    for problem in load_problems(synthetic_dir / "train.jsonl", limit=16):
-        record = problem.to_record()
-        record["images"] = problem.image_paths
-        record["meta"]["expert"] = {"text": oracle_trace(problem.meta, rng), "teacher": "oracle"}
-        rows.append(record)
-    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_expert_set(synthetic_dir, tmp_path / "train.jsonl", limit=16)
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))

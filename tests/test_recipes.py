@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import sys
 from pathlib import Path
 
@@ -13,9 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tgrl.data import load_problems
-from tgrl.teachers.oracle import oracle_trace
-from tgrl.utils import write_jsonl
+from tests.helpers import write_expert_set
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "train" / "recipes"
@@ -140,18 +137,8 @@ def test_tiers_agree_on_method_keys():
 
 @pytest.fixture(scope="module")
 def expert_data(synthetic_dir, tmp_path_factory):
-    rng = random.Random(2)
-    rows = []
-    for i, problem in enumerate(load_problems(synthetic_dir / "train.jsonl", limit=24)):
-        record = problem.to_record()
-        record["images"] = problem.image_paths
-        record["meta"]["expert"] = (
-            None if i % 5 == 4 else {"text": oracle_trace(problem.meta, rng), "teacher": "oracle"}
-        )
-        rows.append(record)
     path = tmp_path_factory.mktemp("recipe_data") / "train.jsonl"
-    write_jsonl(path, rows)
-    return path
+    return write_expert_set(synthetic_dir, path, limit=24, seed=2, without_expert=lambda i: i % 5 == 4)
 
 
 @pytest.fixture(scope="module")

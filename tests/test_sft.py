@@ -3,36 +3,25 @@
 from __future__ import annotations
 
 import json
-import random
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import write_expert_set
 from tgrl.data import load_problems
 from tgrl.modeling import load_processor
 from tgrl.rl_data import build_sft_dataset, direct_answer
-from tgrl.teachers.oracle import oracle_trace
-from tgrl.utils import UserError, write_jsonl
+from tgrl.utils import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def expert_train(synthetic_dir, tmp_path_factory):
-    rng = random.Random(1)
-    rows = []
-    for i, problem in enumerate(load_problems(synthetic_dir / "train.jsonl", limit=12)):
-        record = problem.to_record()
-        record["images"] = problem.image_paths
-        record["meta"]["expert"] = (
-            None if i == 0 else {"text": oracle_trace(problem.meta, rng), "teacher": "oracle"}
-        )
-        rows.append(record)
     path = tmp_path_factory.mktemp("sft") / "train.jsonl"
-    write_jsonl(path, rows)
-    return path
+    return write_expert_set(synthetic_dir, path, limit=12, seed=1, without_expert=lambda i: i == 0)
 
 
 def test_rows_expert_and_direct(expert_train, synthetic_dir):

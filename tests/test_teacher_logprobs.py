@@ -4,18 +4,17 @@ resumes, settings changes are refused, and the trainer trains on (and checks) th
 
 import json
 import math
-import random
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import write_expert_set
 from tgrl.data import load_problems
 from tgrl.filters import response_logprobs, response_token_ids
 from tgrl.modeling import load_model_and_processor
-from tgrl.teachers.oracle import oracle_trace
-from tgrl.utils import read_jsonl, write_jsonl
+from tgrl.utils import read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "data_prep"))
@@ -27,18 +26,9 @@ import score_teacher_logprobs as stl  # noqa: E402
 @pytest.fixture()
 def expert_set(synthetic_dir, tmp_path):
     """A training set next to its images: 10 problems, every third without an expert."""
-    rng = random.Random(3)
-    rows = []
-    for i, problem in enumerate(load_problems(synthetic_dir / "train.jsonl", limit=10)):
-        record = problem.to_record()
-        record["images"] = problem.image_paths  # absolute: the file can live anywhere
-        record["meta"]["expert"] = (
-            None if i % 3 == 2 else {"text": oracle_trace(problem.meta, rng), "teacher": "oracle"}
-        )
-        rows.append(record)
-    path = tmp_path / "train.jsonl"
-    write_jsonl(path, rows)
-    return path
+    return write_expert_set(
+        synthetic_dir, tmp_path / "train.jsonl", limit=10, seed=3, without_expert=lambda i: i % 3 == 2
+    )
 
 
 def scored_rows(path: Path) -> dict[str, dict]:

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
-from tgrl.data import load_problems
+from tests.helpers import write_expert_set
 from tgrl.modeling import VISION_SPECIAL_TOKENS, load_processor, vision_token_ids
 from tgrl.rewards import get_reward_funcs
 from tgrl.rl_data import build_rl_dataset
-from tgrl.teachers.oracle import oracle_trace
 from tgrl.token_weights import group_advantages
 from tgrl.trainer import TGRLConfig, TGRLTrainer, vision_guard
-from tgrl.utils import write_jsonl
 
 G = 8  # num_generations in every test here
 
@@ -52,17 +48,8 @@ def load_model(path):
 @pytest.fixture(scope="module")
 def expert_file(synthetic_dir, tmp_path_factory):
     """Synthetic train rows with oracle expert trajectories; every 4th row has none (plain GRPO group)."""
-    rng = random.Random(0)
-    rows = []
-    for i, problem in enumerate(load_problems(synthetic_dir / "train.jsonl", limit=16)):
-        record = problem.to_record()
-        record["images"] = problem.image_paths
-        expert = None if i % 4 == 1 else {"text": oracle_trace(problem.meta, rng), "teacher": "oracle"}
-        record["meta"]["expert"] = expert
-        rows.append(record)
     path = tmp_path_factory.mktemp("experts") / "train.jsonl"
-    write_jsonl(path, rows)
-    return path
+    return write_expert_set(synthetic_dir, path, limit=16, without_expert=lambda i: i % 4 == 1)
 
 
 def make_trainer(checkpoint, dataset, args):
