@@ -262,6 +262,22 @@ def absolute_paths(args: argparse.Namespace) -> None:
             setattr(args, name, str(Path(getattr(args, name)).resolve()))
 
 
+def assets_from_args(args: argparse.Namespace, work: Path, need_train: bool = True) -> Assets:
+    """:func:`prepare_assets` with the options :func:`add_asset_args` defined (paths made absolute)."""
+    absolute_paths(args)
+    return prepare_assets(
+        work,
+        args.n_train,
+        args.n_test,
+        args.base_steps,
+        args.reuse_base,
+        args.base,
+        args.data,
+        getattr(args, "train", None),
+        need_train,
+    )
+
+
 def add_asset_args(ap: argparse.ArgumentParser) -> None:
     """The asset options both benchmark scripts share."""
     ap.add_argument("--work", help="folder for the bench's base, data and runs (default: a temporary folder)")
@@ -575,17 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="tgrl_bench_") as tmp:
         work = Path(args.work).resolve() if args.work else Path(tmp)
-        absolute_paths(args)
-        assets = prepare_assets(
-            work,
-            args.n_train,
-            args.n_test,
-            args.base_steps,
-            args.reuse_base,
-            args.base,
-            args.data,
-            args.train,
-        )
+        assets = assets_from_args(args, work)
         train = assets.train
         note(f"base: {assets.base_source}")
         records: list[dict[str, Any]] = []

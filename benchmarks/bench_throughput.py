@@ -40,13 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step import (  # noqa: E402
     PY,
     Assets,
-    absolute_paths,
     add_asset_args,
+    assets_from_args,
     emit,
     format_table,
     interleaved,
     note,
-    prepare_assets,
     run_measured,
     write_out,
 )
@@ -179,17 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="tgrl_bench_") as tmp:
         work = Path(args.work).resolve() if args.work else Path(tmp)
-        absolute_paths(args)
-        assets = prepare_assets(
-            work,
-            args.n_train,
-            args.n_test,
-            args.base_steps,
-            args.reuse_base,
-            args.base,
-            args.data,
-            need_train=False,
-        )
+        assets = assets_from_args(args, work, need_train=False)
         note(f"base: {assets.base_source}")
         results: dict[str, list[dict[str, Any]]] = defaultdict(list)
         stamp = time.strftime("%Y%m%d-%H%M%S")
