@@ -563,7 +563,8 @@ def mmmu_doc_to_visual(doc: dict) -> list:
 
 
 def mmmu_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    options = mmmu_options(doc) if doc["question_type"] == "multiple-choice" else []
+    """Also MMMU-Pro's standard setting: same columns, no ``question_type`` (every item is multiple choice)."""
+    options = mmmu_options(doc) if doc.get("question_type", "multiple-choice") == "multiple-choice" else []
     return question_with_choices(doc["question"], options)
 
 
@@ -605,10 +606,6 @@ def mmmu_process_results(doc: dict, results: list) -> dict[str, Any]:
 # every item multiple choice with up to 10 options. "vision": id, image (a screenshot holding the question
 # AND its options), options, answer, subject. The benchmark's overall score is the mean of the two
 # settings (MMMU-Pro paper, 2409.02813); eval/make_tables.py derives it as task mmmu_pro.
-
-
-def mmmu_pro_standard_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    return question_with_choices(doc["question"], mmmu_options(doc))
 
 
 MMMU_PRO_VISION_PROMPT = (
