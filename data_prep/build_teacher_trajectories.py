@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 import typing
@@ -61,6 +60,7 @@ from tgrl.utils import (  # noqa: E402
     UserError,
     append_jsonl,
     cli,
+    cpu_threads,
     git_commit,
     package_versions,
     read_jsonl,
@@ -412,10 +412,7 @@ class Builder:
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = parse_args_with_config(build_parser(), argv)
-    explicit = os.environ.get("TGRL_TORCH_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    set_torch_threads(
-        None if explicit or args.backend != "hf" or not str(args.device or "cpu").startswith("cpu") else 1
-    )
+    set_torch_threads(cpu_threads(str(args.device or "cpu")) if args.backend == "hf" else None)
     code = Builder(args).run()
     if code:
         raise SystemExit(code)

@@ -41,6 +41,7 @@ from tgrl.teachers.base import parse_args_with_config, required  # noqa: E402
 from tgrl.utils import (  # noqa: E402
     UserError,
     cli,
+    cpu_threads,
     git_commit,
     package_versions,
     read_jsonl,
@@ -91,13 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an output made with other settings")
     p.add_argument("--no-progress", action="store_true")
     return p
-
-
-def cpu_threads(device: str) -> int | None:
-    """One torch thread on CPU unless the user chose (two threads stall at random on small models,
-    ENV_FACTS.md); ``None`` leaves the setting alone."""
-    explicit = os.environ.get("TGRL_TORCH_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    return None if explicit or not device.startswith("cpu") else 1
 
 
 def relative_images(images: list[str], src_dir: Path, out_dir: Path) -> list[str]:

@@ -38,6 +38,7 @@ from tgrl.utils import (  # noqa: E402
     UserError,
     append_jsonl,
     cli,
+    cpu_threads,
     git_commit,
     package_versions,
     read_jsonl,
@@ -108,8 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args_with_config(build_parser(), argv)
     if args.temperature <= 0 or args.batch_size < 1:
         raise UserError("--temperature must be > 0 and --batch-size >= 1")
-    if args.device.startswith("cpu"):
-        set_torch_threads(1)
+    set_torch_threads(cpu_threads(args.device))
     t0 = time.time()
     out = args.data.parent / args.out_name
     if out.resolve() == args.data.resolve():

@@ -241,6 +241,14 @@ def package_versions(
     return out
 
 
+def cpu_threads(device: str) -> int | None:
+    """The thread count for :func:`set_torch_threads` of a job on ``device``: one on CPU unless the
+    user chose (``TGRL_TORCH_THREADS`` / ``OMP_NUM_THREADS``; two threads stall at random on small
+    models, ENV_FACTS.md); ``None`` leaves the setting alone (GPU jobs, explicit choices)."""
+    explicit = os.environ.get("TGRL_TORCH_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    return None if explicit or not device.startswith("cpu") else 1
+
+
 def set_torch_threads(n: int | None = None) -> None:
     """Pin torch's intra-op threads (``TGRL_TORCH_THREADS`` or ``n``). On small CPUs two threads stall
     at random; GPU runs are unaffected."""
