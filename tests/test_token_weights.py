@@ -8,12 +8,14 @@ import torch
 from tgrl.token_weights import (
     EXPERT_RATIOS,
     EXPERT_TOKEN_WEIGHTS,
+    aggregate,
     expert_ratio_term,
     expert_token_weights,
     group_advantages,
     masked_mean,
     onpolicy_token_loss,
     tgrl_loss,
+    tgrl_loss_terms,
     visual_dependency,
 )
 
@@ -207,7 +209,8 @@ def test_expert_ratio_term_values_and_gradient(scheme):
     p = T([0.01, 0.1, 0.5, 1.0])
     tlp = T([-0.1, -0.2, -0.3, -0.05])
     logp = p.log().requires_grad_(True)
-    f = expert_ratio_term(logp, scheme, gamma=gamma, teacher_logp=tlp)
+    f, bounded = expert_ratio_term(logp, scheme, gamma=gamma, teacher_logp=tlp)
+    assert not bounded.any()  # inside every bound
     expected_f = {
         "shaped": p / (p + gamma),
         "raw_p": p,
@@ -398,7 +401,9 @@ def test_tgrl_loss_onpolicy_weights_and_kl():
     ref = logp.detach() - 0.3  # ref - logp = -0.3 on every token: k3 = exp(-0.3) + 0.3 - 1
     c, met = tgrl_loss(logp, old, adv, mask, expert_mask=expert, expert_weights=w, ref_logp=ref, beta=0.1)
     k3 = math.exp(-0.3) + 0.3 - 1
-    assert close(c - a, 0.1 * k3 * 4 / 6)  # KL on the 4 on-policy tokens only
+    # KL on the 4 on-policy tokens only, and averaged over them: the 2 expert tokens are not in its
+    # normaliser (it was 4 / 6 before issue 11 item 5)
+    assert close(c - a, 0.1 * k3)
     assert close(met["kl"], k3)
     with pytest.raises(ValueError, match="ref_logp"):
         tgrl_loss(logp, old, adv, mask, beta=0.1)
@@ -412,3 +417,107 @@ def test_tgrl_loss_errors():
         tgrl_loss(logp, old, adv, mask, expert_ratio="bogus")
     with pytest.raises(ValueError, match="max_len"):
         tgrl_loss(logp, old, adv, mask, loss_agg="seq_mean_token_sum_norm")
+
+
+# --------------------------------------------------------------------------------------------------- expert-term strength
+
+
+def test_separate_normaliser_hand_values():
+    """expert_loss_norm 'separate': each term averaged over its own tokens (rows), then summed; the
+    expert term scaled by expert_coef. Hand values from the per-token losses of _hand_tokens."""
+    logp, old, mask, adv, expert, w = _batch()
+    row0, row1, row2 = _hand_tokens(logp.detach(), old, adv.tolist())
+    kw = dict(expert_mask=expert, expert_weights=w, expert_loss_norm="separate")
+    terms = tgrl_loss_terms(logp, old, adv, mask, loss_agg="token_mean", **kw)
+    assert close(terms.on_policy, (sum(row0) + sum(row2)) / 4)
+    assert close(terms.expert, sum(row1) / 2)
+    terms = tgrl_loss_terms(logp, old, adv, mask, loss_agg="token_mean", expert_coef=0.3, **kw)
+    assert close(terms.total, (sum(row0) + sum(row2)) / 4 + 0.3 * sum(row1) / 2)
+    # global counts (TRL's num_items_in_batch style) replace the local ones, per set
+    terms = tgrl_loss_terms(logp, old, adv, mask, num_on_tokens=10, num_exp_tokens=5, **kw)
+    assert close(terms.total, (sum(row0) + sum(row2)) / 10 + sum(row1) / 5)
+    terms = tgrl_loss_terms(logp, old, adv, mask, loss_agg="seq_mean_token_mean", **kw)
+    assert close(terms.total, (sum(row0) / 3 + sum(row2) / 1) / 2 + sum(row1) / 2)
+    terms = tgrl_loss_terms(logp, old, adv, mask, loss_agg="seq_mean_token_sum_norm", max_len=10, **kw)
+    assert close(terms.total, (sum(row0) + sum(row2)) / (2 * 10) + sum(row1) / (1 * 10))
+    # joint with coef: the expert share of the one mean is scaled
+    terms = tgrl_loss_terms(logp, old, adv, mask, expert_mask=expert, expert_weights=w, expert_coef=2.0)
+    assert close(terms.total, (sum(row0) + sum(row2) + 2.0 * sum(row1)) / 6)
+
+
+def test_separate_normaliser_expert_gradient_is_joint_times_token_ratio():
+    """The point of 'separate': an expert token's gradient is (all valid / expert tokens) times its
+    gradient under 'joint' (here 6 / 2 = 3); on-policy gradients scale by 6 / 4."""
+    logp, old, mask, adv, expert, w = _batch()
+    grads = {}
+    for norm in ("joint", "separate"):
+        lp = logp.detach().clone().requires_grad_(True)
+        tgrl_loss(lp, old, adv, mask, expert_mask=expert, expert_weights=w, expert_loss_norm=norm)[
+            0
+        ].backward()
+        grads[norm] = lp.grad
+    assert close(grads["separate"][1], 3.0 * grads["joint"][1])
+    assert close(grads["separate"][0], 1.5 * grads["joint"][0])
+
+
+def test_rows_leave_per_row_normalisers():
+    """rows: the rows that count in per-row means (TRL 'grpo' counts all rows, even all-masked ones)."""
+    logp, old, mask, adv, _, _ = _batch()
+    mask = mask.clone()
+    mask[2] = 0  # a truncated row with mask_truncated_completions: all tokens masked
+    row0, _, _ = _hand_tokens(logp.detach(), old, adv.tolist())
+    on0 = [
+        math.exp(lp - lo) for lp, lo in zip(logp.detach()[1, :2].tolist(), old[1, :2].tolist(), strict=True)
+    ]
+    row1 = [-min(r * 1.5, min(max(r, 0.8), 1.2) * 1.5) for r in on0]
+    everyone, _ = tgrl_loss(logp, old, adv, mask, loss_agg="seq_mean_token_mean")
+    assert close(everyone, (sum(row0) / 3 + sum(row1) / 2 + 0.0) / 3)  # stock TRL: mean over all 3 rows
+    kept, _ = tgrl_loss(logp, old, adv, mask, loss_agg="seq_mean_token_mean", rows=T([True, True, False]))
+    assert close(kept, (sum(row0) / 3 + sum(row1) / 2) / 2)
+
+
+def test_expert_bounds_sft_negative_advantage_and_teacher_is_cap():
+    """sft with A < 0 stops at the p floor; teacher_is stops at the cap: bounded loss, no gradient
+    beyond the bound, bounded tokens counted."""
+    lp = T([[math.log(1e-6), math.log(0.5)]], requires_grad=True)
+    one = T([[1, 1]])
+    loss, met = tgrl_loss(lp, lp.detach(), T([-1.0]), one, expert_mask=T([True]), expert_ratio="sft")
+    loss.backward()
+    assert close(loss, (math.log(1e-3) + math.log(0.5)) / 2)  # -A * max(log p, log 1e-3), mean of 2
+    assert lp.grad[0, 0].item() == 0.0 and close(lp.grad[0, 1], 0.5)
+    assert met["n_exp_bounded"] == 1.0
+    # a positive advantage is never floored (imitation must reach low-probability tokens)
+    lp.grad = None
+    loss, met = tgrl_loss(lp, lp.detach(), T([1.0]), one, expert_mask=T([True]), expert_ratio="sft")
+    loss.backward()
+    assert close(lp.grad, T([[-0.5, -0.5]])) and met["n_exp_bounded"] == 0.0
+    # teacher_is: the teacher sampled token 0 at p = 1e-9, so the raw ratio is 1e3; capped at 3
+    lp = T([[math.log(1e-6), math.log(0.5)]], requires_grad=True)
+    teacher = T([[math.log(1e-9), math.log(0.25)]])
+    loss, met = tgrl_loss(
+        lp, lp.detach(), T([1.0]), one, expert_mask=T([True]), expert_ratio="teacher_is", teacher_logp=teacher
+    )
+    loss.backward()
+    assert close(loss, -(3.0 + 2.0) / 2)
+    assert lp.grad[0, 0].item() == 0.0 and close(lp.grad[0, 1], -2.0 / 2)
+    assert met["n_exp_bounded"] == 1.0
+    loss, _ = tgrl_loss(
+        lp,
+        lp.detach(),
+        T([1.0]),
+        one,
+        expert_mask=T([True]),
+        expert_ratio="teacher_is",
+        teacher_logp=teacher,
+        teacher_is_cap=1e4,
+    )
+    assert close(loss, -(1e3 + 2.0) / 2, tol=1e-3)
+
+
+def test_aggregate_and_norm_errors():
+    logp, old, mask, adv, _, _ = _batch()
+    with pytest.raises(ValueError, match="separate"):
+        tgrl_loss(logp, old, adv, mask, expert_loss_norm="both")
+    with pytest.raises(ValueError, match="max_len"):
+        aggregate(logp, mask, "seq_mean_token_sum_norm")
+    assert aggregate(torch.zeros(2, 2), torch.zeros(2, 2), "seq_mean_token_mean").item() == 0.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -98,45 +100,39 @@ def loss_and_grads(trainer, inputs):
 # GRPO = TGRL with guidance off
 
 
-def test_guidance_off_equals_stock_grpo(tiny_checkpoint, synthetic_dir, tmp_path):
-    """inject_mode never + no on-policy weights: loss and gradients equal trl.GRPOTrainer's on the same
-    prepared batch, for every supported aggregation, with KL, clip-higher and the entropy bonus."""
+def _stock_and_ours(tiny_checkpoint, synthetic_dir, tmp_path, **overrides):
+    """Stock trl.GRPOTrainer and TGRLTrainer with guidance off, and one prepared batch of the stock one's
+    in a real PPO situation: pi_old != pi_theta (some ratios clip), a reference model, nonzero advantages."""
     from trl import GRPOConfig, GRPOTrainer
 
     dataset = build_rl_dataset(synthetic_dir / "train.jsonl", limit=8)
-    processor = load_processor(tiny_checkpoint)
     rewards = get_reward_funcs(["accuracy", "format"])
     stock = GRPOTrainer(
         load_model(tiny_checkpoint),
         rewards,
-        args=tiny_args(tmp_path / "a", GRPOConfig),
+        args=tiny_args(tmp_path / "a", GRPOConfig, **overrides),
         train_dataset=dataset,
-        processing_class=processor,
+        processing_class=load_processor(tiny_checkpoint),
     )
     ours = TGRLTrainer(
         load_model(tiny_checkpoint),
         rewards,
-        args=tiny_args(tmp_path / "b", inject_mode="never", online_group_filter=False),
+        args=tiny_args(tmp_path / "b", inject_mode="never", online_group_filter=False, **overrides),
         train_dataset=dataset,
         processing_class=load_processor(tiny_checkpoint),
     )
     _, inputs = experience(stock)
     ours.model.train()
-    # a real PPO situation: pi_old != pi_theta (some ratios clip), a reference model, nonzero advantages
     gen = torch.Generator().manual_seed(0)
     logps = completion_logps(stock, inputs)
     noise = lambda: 0.3 * torch.randn(logps.shape, generator=gen)  # noqa: E731
     inputs["old_per_token_logps"] = logps + noise()
     inputs["ref_per_token_logps"] = logps + noise()
     inputs["advantages"] = torch.randn(logps.size(0), generator=gen)
+    return stock, ours, inputs
 
-    cases = [
-        ("dapo", 0.0, None, 0.0),
-        ("grpo", 0.04, 0.28, 0.0),
-        ("bnpo", 0.0, 0.2, 0.01),
-        ("dr_grpo", 0.04, 0.28, 0.01),
-        ("dapo", 0.1, 0.28, 0.01),
-    ]
+
+def _assert_same_loss_and_grads(stock, ours, inputs, cases):
     for loss_type, beta, eps_high, entropy_coef in cases:
         for trainer in (stock, ours):
             trainer.loss_type, trainer.beta, trainer.entropy_coef = loss_type, beta, entropy_coef
@@ -150,8 +146,36 @@ def test_guidance_off_equals_stock_grpo(tiny_checkpoint, synthetic_dir, tmp_path
         assert grads_a.keys() == grads_b.keys()
         for name in grads_a:
             assert torch.allclose(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-7), (case, name)
+
+
+def test_guidance_off_equals_stock_grpo(tiny_checkpoint, synthetic_dir, tmp_path):
+    """inject_mode never + no on-policy weights: loss and gradients equal trl.GRPOTrainer's on the same
+    prepared batch, for every supported aggregation, with KL, clip-higher and the entropy bonus."""
+    stock, ours, inputs = _stock_and_ours(tiny_checkpoint, synthetic_dir, tmp_path)
+    cases = [
+        ("dapo", 0.0, None, 0.0),
+        ("grpo", 0.04, 0.28, 0.0),
+        ("bnpo", 0.0, 0.2, 0.01),
+        ("dr_grpo", 0.04, 0.28, 0.01),
+        ("dapo", 0.1, 0.28, 0.01),
+    ]
+    _assert_same_loss_and_grads(stock, ours, inputs, cases)
     clipped = ours._metrics["train"]["clip_ratio/region_mean"]
     assert clipped and max(clipped) > 0  # the comparison covered clipped tokens
+
+
+def test_truncated_rows_count_like_stock_grpo(tiny_checkpoint, synthetic_dir, tmp_path):
+    """mask_truncated_completions: a truncated row keeps its place in 'grpo''s mean over rows (stock TRL
+    averages over all rows, a masked row adding 0); the other types agree too."""
+    stock, ours, inputs = _stock_and_ours(
+        tiny_checkpoint, synthetic_dir, tmp_path, mask_truncated_completions=True
+    )
+    mask = inputs["completion_mask"].clone()
+    mask[::3] = 0  # what TRL does to rows that hit max_completion_length without an end-of-turn token
+    inputs["completion_mask"] = mask
+    assert mask.any(1).sum() < mask.size(0)
+    cases = [("grpo", 0.0, 0.28, 0.0), ("grpo", 0.04, 0.28, 0.01), ("dr_grpo", 0.04, None, 0.0)]
+    _assert_same_loss_and_grads(stock, ours, inputs, cases)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -249,8 +273,7 @@ def test_sft_ratio_with_zeroed_weights_has_no_nan(tgrl_batch):
 def test_expert_term_raises_expert_token_probability(tgrl_batch):
     """Only the expert term active (on-policy advantages 0): one SGD step makes the expert tokens likelier."""
     trainer, _, out = tgrl_batch
-    if not out["is_expert"].any():
-        pytest.skip("no expert group in this batch")
+    assert out["is_expert"].any()  # the seeded batch holds an expert group (the test needs one)
     trainer.current_gradient_accumulation_steps = 1
     inputs = {**out, "advantages": out["is_expert"].float()}
     expert_mask = out["completion_mask"].bool() & out["is_expert"].unsqueeze(1)
@@ -365,6 +388,20 @@ def test_config_rejects_groups_split_across_micro_batches(tmp_path):
     tiny_args(tmp_path, per_device_train_batch_size=4, steps_per_generation=2)  # 4 x 2 = one group: fine
 
 
+def test_p_min_default_depends_on_the_ratio(tmp_path):
+    # (building a TrainingArguments resets accelerate's state: keep config-only tests before the next
+    # test that builds a trainer)
+    assert tiny_args(tmp_path, expert_ratio="shaped").p_min == 1e-4
+    assert tiny_args(tmp_path, expert_ratio="raw_p").p_min == 1e-4
+    assert tiny_args(tmp_path, expert_ratio="sft").p_min == 0.0
+    assert tiny_args(tmp_path, expert_ratio="teacher_is").p_min == 0.0
+    assert tiny_args(tmp_path, expert_ratio="sft", p_min=0.01).p_min == 0.01  # an explicit value wins
+    with pytest.raises(ValueError, match="expert_loss_norm"):
+        tiny_args(tmp_path, expert_loss_norm="mixed")
+    with pytest.raises(ValueError, match="teacher_is_cap"):
+        tiny_args(tmp_path, teacher_is_cap=0.0)
+
+
 def test_overlong_expert_is_an_error_naming_the_row(tiny_checkpoint, expert_file, tmp_path):
     dataset = build_rl_dataset(expert_file)
     with pytest.raises(ValueError, match=r"row syn-train-\d+: expert trajectory has \d+ tokens"):
@@ -430,8 +467,7 @@ def test_teacher_is_reads_stored_teacher_logprobs(tgrl_batch):
     trainer, batch, out = tgrl_batch
     rows = [dict(r) for r in batch]
     experts = out["is_expert"].nonzero().flatten().tolist()
-    if not experts:
-        pytest.skip("no expert group in this batch")
+    assert experts  # the seeded batch holds an expert group (the test needs one)
     lengths = {i: len(trainer._full_expert_ids(rows[i]["expert_text"])) for i in experts}
     for i in experts:
         rows[i]["expert_teacher_logprobs"] = [-0.5] * lengths[i]
@@ -457,3 +493,193 @@ def test_teacher_is_reads_stored_teacher_logprobs(tgrl_batch):
     rows[experts[0]]["expert_teacher_logprobs"] = None
     with pytest.raises(ValueError, match="expert_ratio .teacher_is. needs meta.expert.teacher_logprobs"):
         trainer._teacher_logps(out, rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# no silent fallbacks, bounds and on-policy-only terms (issue 11, items A1-A7)
+
+
+def test_injection_without_aligned_rows_is_an_error_not_grpo(tgrl_batch):
+    """A TRL that passes prompts differently must stop the run, not silently train plain GRPO."""
+    trainer, batch, _ = tgrl_batch
+    trainer.model.train()
+    trainer._rows = None
+    with pytest.raises(RuntimeError, match="silently be plain GRPO"):
+        trainer._generate_single_turn([[1, 2]] * G, None, {}, G)
+    trainer._rows = list(batch)
+    try:
+        with pytest.raises(RuntimeError, match=f"{len(batch)} dataset rows for {G} prompts"):
+            trainer._generate_single_turn([[1, 2]] * G, None, {}, G)
+    finally:
+        trainer._rows = None
+
+
+def test_on_fail_gate_counts_on_policy_rollouts_only(tgrl_batch):
+    """DESIGN 5.3: the slot about to be replaced is not an on-policy rollout; its text must not count."""
+    trainer, batch, _ = tgrl_batch
+    rows = list(batch[:G])
+    tok = trainer._tokenizer
+    texts = ["<answer>nothing</answer>"] * G
+    texts[G - 1] = f"<think>x</think><answer>{rows[0]['solution']}</answer>"  # only the expert slot is right
+    completion_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    trainer.args.inject_gate = 0
+    assert trainer._gate_slots([G - 1], rows, completion_ids) == [G - 1]
+
+
+def test_kl_and_entropy_bonus_on_on_policy_tokens_only(tgrl_batch):
+    """The entropy bonus is the mean entropy of on-policy tokens; KL is averaged over on-policy tokens
+    (expert tokens in neither the term nor its normaliser)."""
+    trainer, _, out = tgrl_batch
+    trainer.current_gradient_accumulation_steps = 1
+    assert out["is_expert"].any()
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+    attention = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+    with torch.no_grad():
+        logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model,
+            ids,
+            attention,
+            out["completion_ids"].size(1),
+            compute_entropy=True,
+            pixel_values=out["pixel_values"],
+            image_grid_thw=out["image_grid_thw"],
+            num_images=out["num_images"],
+            mm_token_type_ids=out["mm_token_type_ids"],
+        )
+    on = out["completion_mask"].bool() & ~out["is_expert"].unsqueeze(1)
+    base = trainer.compute_loss(trainer.model, out).item()
+    trainer.entropy_coef = 0.5
+    try:
+        bonus = trainer.compute_loss(trainer.model, out).item()
+    finally:
+        trainer.entropy_coef = 0.0
+    assert bonus == pytest.approx(base - 0.5 * entropies[on].mean().item(), abs=1e-5)
+    # KL: ref = logp - 0.3 on every token -> k3 = exp(-0.3) + 0.3 - 1 on each on-policy token; the mean
+    # over on-policy tokens is k3 whatever the expert tokens hold (they hold 100 here)
+    ref = torch.where(on, logps - 0.3, logps + 100.0)
+    trainer.beta = 0.1
+    try:
+        with_kl = trainer.compute_loss(trainer.model, {**out, "ref_per_token_logps": ref}).item()
+    finally:
+        trainer.beta = 0.0
+    k3 = math.exp(-0.3) + 0.3 - 1
+    n_on, n_all = on.sum().item(), out["num_items_in_batch"].item()
+    assert with_kl == pytest.approx(base + 0.1 * k3 * n_on / out["num_on_tokens"].item(), abs=1e-5)
+    assert out["num_on_tokens"].item() == n_on and n_on < n_all
+
+
+def test_token_counts_split_the_generation_batch(tgrl_batch):
+    _, _, out = tgrl_batch
+    valid = out["completion_mask"]
+    is_exp = out["is_expert"].unsqueeze(1)
+    assert out["num_exp_tokens"].item() == (valid * is_exp).sum().item() > 0
+    assert out["num_on_tokens"].item() + out["num_exp_tokens"].item() == out["num_items_in_batch"].item()
+
+
+def test_separate_normaliser_and_coef_scale_the_expert_gradient(tgrl_batch):
+    """Under 'separate' the expert gradient is (all tokens / expert tokens) x its 'joint' gradient and
+    the on-policy gradient (all / on-policy) x; expert_coef scales the expert part linearly. Checked on
+    the trainer's own loss through the gradient of the expert part: g(coef=1) - g(coef=0)."""
+    trainer, _, out = tgrl_batch
+    trainer.current_gradient_accumulation_steps = 1
+
+    def grads(norm, coef):
+        trainer.args.expert_loss_norm, trainer.args.expert_coef = norm, coef
+        try:
+            return loss_and_grads(trainer, out)[1]
+        finally:
+            trainer.args.expert_loss_norm, trainer.args.expert_coef = "joint", 1.0
+
+    n_all = out["num_items_in_batch"].item()
+    n_exp, n_on = out["num_exp_tokens"].item(), out["num_on_tokens"].item()
+    joint_on, joint_full = grads("joint", 0.0), grads("joint", 1.0)
+    sep_on, sep_full, sep_half = grads("separate", 0.0), grads("separate", 1.0), grads("separate", 0.5)
+    name = max(joint_full, key=lambda n: (joint_full[n] - joint_on[n]).norm().item())
+    g_exp_joint = joint_full[name] - joint_on[name]
+    assert torch.allclose(sep_full[name] - sep_on[name], g_exp_joint * n_all / n_exp, rtol=1e-3, atol=1e-7)
+    assert torch.allclose(sep_half[name] - sep_on[name], 0.5 * (sep_full[name] - sep_on[name]), atol=1e-7)
+    assert torch.allclose(sep_on[name], joint_on[name] * n_all / n_on, rtol=1e-3, atol=1e-7)
+
+
+def test_grad_share_diagnostic_matches_the_expert_gradient(tgrl_batch):
+    trainer, _, out = tgrl_batch
+    trainer.current_gradient_accumulation_steps = 1
+    metrics = trainer._metrics["train"]
+    trainer.args.expert_coef = 0.0
+    g_on = loss_and_grads(trainer, out)[1]
+    trainer.args.expert_coef, trainer.args.grad_share_every = 1.0, 1
+    try:
+        g_full = loss_and_grads(trainer, out)[1]
+    finally:
+        trainer.args.grad_share_every = 0
+    expected_exp = torch.sqrt(sum(((g_full[n] - g_on[n]) ** 2).sum() for n in g_full)).item()
+    expected_on = torch.sqrt(sum((g**2).sum() for g in g_on.values())).item()
+    assert metrics["grad/norm_expert"][-1] == pytest.approx(expected_exp, rel=1e-3)
+    assert metrics["grad/norm_on_policy"][-1] == pytest.approx(expected_on, rel=1e-3)
+    assert metrics["grad/expert_share"][-1] == pytest.approx(
+        expected_exp / (expected_exp + expected_on), rel=1e-3
+    )
+    assert -1.0 <= metrics["grad/cos"][-1] <= 1.0
+
+
+def test_expert_coef_schedule():
+    from tgrl.trainer import expert_coef_at
+
+    assert expert_coef_at(0, 100, 0.5) == 0.5
+    assert expert_coef_at(5, 100, 0.5, warmup=10) == 0.25  # linear warm-up from 0
+    assert expert_coef_at(10, 100, 0.5, "linear", end=0.1, warmup=10) == 0.5
+    assert expert_coef_at(55, 100, 0.5, "linear", end=0.1, warmup=10) == pytest.approx(0.3)
+    assert expert_coef_at(100, 100, 0.5, "cosine", end=0.02) == pytest.approx(0.02)
+    assert expert_coef_at(50, 100, 0.5, "cosine", end=0.0) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="expert_coef_schedule"):
+        expert_coef_at(1, 10, 1.0, "step")
+
+
+def test_fact_token_probability_is_logged(tgrl_batch):
+    """expert/p_fact: mean pi_old over the expert tokens that state the scene's counts (the digits)."""
+    trainer, batch, out = tgrl_batch
+    metrics = trainer._metrics["train"]
+    trainer._token_pass(dict(out), batch)
+    logps = completion_logps(trainer, out)
+    tok = trainer._tokenizer
+    values = []
+    for row in out["is_expert"].nonzero().flatten().tolist():
+        ids = out["completion_ids"][row].tolist()
+        digits = [j for j, i in enumerate(ids[:8]) if tok.decode([i]).strip().isdigit()]
+        assert [tok.decode([ids[j]]) for j in trainer._fact_positions(batch[row]["expert_text"])] == [
+            tok.decode([ids[j]]) for j in digits[:2]
+        ]
+        values += [logps[row, j].exp().item() for j in digits[:2]]
+    assert metrics["expert/p_fact"][-1] == pytest.approx(sum(values) / len(values), rel=1e-4)
+    exp_tokens = out["completion_mask"].bool() & out["is_expert"].unsqueeze(1)
+    p = logps.exp()[exp_tokens]
+    assert metrics["expert/share_low"][-1] == pytest.approx((p < 0.5).float().mean().item(), abs=1e-6)
+    assert metrics["expert/p_low"][-1] == pytest.approx(p[p < 0.5].mean().item(), rel=1e-4)
+
+
+def test_unscorable_rows_leave_the_reward_metrics(tgrl_batch):
+    trainer, batch, out = tgrl_batch
+    n = out["completion_ids"].size(0)
+    rpf = torch.ones(n, 2)
+    rpf[:3] = float("nan")  # three rollouts no reward function could score
+    trainer._last_rewards_per_func = rpf
+    trainer._log_experience(out, batch)
+    assert trainer._metrics["train"]["reward/on_policy"][-1] == pytest.approx(2.0)  # not diluted by zeros
+
+
+def test_completion_table_logs_the_advantages_used(tgrl_batch):
+    trainer, _, out = tgrl_batch
+    n = out["completion_ids"].size(0)
+    rpf = torch.zeros(n, 2)
+    rpf[G - 1, 0] = 1.0
+    is_expert = torch.zeros(n, dtype=torch.bool)
+    is_expert[G - 1] = True
+    trainer._last_rewards_per_func = rpf
+    trainer._logs["advantages"].extend([9.0] * n)  # what TRL logged (mixed group)
+    trainer.args.adv_group = "on_only"
+    try:
+        adjusted = {**out, "is_expert": is_expert}
+        trainer._adjust_advantages(adjusted)
+    finally:
+        trainer.args.adv_group = "mixed"
+    assert list(trainer._logs["advantages"])[-n:] == adjusted["advantages"].tolist()

@@ -15,12 +15,14 @@ models, TRL or configs, so each piece is tested against hand-computed values. Co
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 EXPERT_TOKEN_WEIGHTS = ("none", "vis_dep", "vis_topk", "entropy_topk", "chord_phi", "trust_region")
 EXPERT_RATIOS = ("shaped", "raw_p", "sft", "teacher_is")
 LOSS_AGGS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+EXPERT_LOSS_NORMS = ("joint", "separate")
 
 
 def _unknown(kind: str, value: str, valid: tuple[str, ...]) -> ValueError:
@@ -214,27 +216,44 @@ def expert_ratio_term(
     scheme: str = "shaped",
     gamma: float = 0.1,
     teacher_logp: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The policy term f of the expert-token loss l_exp = -A * w * f (DESIGN 5.5), with gradient.
+    advantages: torch.Tensor | None = None,
+    teacher_is_cap: float = 3.0,
+    neg_p_floor: float = 1e-3,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The policy term f of the expert-token loss l_exp = -A * w * f (DESIGN 5.5), with gradient,
+    and a bool mask of the tokens whose term was bounded (no gradient there).
 
     The teacher probability is taken as 1 and there is no ratio to pi_old and no clip (LUFFY):
     * ``shaped``: f = p / (p + gamma); d(-A w f)/dlogp = -A w gamma p / (p + gamma)^2 (LUFFY shaping).
     * ``raw_p``: f = p (plain IS with pi_teacher = 1).
-    * ``sft``: f = log p, so l_exp = -A w log p: advantage-weighted SFT (gradient weight A w).
+    * ``sft``: f = log p, so l_exp = -A w log p: advantage-weighted SFT (gradient weight A w). With a
+      negative advantage (a wrong expert) this is unlikelihood without a floor, pushing log p to -inf:
+      where A < 0, f = max(log p, log ``neg_p_floor``) (bounded; no gradient below the floor).
     * ``teacher_is``: f = p / pi_teacher = exp(logp - teacher_logp) (true IS; teacher log-probs stored,
-      detached).
+      detached). One token the teacher sampled at low probability makes the ratio explode, so
+      f = min(ratio, ``teacher_is_cap``) (PPO-style: no gradient above the cap).
+    shaped and raw_p lie in [0, 1] and need no bound.
     """
+    none = torch.zeros_like(logp, dtype=torch.bool)
     if scheme == "shaped":
         p = torch.exp(logp)
-        return p / (p + gamma)
+        return p / (p + gamma), none
     if scheme == "raw_p":
-        return torch.exp(logp)
+        return torch.exp(logp), none
     if scheme == "sft":
-        return logp
+        if advantages is None:
+            return logp, none
+        floor = math.log(neg_p_floor) if neg_p_floor > 0 else -math.inf
+        bounded = (advantages.detach() < 0) & (logp.detach() < floor)
+        return torch.where(bounded, torch.full_like(logp, floor), logp), bounded
     if scheme == "teacher_is":
         if teacher_logp is None:
             raise ValueError("expert_ratio 'teacher_is' needs teacher_logp")
-        return torch.exp(logp - teacher_logp.detach())
+        log_ratio = logp - teacher_logp.detach()
+        bounded = log_ratio.detach() > math.log(teacher_is_cap)
+        return torch.exp(
+            torch.where(bounded, torch.full_like(logp, math.log(teacher_is_cap)), log_ratio)
+        ), bounded
     raise _unknown("expert_ratio", scheme, EXPERT_RATIOS)
 
 
@@ -275,7 +294,56 @@ def onpolicy_token_loss(
     return loss, stats
 
 
-def tgrl_loss(
+def aggregate(
+    per_token: torch.Tensor,
+    tokens: torch.Tensor,
+    loss_agg: str,
+    *,
+    rows: torch.Tensor | None = None,
+    max_len: int | None = None,
+    num_tokens: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reduce a (B, T) per-token term (0 outside ``tokens``) to a scalar, as TRL's loss types do.
+
+    * ``token_mean``: sum / number of ``tokens`` (``num_tokens`` overrides the count, e.g. TRL's global
+      count across micro-batches and ranks);
+    * ``seq_mean_token_mean``: per-row token mean, then the mean over ``rows`` (bool (B,); default all
+      rows, as TRL's 'grpo' loss, which counts a row whose tokens are all masked as a 0);
+    * ``seq_mean_token_sum_norm``: sum / (|rows| * max_len) (Dr.GRPO constant divisor).
+    Empty selections give 0, never NaN.
+    """
+    if loss_agg not in LOSS_AGGS:
+        raise _unknown("loss_agg", loss_agg, LOSS_AGGS)
+    tokens = tokens.to(torch.bool)
+    rows = torch.ones(per_token.size(0), dtype=torch.bool, device=per_token.device) if rows is None else rows
+    rows = rows.to(torch.bool)
+    if loss_agg == "token_mean":
+        if num_tokens is None:
+            return per_token.sum() / tokens.sum().clamp(min=1)
+        count = torch.as_tensor(num_tokens, dtype=per_token.dtype, device=per_token.device)
+        return per_token.sum() / torch.where(count > 0, count, torch.ones_like(count))  # as given (TRL's value)
+    if loss_agg == "seq_mean_token_mean":
+        return masked_mean(masked_mean(per_token, tokens, dim=1), rows)
+    if max_len is None or max_len < 1:
+        raise ValueError("loss_agg 'seq_mean_token_sum_norm' needs max_len >= 1 (max completion length)")
+    return (per_token * rows.unsqueeze(1)).sum() / (rows.sum().clamp(min=1) * max_len)
+
+
+@dataclass
+class LossTerms:
+    """The three summands of the TGRL loss (scalars with gradient) and python-float metrics."""
+
+    on_policy: torch.Tensor
+    expert: torch.Tensor
+    kl: torch.Tensor
+    metrics: dict[str, float]
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self.on_policy + self.expert + self.kl
+
+
+def tgrl_loss_terms(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
     advantages: torch.Tensor,
@@ -287,35 +355,51 @@ def tgrl_loss(
     expert_ratio: str = "shaped",
     gamma: float = 0.1,
     teacher_logp: torch.Tensor | None = None,
+    teacher_is_cap: float = 3.0,
+    neg_p_floor: float = 1e-3,
+    expert_coef: float = 1.0,
+    expert_loss_norm: str = "joint",
     eps_low: float = 0.2,
     eps_high: float = 0.2,
     on_policy_clip: bool = True,
     ref_logp: torch.Tensor | None = None,
     beta: float = 0.0,
+    kl_is_correction: bool = False,
     loss_agg: str = "token_mean",
     max_len: int | None = None,
+    rows: torch.Tensor | None = None,
     num_tokens: float | torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The TGRL policy loss of one micro-batch (DESIGN 5.5); returns (scalar loss, metrics).
+    num_on_tokens: float | torch.Tensor | None = None,
+    num_exp_tokens: float | torch.Tensor | None = None,
+) -> LossTerms:
+    """The TGRL policy loss of one micro-batch (DESIGN 5.5), as its on-policy, expert and KL summands.
 
-    Per valid token: on-policy tokens l_on = u * onpolicy_token_loss (+ beta * KL to ``ref_logp``,
-    TRL's k3 form exp(ref - logp) - (ref - logp) - 1, on-policy tokens only); expert tokens
-    l_exp = -A * w * f(p) with f = :func:`expert_ratio_term` (no ratio to pi_old, no clip, no KL).
-    ``expert_mask`` is (B,) per row or (B, T) per token (None: no expert tokens); ``expert_weights``
-    w and ``onpolicy_weights`` u are (B, T), detached here (None: ones).
+    Per valid token: on-policy tokens l_on = u * onpolicy_token_loss; expert tokens
+    l_exp = -A * w * f(p) with f = :func:`expert_ratio_term` (no ratio to pi_old, no clip, no KL),
+    scaled by ``expert_coef`` (CHORD's mu). ``expert_mask`` is (B,) per row or (B, T) per token (None:
+    no expert tokens); ``expert_weights`` w and ``onpolicy_weights`` u are (B, T), detached here.
 
-    Aggregation ``loss_agg`` (masked tokens never enter a normaliser):
-    * ``token_mean``: sum of all token losses / number of valid tokens (``num_tokens`` overrides the
-      count, e.g. TRL's global num_items_in_batch across micro-batches and ranks);
-    * ``seq_mean_token_mean``: per-row token mean, then mean over rows with >= 1 valid token;
-    * ``seq_mean_token_sum_norm``: sum / (B * max_len) (Dr.GRPO constant divisor; needs max_len).
-    A batch without expert tokens adds exactly 0 from the expert term; an all-masked batch gives a
-    loss of 0 that is still attached to the graph; nothing returns NaN.
+    ``expert_loss_norm`` (how the two token sets share a normaliser, :func:`aggregate`):
+    * ``joint``: one mean over all valid tokens (LUFFY: sum over on- and off-policy tokens / Z), so an
+      expert token's pull shrinks with the expert share of tokens (1 in 8 with 7 + 1 groups);
+    * ``separate``: each term averaged over its own tokens / rows (CHORD, SRFT: an RL loss plus an
+      SFT-style loss, each a mean), then summed.
+    ``num_tokens`` is the joint count; ``num_on_tokens`` / ``num_exp_tokens`` the counts of each set
+    for ``separate`` and for the KL (all: TRL's global counts under token_mean; None = local counts).
+    ``rows`` (B,) bool: the rows that count under the per-row aggregations (default all; the trainer
+    passes the online group filter's kept rows).
+
+    KL (``beta`` > 0; TRL's k3 exp(ref - logp) - (ref - logp) - 1, times the IS ratio with
+    ``kl_is_correction``) is on on-policy tokens only and always averaged over on-policy tokens, so
+    expert tokens neither get a KL pull nor dilute it. A batch without expert tokens adds exactly 0
+    from the expert term; an all-masked batch gives a loss of 0 still attached to the graph; no NaN.
     """
     if loss_agg not in LOSS_AGGS:
         raise _unknown("loss_agg", loss_agg, LOSS_AGGS)
     if expert_ratio not in EXPERT_RATIOS:
         raise _unknown("expert_ratio", expert_ratio, EXPERT_RATIOS)
+    if expert_loss_norm not in EXPERT_LOSS_NORMS:
+        raise _unknown("expert_loss_norm", expert_loss_norm, EXPERT_LOSS_NORMS)
     valid = mask.to(torch.bool)
     if expert_mask is None:
         is_exp = torch.zeros_like(valid)
@@ -323,6 +407,11 @@ def tgrl_loss(
         em = expert_mask.to(torch.bool)
         is_exp = (em.unsqueeze(1) if em.dim() == 1 else em).expand_as(valid)
     exp_tok, on_tok = valid & is_exp, valid & ~is_exp
+    all_rows = (
+        torch.ones(valid.size(0), dtype=torch.bool, device=valid.device) if rows is None else rows.bool()
+    )
+    exp_rows = all_rows & is_exp.any(1)
+    on_rows = all_rows & ~is_exp.any(1)
 
     # Sanitise masked positions first so NaN/-inf there reaches neither the loss nor the gradient.
     zero = torch.zeros_like(logp)
@@ -336,43 +425,55 @@ def tgrl_loss(
     l_on, clip_stats = onpolicy_token_loss(logp, old_logp, adv, on_tok, eps_low, eps_high, on_policy_clip)
     if onpolicy_weights is not None:
         l_on = l_on * torch.where(on_tok, onpolicy_weights.detach(), zero)
-    kl = zero
-    if beta != 0.0:
-        if ref_logp is None:
-            raise ValueError("beta != 0 needs ref_logp")
-        delta = torch.where(on_tok, ref_logp.detach() - logp, zero)
-        kl = torch.exp(delta) - delta - 1.0
-        l_on = l_on + beta * kl
 
     # expert tokens: -A * w * f(pi_theta); w == 0 tokens are cut before f (sft: 0 * -inf is NaN)
     w = torch.ones_like(logp) if expert_weights is None else expert_weights.detach().to(logp.dtype)
     active = exp_tok & (w != 0)
     t_logp = None if teacher_logp is None else torch.where(active, teacher_logp.detach(), zero)
-    f = expert_ratio_term(torch.where(active, logp, zero), expert_ratio, gamma, t_logp)
+    f, bounded = expert_ratio_term(
+        torch.where(active, logp, zero), expert_ratio, gamma, t_logp, adv, teacher_is_cap, neg_p_floor
+    )
     l_exp = torch.where(active, -adv * w * f, zero)
 
-    per_token = torch.where(exp_tok, l_exp, torch.where(on_tok, l_on, zero))
-    if loss_agg == "token_mean":
-        denom = valid.sum().clamp(min=1) if num_tokens is None else torch.as_tensor(num_tokens).clamp(min=1)
-        loss = per_token.sum() / denom
-    elif loss_agg == "seq_mean_token_mean":
-        has_tok = valid.any(1)
-        loss = masked_mean(masked_mean(per_token, valid, dim=1), has_tok)
+    if expert_loss_norm == "joint":
+        on_term = aggregate(l_on, valid, loss_agg, rows=all_rows, max_len=max_len, num_tokens=num_tokens)
+        exp_term = aggregate(l_exp, valid, loss_agg, rows=all_rows, max_len=max_len, num_tokens=num_tokens)
     else:
-        if max_len is None or max_len < 1:
-            raise ValueError("loss_agg 'seq_mean_token_sum_norm' needs max_len >= 1 (max completion length)")
-        loss = per_token.sum() / (logp.shape[0] * max_len)
+        on_term = aggregate(l_on, on_tok, loss_agg, rows=on_rows, max_len=max_len, num_tokens=num_on_tokens)
+        exp_term = aggregate(
+            l_exp, exp_tok, loss_agg, rows=exp_rows, max_len=max_len, num_tokens=num_exp_tokens
+        )
+    exp_term = expert_coef * exp_term
+
+    kl = zero
+    kl_term = zero.sum()
+    if beta != 0.0:
+        if ref_logp is None:
+            raise ValueError("beta != 0 needs ref_logp")
+        delta = torch.where(on_tok, ref_logp.detach() - logp, zero)
+        kl = torch.where(on_tok, torch.exp(delta) - delta - 1.0, zero)
+        if kl_is_correction:
+            kl = kl * torch.exp(torch.where(on_tok, logp - old_logp, zero))  # TRL: not detached
+        kl_term = beta * aggregate(
+            kl, on_tok, loss_agg, rows=on_rows, max_len=max_len, num_tokens=num_on_tokens
+        )
 
     with torch.no_grad():
-        p_exp = torch.exp(logp)
         metrics = {
             "loss_on": masked_mean(l_on, on_tok).item(),
             "loss_exp": masked_mean(l_exp, exp_tok).item(),
             "n_on_tokens": float(on_tok.sum().item()),
             "n_exp_tokens": float(exp_tok.sum().item()),
-            "expert_p_mean": masked_mean(p_exp, exp_tok).item(),
-            "expert_p_below_0.01": masked_mean((p_exp < 0.01).float(), exp_tok).item(),
+            "n_exp_bounded": float((bounded & active).sum().item()),
+            "expert_p_mean": masked_mean(torch.exp(logp), exp_tok).item(),
+            "expert_p_below_0.01": masked_mean((torch.exp(logp) < 0.01).float(), exp_tok).item(),
             "kl": masked_mean(kl, on_tok).item(),
             **clip_stats,
         }
-    return loss, metrics
+    return LossTerms(on_term, exp_term, kl_term, metrics)
+
+
+def tgrl_loss(*args, **kwargs) -> tuple[torch.Tensor, dict[str, float]]:
+    """The TGRL loss of one micro-batch: the sum of :func:`tgrl_loss_terms` (same arguments)."""
+    terms = tgrl_loss_terms(*args, **kwargs)
+    return terms.total, terms.metrics

@@ -5,7 +5,7 @@ Where to look (DESIGN section 5; the maths lives in tgrl/token_weights.py as pur
 * the expert slot of each group ......... TGRLTrainer._generate_single_turn
 * advantages (on_only), group filter ..... TGRLTrainer._adjust_advantages
 * visual dependency and token weights .... TGRLTrainer._token_pass
-* THE LOSS ............................... TGRLTrainer._compute_loss -> token_weights.tgrl_loss
+* THE LOSS ............................... TGRLTrainer._compute_loss -> token_weights.tgrl_loss_terms
 
 GRPO is this trainer with guidance off (``inject_mode: never``, ``onpolicy_token_weight: none``):
 then the loss and its gradients equal stock GRPOTrainer's on the same batch (tests/test_trainer.py).
@@ -33,25 +33,40 @@ from tgrl.modeling import VISION_SPECIAL_TOKENS, vision_token_ids
 from tgrl.perturb import MODES as PERTURB_MODES
 from tgrl.perturb import perturb_pixel_values
 from tgrl.rewards import accuracy_reward, completion_text
-from tgrl.teachers.oracle import fact_accuracy
+from tgrl.teachers.oracle import fact_accuracy, fact_spans
 from tgrl.token_weights import (
+    EXPERT_LOSS_NORMS,
     EXPERT_RATIOS,
     EXPERT_TOKEN_WEIGHTS,
     expert_token_weights,
     group_advantages,
     masked_mean,
-    tgrl_loss,
+    tgrl_loss_terms,
     visual_dependency,
 )
 from tgrl.utils import append_jsonl
 
-# DESIGN's `loss_agg` is TRL's `loss_type` (one switch, not two): how each maps onto tgrl_loss.
+# DESIGN's `loss_agg` is TRL's `loss_type` (one switch, not two): how each maps onto tgrl_loss_terms.
 LOSS_AGG = {
     "dapo": "token_mean",
     "bnpo": "token_mean",
     "grpo": "seq_mean_token_mean",
     "dr_grpo": "seq_mean_token_sum_norm",
 }
+EXPERT_COEF_SCHEDULES = ("constant", "linear", "cosine")
+# Model inputs TRL's _get_per_token_logps_and_entropies takes beside the ids (None when absent).
+_MODEL_INPUT_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "num_images",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "num_tiles",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
 # Multimodal keys whose rows we know how to select (Qwen2-VL / Qwen2.5-VL layout).
 _ROW_KEYS = {"pixel_values", "image_grid_thw", "mm_token_type_ids"}
 
@@ -103,6 +118,53 @@ class TGRLConfig(GRPOConfig):
         },
     )
     expert_gamma: float = field(default=0.1, metadata={"help": "gamma of 'shaped' (LUFFY p_div_p_0.1)."})
+    expert_loss_norm: str = field(
+        default="joint",
+        metadata={
+            "help": "DESIGN 5.5 expert-term strength. 'joint': one token mean over on-policy and expert tokens "
+            "(LUFFY's 1/Z; an expert token's pull shrinks with the expert share of tokens, ~1/8 at 7+1); "
+            "'separate': each term averaged over its own tokens, then summed (CHORD's (1-mu) L_RL + mu L_SFT, "
+            "SRFT). Tiny-tier value chosen on validation (REPRODUCE.md, tiny tuning table)."
+        },
+    )
+    expert_coef: float = field(
+        default=1.0,
+        metadata={
+            "help": "Scale of the expert term (CHORD's mu; LUFFY's prefix_reward_weight_alpha = 1). The peak "
+            "value when a schedule is set."
+        },
+    )
+    expert_coef_schedule: str = field(
+        default="constant",
+        metadata={
+            "help": "'constant', or after expert_coef_warmup_steps of linear warm-up a 'linear' / 'cosine' decay "
+            "to expert_coef_end at max_steps (CHORD: warm-up, then decay of mu toward a small valley; the "
+            "guidance anneals so train and test prompts match, ALGORITHMS 3)."
+        },
+    )
+    expert_coef_end: float = field(
+        default=0.0,
+        metadata={"help": "expert_coef at the last step under 'linear'/'cosine' (CHORD valley 0.02)."},
+    )
+    expert_coef_warmup_steps: int = field(
+        default=0, metadata={"help": "Linear warm-up of expert_coef from 0 (CHORD mu warm-up: 200 steps)."}
+    )
+    teacher_is_cap: float = field(
+        default=3.0,
+        metadata={
+            "help": "expert_ratio 'teacher_is': p / pi_teacher is clipped at this value (no gradient above it), so "
+            "one token the teacher sampled at low probability cannot blow the loss up. Default: TRL's "
+            "vllm_importance_sampling_cap (truncated IS)."
+        },
+    )
+    expert_neg_p_floor: float = field(
+        default=1e-3,
+        metadata={
+            "help": "expert_ratio 'sft' with a negative advantage (a wrong expert: no-filter ablation, truncated "
+            "experts) is unlikelihood -|A| log p, unbounded: below this p_theta the token gets no more "
+            "gradient (ours; the PPO clip bounds on-policy tokens the same way). 0 = no floor."
+        },
+    )
     expert_token_weight: str = field(
         default="vis_dep",
         metadata={
@@ -125,9 +187,14 @@ class TGRLConfig(GRPOConfig):
     trust_region_tau: float = field(
         default=0.1, metadata={"help": "tau of 'trust_region' (TRAPO clip_low 0.1)."}
     )
-    p_min: float = field(
-        default=1e-4,
-        metadata={"help": "DESIGN 5.5: expert tokens with pi_old < p_min get w = 0 (counted; ours)."},
+    p_min: float | None = field(
+        default=None,
+        metadata={
+            "help": "DESIGN 5.5: expert tokens with pi_old < p_min get w = 0 (counted; ours). None = by ratio: "
+            "1e-4 for 'shaped' / 'raw_p' (their gradient there is ~0 anyway), 0 for 'sft' / 'teacher_is' (the "
+            "lowest-probability expert tokens are the ones imitation exists for). Resolved at start and "
+            "recorded in the run config."
+        },
     )
     perturb_mode: str = field(
         default="patch_blackening",
@@ -163,6 +230,14 @@ class TGRLConfig(GRPOConfig):
             "expert sequences only, unless on-policy weighting needs it)."
         },
     )
+    grad_share_every: int = field(
+        default=0,
+        metadata={
+            "help": "Every N steps measure the gradient norm of the on-policy and the expert term separately "
+            "(two extra backward passes) and log grad/norm_on_policy, grad/norm_expert, grad/expert_share, "
+            "grad/cos (DESIGN 5.6: how much of the update the expert carries). 0 = never. Not with DeepSpeed."
+        },
+    )
     log_data_order: bool = field(
         default=True,
         metadata={
@@ -180,6 +255,8 @@ class TGRLConfig(GRPOConfig):
             "onpolicy_token_weight": EXPERT_TOKEN_WEIGHTS,
             "perturb_mode": PERTURB_MODES,
             "expert_overlong": ("error", "truncate", "drop"),
+            "expert_loss_norm": EXPERT_LOSS_NORMS,
+            "expert_coef_schedule": EXPERT_COEF_SCHEDULES,
             "loss_type": tuple(LOSS_AGG),
         }
         for name, valid in choices.items():
@@ -196,6 +273,13 @@ class TGRLConfig(GRPOConfig):
         bad = [name for name, is_set in unsupported.items() if is_set]
         if bad:
             raise ValueError(f"TGRLTrainer does not implement {bad}; leave them at TRL's defaults")
+        if self.p_min is None:
+            self.p_min = 1e-4 if self.expert_ratio in ("shaped", "raw_p") else 0.0
+        for name in ("expert_coef", "expert_coef_end", "expert_neg_p_floor", "p_min"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.teacher_is_cap <= 0:
+            raise ValueError(f"teacher_is_cap must be > 0, got {self.teacher_is_cap}")
         if self.adv_group == "on_only" and self.scale_rewards == "batch":
             raise ValueError("adv_group 'on_only' needs scale_rewards 'group' or 'none'")
         if self.inject_mode != "never":
@@ -250,7 +334,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
        (``expert_weights``, ``onpolicy_weights``), optional on-policy-only advantages and the online
        group filter (``row_keep``), and logs the metrics below.
     3. ``_compute_loss``: on-policy tokens get TRL's PPO-clip term (KL only there); expert tokens get
-       -A * w_t * f(pi_theta) with no ratio to pi_old and no clip (token_weights.tgrl_loss).
+       -A * w_t * f(pi_theta) with no ratio to pi_old and no clip (token_weights.tgrl_loss_terms).
 
     Metrics (flat keys, one JSON line per logged step in <output_dir>/metrics.jsonl):
     ``reward`` (all rows, TRL), ``reward/on_policy``, ``reward/expert``, ``accuracy/on_policy``,
@@ -311,6 +395,9 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         ):
             # the token pass runs rank-local forwards of different sizes: only safe on gathered weights
             raise ValueError("ZeRO-3 needs ds3_gather_for_generation: true for the TGRL token pass")
+        if plugin is not None and args.grad_share_every:
+            # autograd.grad on parameters DeepSpeed partitions and hooks is not something we can vouch for
+            raise ValueError("grad_share_every needs a run without DeepSpeed; set grad_share_every: 0")
         self.add_callback(JsonlMetricsCallback())
         quiet_console(self, every=max(1, 10 // max(1, int(args.logging_steps))))
         self._rows = None  # the generation batch's dataset rows, for _generate_single_turn
@@ -353,6 +440,31 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
     @lru_cache(maxsize=256)  # noqa: B019 - one trainer per process; a generation batch's texts repeat G times
     def _full_expert_ids(self, text: str) -> tuple[int, ...]:
         return (*self._tokenizer(text, add_special_tokens=False)["input_ids"], self.expert_eos_id)
+
+    @lru_cache(maxsize=256)  # noqa: B019 - as above
+    def _fact_positions(self, text: str) -> tuple[int, ...]:
+        """Token positions of the visual facts an expert trajectory states (tgrl.teachers.oracle.fact_spans),
+        in the expert slot's token layout."""
+        spans = fact_spans(text)
+        if not spans:
+            return ()
+        offsets = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
+            "offset_mapping"
+        ]
+        return tuple(
+            j for j, (a, b) in enumerate(offsets) if any(a < end and start < b for start, end in spans)
+        )
+
+    def _expert_fact_mask(self, inputs, exp_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool: the fact tokens of expert rows whose problem has ground-truth facts (synthetic scenes)."""
+        fact_mask = torch.zeros_like(exp_mask)
+        for i in exp_mask.any(1).nonzero().flatten().tolist():
+            if inputs[i].get("facts"):
+                positions = [
+                    j for j in self._fact_positions(inputs[i]["expert_text"]) if j < fact_mask.size(1)
+                ]
+                fact_mask[i, positions] = True
+        return fact_mask & exp_mask
 
     def _expert_too_long(self, text: str) -> bool:
         return len(self._full_expert_ids(text)) > self.max_completion_length
@@ -404,17 +516,22 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
     ):
         rows, cfg = self._rows, self.args
         start = time.perf_counter()
-        if (
-            rows is None
-            or cfg.inject_mode == "never"
-            or not self.model.training
-            or len(rows) != len(prompt_ids)
-        ):
+        if cfg.inject_mode == "never" or not self.model.training:
             out = super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images
             )
             self._timing["generate"] += time.perf_counter() - start
             return out
+        if rows is None or len(rows) != len(prompt_ids):
+            # Never degrade to GRPO silently: the expert slots need the batch's dataset rows, aligned with
+            # the prompts (how TRL 1.16 calls this method).
+            got = "no dataset rows" if rows is None else f"{len(rows)} dataset rows"
+            raise RuntimeError(
+                f"TGRL cannot place expert trajectories: {got} for {len(prompt_ids)} prompts in "
+                "_generate_single_turn (the trainer was written against TRL 1.16, which passes one prompt per "
+                "row of the generation batch). Training on would silently be plain GRPO. Fix: install the "
+                "pinned trl version, or set inject_mode: never to train GRPO on purpose"
+            )
         slots = self._expert_slots(rows)
         n = len(prompt_ids)
         if cfg.inject_mode == "always" and slots and self._can_skip_generation(multimodal_fields):
@@ -460,10 +577,14 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             choices=[r.get("choices") for r in rows],
             answer_type=[r.get("answer_type") for r in rows],
         )
+        expert_slots = set(
+            slots
+        )  # DESIGN 5.3: count the on-policy rollouts, not the slot about to be replaced
         failing = {
             g
             for g in range(len(rows) // G)
-            if sum(c == 1.0 for c in correct[g * G : (g + 1) * G]) <= self.args.inject_gate
+            if sum(correct[i] == 1.0 for i in range(g * G, (g + 1) * G) if i not in expert_slots)
+            <= self.args.inject_gate
         }
         return [i for i in slots if i // G in failing]
 
@@ -484,6 +605,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             out["is_expert"] = torch.zeros(
                 out["completion_ids"].size(0), dtype=torch.bool, device=out["completion_ids"].device
             )
+            self._add_token_counts(out)
             return out
         start = time.perf_counter()
         self._timing.clear()
@@ -497,6 +619,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         is_expert = self._expert_rows if self._expert_rows is not None else torch.zeros(n, dtype=torch.bool)
         out["is_expert"] = is_expert.to(device)
         self._adjust_advantages(out)
+        self._add_token_counts(out)
         token_start = time.perf_counter()
         self._token_pass(out, inputs)
         self._timing["token_pass"] = time.perf_counter() - token_start
@@ -522,15 +645,17 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         """adv_group 'on_only' and the online group filter; 'mixed' keeps TRL's advantages unchanged."""
         cfg, G = self.args, self.num_generations
         n = out["completion_ids"].size(0)
-        rpf = self._last_rewards_per_func
-        rewards = (rpf * self.reward_weights.to(rpf.device).unsqueeze(0)).nansum(dim=1)
-        rewards[torch.isnan(rpf).all(dim=1)] = torch.nan
+        rewards = self._summed_rewards()
         is_expert = self.accelerator.gather(out["is_expert"])
         if cfg.adv_group == "on_only":
             adv = group_advantages(
                 rewards, G, std_norm=cfg.scale_rewards != "none", on_policy_mask=~is_expert.bool()
             )
             out["advantages"] = adv[self._process_slice(n)].to(out["advantages"].dtype)
+            logged = self._logs["advantages"]  # TRL's completion table logged the mixed-group values
+            for _ in range(min(len(adv), len(logged))):
+                logged.pop()
+            logged.extend(adv.tolist())
         if cfg.online_group_filter:
             r = rewards.view(-1, G)
             hi = torch.nan_to_num(r, nan=-math.inf).amax(1)
@@ -541,6 +666,26 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             mask = out["completion_mask"] * keep.unsqueeze(1)
             out["num_items_in_batch"] = self.accelerator.gather(mask.sum()).sum()
             self._metrics["train"]["groups/dropped"].append(tied.sum().item())
+
+    def _summed_rewards(self) -> torch.Tensor:
+        """(N,) weighted sum of the reward functions over all ranks (as TRL sums them); NaN where every
+        function returned None (unscorable rows: no advantage, left out of every reward metric)."""
+        rpf = self._last_rewards_per_func
+        rewards = (rpf * self.reward_weights.to(rpf.device).unsqueeze(0)).nansum(dim=1)
+        rewards[torch.isnan(rpf).all(dim=1)] = torch.nan
+        return rewards
+
+    def _add_token_counts(self, out) -> None:
+        """All-rank counts of the generation batch's on-policy and expert loss tokens: TRL's
+        num_items_in_batch split by token set, the dapo normaliser of each term under
+        expert_loss_norm 'separate' (and of the KL, which is on on-policy tokens only)."""
+        mask = out["completion_mask"]
+        if "row_keep" in out:
+            mask = mask * out["row_keep"].unsqueeze(1)
+        is_exp = out["is_expert"].to(mask.dtype).unsqueeze(1)
+        local = torch.stack([(mask * (1 - is_exp)).sum(), (mask * is_exp).sum()]).float()
+        total = self.accelerator.reduce(local, reduction="sum")
+        out["num_on_tokens"], out["num_exp_tokens"] = total[0], total[1]
 
     def _forward_rows(self, model, out, rows: list[int], perturb: bool, compute_entropy: bool):
         """No-grad log-probs (and entropies) of completion tokens for the given local rows, with the
@@ -676,6 +821,10 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             out["expert_weights"] = w
             self._log_mean("expert/p_mean", p, exp_mask)
             self._log_mean("expert/p_below_0.01", (p < 0.01).float(), exp_mask)
+            # the tokens that carry content: p_mean is dominated by template tokens at p ~ 1
+            self._log_mean("expert/p_low", p, exp_mask & (p < 0.5))
+            self._log_mean("expert/share_low", (p < 0.5).float(), exp_mask)
+            self._log_mean("expert/p_fact", p, self._expert_fact_mask(inputs, exp_mask))
             self._log_mean("expert/w_zeroed", (p < cfg.p_min).float(), exp_mask)
             w_mean = self._log_mean("expert/w_mean", w, exp_mask)
             if w_mean is not None:
@@ -734,7 +883,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         """DESIGN 5.6 metrics of one generation batch, over all ranks."""
         metrics, G = self._metrics["train"], self.num_generations
         rpf = self._last_rewards_per_func
-        rewards = (rpf * self.reward_weights.to(rpf.device).unsqueeze(0)).nansum(dim=1)
+        rewards = self._summed_rewards()
         is_exp = self.accelerator.gather(out["is_expert"]).bool()
         on = ~is_exp
 
@@ -779,127 +928,171 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
     # THE LOSS
 
     def _compute_loss(self, model, inputs):
-        """DESIGN 5.5: PPO-clip on on-policy tokens, -A * w * f(pi_theta) on expert tokens."""
-        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
-        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
-            model,
-            input_ids,
-            attention_mask,
-            completion_ids.size(1),
-            compute_entropy=True,
-            compute_aux_loss=self.aux_loss_enabled,
-            pixel_values=inputs.get("pixel_values"),
-            image_grid_thw=inputs.get("image_grid_thw"),
-            num_images=inputs.get("num_images"),
-            pixel_attention_mask=inputs.get("pixel_attention_mask"),
-            spatial_shapes=inputs.get("spatial_shapes"),
-            num_tiles=inputs.get("num_tiles"),
-            image_sizes=inputs.get("image_sizes"),
-            token_type_ids=inputs.get("token_type_ids"),
-            mm_token_type_ids=inputs.get("mm_token_type_ids"),
-            image_position_ids=inputs.get("image_position_ids"),
-        )
+        """DESIGN 5.5: PPO-clip on on-policy tokens, -A * w * f(pi_theta) on expert tokens (tgrl_loss_terms)."""
+        logps, entropies = self._policy_logps_and_entropies(model, inputs)
+        completion_mask = inputs["completion_mask"]
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        rows = None
         if "row_keep" in inputs:  # online group filter: dropped groups leave loss and normaliser
             mask = mask * inputs["row_keep"].unsqueeze(1)
+            rows = inputs["row_keep"].bool()
         old_logps = inputs.get("old_per_token_logps")
         old_logps = logps.detach() if old_logps is None else old_logps
         onpolicy_weights = inputs.get("onpolicy_weights")
         if self.use_vllm and self.vllm_importance_sampling_correction:  # TRL's truncated IS, on-policy tokens
             ratio = inputs["importance_sampling_ratio"].expand_as(logps)
             onpolicy_weights = ratio if onpolicy_weights is None else onpolicy_weights * ratio
+        is_expert = inputs.get("is_expert")
+        row_is_expert = torch.zeros(mask.size(0), dtype=torch.bool, device=mask.device)
+        if is_expert is not None:
+            row_is_expert = is_expert.bool()
 
         mode = "train" if self.model.training else "eval"
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        num_tokens = None
-        if self.loss_type == "dapo":  # TRL: tokens of the whole generation batch, per accumulation window
-            num_tokens = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
-            if mode == "train":
-                num_tokens = num_tokens * accumulation / self.args.steps_per_generation
-        loss, stats = tgrl_loss(
+        coef = self._expert_coef()
+        cfg = self.args
+        terms = tgrl_loss_terms(
             logps,
             old_logps,
             inputs["advantages"],
             mask,
-            expert_mask=inputs.get("is_expert"),
+            expert_mask=row_is_expert,
             expert_weights=inputs.get("expert_weights"),
             onpolicy_weights=onpolicy_weights,
-            expert_ratio=self.args.expert_ratio,
-            gamma=self.args.expert_gamma,
+            expert_ratio=cfg.expert_ratio,
+            gamma=cfg.expert_gamma,
             teacher_logp=inputs.get("expert_teacher_logps"),
+            teacher_is_cap=cfg.teacher_is_cap,
+            neg_p_floor=cfg.expert_neg_p_floor,
+            expert_coef=coef,
+            expert_loss_norm=cfg.expert_loss_norm,
             eps_low=self.epsilon_low,
             eps_high=self.epsilon_high,
-            on_policy_clip=self.args.on_policy_clip,
+            on_policy_clip=cfg.on_policy_clip,
+            ref_logp=inputs.get("ref_per_token_logps") if self.beta != 0.0 else None,
+            beta=self.beta,
+            kl_is_correction=cfg.use_bias_correction_kl,
             loss_agg=LOSS_AGG[self.loss_type],
             max_len=self.max_completion_length,
-            num_tokens=num_tokens,
+            rows=rows,
+            **self._token_counts(inputs, mode, accumulation),
         )
-        if self.beta != 0.0:  # KL to the reference, on-policy tokens only, aggregated like the loss
-            kl = self._kl_per_token(
-                logps, inputs["ref_per_token_logps"], old_logps, inputs.get("is_expert"), mask
-            )
-            loss = loss + self.beta * _aggregate(
-                kl, mask, LOSS_AGG[self.loss_type], self.max_completion_length, num_tokens
-            )
-        if self.loss_type != "dapo":
-            loss = loss / accumulation
-        if self.entropy_coef != 0.0:  # TRL's bonus: mean entropy of the loss tokens, scaled for accumulation
-            loss = (
-                loss - self.entropy_coef * (entropies * mask).sum() / mask.sum().clamp(min=1.0) / accumulation
-            )
+        # TRL: the dapo normaliser already spans the accumulation window; the other types divide by it
+        scale = 1.0 if self.loss_type == "dapo" else 1.0 / accumulation
+        loss = terms.total * scale
+        on_tokens = mask.bool() & ~row_is_expert.unsqueeze(1)
+        if (
+            self.entropy_coef != 0.0
+        ):  # TRL's bonus (mean entropy, scaled for accumulation), on-policy tokens only
+            loss = loss - self.entropy_coef * masked_mean(entropies, on_tokens) / accumulation
         if self.aux_loss_enabled:
-            loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
+            loss = loss + self.router_aux_loss_coef * self._last_aux_loss / accumulation
+        if mode == "train" and self._grad_share_due():
+            self._log_grad_share(model, terms, scale)
+        self._log_loss_metrics(terms.metrics, mode, logps, entropies, completion_mask, row_is_expert, coef)
+        return loss
 
-        is_expert = inputs.get("is_expert")
-        row_is_expert = (
-            torch.zeros(mask.size(0), dtype=torch.bool, device=mask.device)
-            if is_expert is None
-            else is_expert.bool()
+    def _policy_logps_and_entropies(self, model, inputs):
+        """Per-token log-probs and entropies of the completions under the current policy (with gradient)."""
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        logps, entropies, self._last_aux_loss = self._get_per_token_logps_and_entropies(
+            model,
+            input_ids,
+            attention_mask,
+            inputs["completion_ids"].size(1),
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+            **{key: inputs.get(key) for key in _MODEL_INPUT_KEYS},
         )
-        valid = completion_mask.bool()  # diagnostics over every completion token, filtered groups included
+        return logps, entropies
+
+    def _token_counts(self, inputs, mode: str, accumulation: float) -> dict:
+        """TRL's dapo normaliser (tokens of the whole generation batch over all ranks, rescaled to one
+        accumulation window) for the joint mean, the on-policy and the expert tokens. Other loss types
+        normalise per micro-batch and need no counts."""
+        if self.loss_type != "dapo":
+            return {}
+        scale = 1.0 / self.accelerator.num_processes
+        if mode == "train":
+            scale *= accumulation / self.args.steps_per_generation
+        joint = inputs["num_items_in_batch"].clamp(min=1.0)
+        return {
+            "num_tokens": joint * scale,
+            "num_on_tokens": inputs.get("num_on_tokens", joint).clamp(min=1.0) * scale,
+            "num_exp_tokens": inputs.get("num_exp_tokens", joint).clamp(min=1.0) * scale,
+        }
+
+    def _expert_coef(self) -> float:
+        cfg = self.args
+        return expert_coef_at(
+            self.state.global_step,
+            self.state.max_steps or cfg.max_steps,
+            cfg.expert_coef,
+            cfg.expert_coef_schedule,
+            cfg.expert_coef_end,
+            cfg.expert_coef_warmup_steps,
+        )
+
+    def _grad_share_due(self) -> bool:
+        every = self.args.grad_share_every
+        return every > 0 and self.state.global_step % every == 0 and self.args.inject_mode != "never"
+
+    def _log_grad_share(self, model, terms, scale: float) -> None:
+        """Gradient norms of the on-policy and the expert term on this micro-batch (DESIGN 5.6): two extra
+        backward passes over the retained graph; the main backward is unchanged."""
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        def flat_grad(term: torch.Tensor) -> torch.Tensor:
+            if not term.requires_grad:
+                return torch.zeros((), device=term.device)
+            grads = torch.autograd.grad(term * scale, params, retain_graph=True, allow_unused=True)
+            return torch.cat([g.reshape(-1) for g in grads if g is not None] or [torch.zeros(1)])
+
+        g_on, g_exp = flat_grad(terms.on_policy), flat_grad(terms.expert)
+        norm_on, norm_exp = g_on.norm().item(), g_exp.norm().item()
+        metrics = self._metrics["train"]
+        metrics["grad/norm_on_policy"].append(norm_on)
+        metrics["grad/norm_expert"].append(norm_exp)
+        if norm_on + norm_exp > 0:
+            metrics["grad/expert_share"].append(norm_exp / (norm_on + norm_exp))
+        if norm_on > 0 and norm_exp > 0 and g_on.numel() == g_exp.numel():
+            metrics["grad/cos"].append((g_on @ g_exp).item() / (norm_on * norm_exp))
+
+    def _log_loss_metrics(self, stats, mode, logps, entropies, completion_mask, row_is_expert, coef) -> None:
+        """All-rank, token-weighted means of tgrl_loss_terms' per-micro-batch statistics, plus entropy and
+        the current policy's p on expert tokens (diagnostics over every completion token, filtered
+        groups included)."""
+        valid = completion_mask.bool()
         on_mask = valid & ~row_is_expert.unsqueeze(1)
         exp_mask = valid & row_is_expert.unsqueeze(1)
         self._log_mean("entropy", entropies.detach(), on_mask, mode=mode)
         self._log_mean("entropy/expert", entropies.detach(), exp_mask, mode=mode)
         self._log_mean("expert/p_theta_mean", torch.exp(logps.detach()), exp_mask, mode=mode)
-        # token-weighted all-rank means of tgrl_loss's per-micro-batch statistics
+        on_keys = {
+            "clip_ratio/low_mean": "clip_low",
+            "clip_ratio/high_mean": "clip_high",
+            "clip_ratio/region_mean": "clip_region",
+            "loss/on_policy": "loss_on",
+        }
+        if self.beta != 0.0:
+            on_keys["kl"] = "kl"
         n_on, n_exp = stats["n_on_tokens"], stats["n_exp_tokens"]
-        kl_mean = 0.0 if self.beta == 0.0 else (kl.sum() / max(n_on, 1.0)).item()
-        local = [stats[k] * n_on for k in ("clip_low", "clip_high", "clip_region", "loss_on")] + [
-            kl_mean * n_on
-        ]
-        totals = self.accelerator.reduce(
-            torch.tensor([*local, n_on, stats["loss_exp"] * n_exp, n_exp], device=logps.device),
-            reduction="sum",
-        ).tolist()
+        local = {key: stats[name] * n_on for key, name in on_keys.items()}
+        local.update({"loss/expert": stats["loss_exp"] * n_exp, "expert/bounded": stats["n_exp_bounded"]})
+        local.update({"#on": n_on, "#exp": n_exp})
+        device = logps.device
+        reduced = self.accelerator.reduce(torch.tensor(list(local.values()), device=device), reduction="sum")
+        totals = dict(zip(local, reduced.tolist(), strict=True))
         metrics = self._metrics[mode]
-        if totals[5] > 0:
-            for key, value in zip(
-                ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "loss/on_policy"),
-                totals[:4],
-                strict=True,
-            ):
-                metrics[key].append(value / totals[5])
-            if self.beta != 0.0:
-                metrics["kl"].append(totals[4] / totals[5])
-        if totals[7] > 0:
-            metrics["loss/expert"].append(totals[6] / totals[7])
-        return loss
-
-    def _kl_per_token(self, logps, ref_logps, old_logps, is_expert, mask) -> torch.Tensor:
-        """TRL's k3 KL to the reference (times the IS ratio when ``use_bias_correction_kl``), 0 off the
-        on-policy tokens: expert tokens are not pulled back toward the reference (DESIGN 5.5)."""
-        on = mask.bool()
-        if is_expert is not None:
-            on = on & ~is_expert.bool().unsqueeze(1)
-        delta = torch.where(on, ref_logps - logps, torch.zeros_like(logps))
-        kl = torch.exp(delta) - delta - 1
-        if self.args.use_bias_correction_kl:
-            kl = kl * torch.exp(torch.where(on, logps - old_logps, torch.zeros_like(logps)))
-        return torch.where(on, kl, torch.zeros_like(kl))
+        if totals["#on"] > 0:
+            for key in on_keys:
+                metrics[key].append(totals[key] / totals["#on"])
+        if totals["#exp"] > 0:
+            metrics["loss/expert"].append(totals["loss/expert"] / totals["#exp"])
+            metrics["expert/bounded"].append(totals["expert/bounded"] / totals["#exp"])
+        if mode == "train" and self.args.inject_mode != "never":
+            metrics["expert/coef"].append(coef)
 
     # ---------------------------------------------------------------------------------------------
     # timing
@@ -921,6 +1114,25 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         super().log(logs, start_time)
 
 
+def expert_coef_at(
+    step: int, max_steps: int, peak: float, schedule: str = "constant", end: float = 0.0, warmup: int = 0
+) -> float:
+    """The expert term's scale at ``step`` (CHORD-style mu schedule): linear warm-up from 0 over ``warmup``
+    steps, then ``peak`` ('constant') or a 'linear' / 'cosine' decay from ``peak`` to ``end`` at ``max_steps``."""
+    if schedule not in EXPERT_COEF_SCHEDULES:
+        raise ValueError(
+            f"expert_coef_schedule must be one of {list(EXPERT_COEF_SCHEDULES)}, got {schedule!r}"
+        )
+    if warmup > 0 and step < warmup:
+        return peak * step / warmup
+    if schedule == "constant":
+        return peak
+    progress = min(1.0, max(0.0, (step - warmup) / max(1, max_steps - warmup)))
+    if schedule == "linear":
+        return peak + (end - peak) * progress
+    return end + (peak - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def vision_guard(generation_kwargs: dict | None, tokenizer, use_vllm: bool) -> dict:
     """Generation kwargs that forbid every vision special token in rollouts (a sampled <|image_pad|>
     crashes the next forward, ENV_FACTS): HF ``suppress_tokens`` ids, or vLLM ``bad_words`` strings
@@ -936,16 +1148,6 @@ def vision_guard(generation_kwargs: dict | None, tokenizer, use_vllm: bool) -> d
             set(kwargs.get("suppress_tokens") or []) | set(vision_token_ids(tokenizer))
         )
     return kwargs
-
-
-def _aggregate(per_token, mask, loss_agg: str, max_len: int, num_tokens=None) -> torch.Tensor:
-    """The aggregation of token_weights.tgrl_loss, for a per-token term added outside it (the KL)."""
-    valid = mask.bool()
-    if loss_agg == "token_mean":
-        return per_token.sum() / (valid.sum().clamp(min=1) if num_tokens is None else num_tokens)
-    if loss_agg == "seq_mean_token_mean":
-        return masked_mean(masked_mean(per_token, valid, dim=1), valid.any(1))
-    return per_token.sum() / (per_token.size(0) * max_len)
 
 
 @lru_cache(maxsize=4096)

@@ -69,19 +69,31 @@ def oracle_trace(
     return format_response(think, answer)
 
 
-def stated_facts(text: str) -> dict[str, int]:
-    """The per-colour counts a trace states in its reasoning (first mention of each colour wins).
+def _first_fact_matches(text: str) -> dict[str, re.Match]:
+    """The first "colour N" statement of each colour in the reasoning (positions index ``text``).
 
     Only the ``<think>`` part is read when present; text without one is read whole.
     """
     text = text[:20_000]
+    lo, hi = 0, len(text)
     start, end = text.find(THINK_OPEN), text.find(THINK_CLOSE)
     if start != -1 and end > start:
-        text = text[start + len(THINK_OPEN) : end]
-    facts: dict[str, int] = {}
-    for color, number in _FACT_RE.findall(text):
-        facts.setdefault(color, int(number))
-    return facts
+        lo, hi = start + len(THINK_OPEN), end
+    first: dict[str, re.Match] = {}
+    for match in _FACT_RE.finditer(text, lo, hi):
+        first.setdefault(match.group(1), match)
+    return first
+
+
+def stated_facts(text: str) -> dict[str, int]:
+    """The per-colour counts a trace states in its reasoning (first mention of each colour wins)."""
+    return {color: int(m.group(2)) for color, m in _first_fact_matches(text).items()}
+
+
+def fact_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the stated counts (the digits of "red 3") that :func:`fact_accuracy` reads:
+    the tokens that carry the visual content of a trace (the trainer's ``expert/p_fact`` diagnostic)."""
+    return sorted(m.span(2) for m in _first_fact_matches(text).values())
 
 
 def fact_accuracy(text: str, meta: dict[str, Any]) -> float | None:
