@@ -43,6 +43,7 @@ from tgrl.token_weights import (
     tgrl_loss,
     visual_dependency,
 )
+from tgrl.trl_compat import check_trainer_attributes, check_trl_version
 from tgrl.utils import append_jsonl
 
 # DESIGN's `loss_agg` is TRL's `loss_type` (one switch, not two): how each maps onto tgrl_loss.
@@ -275,6 +276,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
     ):
         if not isinstance(args, TGRLConfig):
             raise TypeError("TGRLTrainer needs a TGRLConfig")
+        check_trl_version()  # private TRL internals below: refuse an untested TRL unless overridden
         for unsupported in ("tools", "rollout_func", "environment_factory"):
             if kwargs.get(unsupported):
                 raise ValueError(f"TGRLTrainer does not support {unsupported}")
@@ -288,6 +290,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             processing_class=processing_class,
             **kwargs,
         )
+        check_trainer_attributes(self)
 
         im_end = self._tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.expert_eos_id = im_end if im_end in self.eos_token_ids else self.eos_token_ids[0]
