@@ -278,6 +278,9 @@ class Builder:
         if a.backend == "vllm" and "max_images_per_prompt" not in options:
             options["max_images_per_prompt"] = max(len(p.images) for p in problems)  # vLLM's mm limit
         teacher = make_teacher(a.backend, self.settings, options)
+        from tgrl.rewards import warm_up
+
+        warm_up()  # math-verify's one-time cold start, before the first bounded comparison (record())
         bar = None
         if not a.no_progress:
             from tqdm import tqdm

@@ -36,8 +36,13 @@ number token). Answers over ``MAX_ANSWER_CHARS`` score 0, numbers with more than
 :func:`_prepare_for_math_verify` (length, nesting depth, exponent, factorial bounds). Then it runs
 under a deadline of ``MV_TIME_BUDGET_SECONDS`` (0.5 s) per :func:`answers_match` call, enforced by a
 ``sys.settrace`` hook that works in any thread (math-verify's own timeouts are disabled: they use
-whole-second ``signal.alarm``, which fails outside the main thread). The first math-verify use in a
-process also pays a one-time, unbounded warm-up of ~0.5 s (:func:`_warm_up_math_verify`).
+whole-second ``signal.alarm``, which fails outside the main thread). A cold math-verify (its regexes,
+sympy's simplify/polys/sets caches) needs 1-2 s on its first comparison, several times that budget, so
+:func:`warm_up` pays it once, unbounded, outside any per-sample budget: at reward-function construction
+(:func:`get_reward_funcs`) and before the data-prep scorers (teacher builder, filter F1) start. Then the
+bound holds from the first call. Code that calls :func:`answers_match` without either pays the warm-up
+lazily on its first math-verify use (never counted against the per-call budget, so no answer scores 0
+for being early).
 """
 
 from __future__ import annotations
@@ -699,6 +704,11 @@ _MV_WARM_UP_PAIRS = (
 )
 
 
+def warm_up() -> None:
+    """Warm math-verify up now (once per process, idempotent): call it before the first timed comparison."""
+    _warm_up_math_verify()
+
+
 def _warm_up_math_verify() -> None:
     """On first use math-verify compiles its large regexes and sympy imports and caches whole
     subsystems (simplify, polys, sets): several times the per-call budget. Do that once per process,
@@ -1049,4 +1059,6 @@ def get_reward_funcs(names: Sequence[str]) -> list[RewardFunc]:
         raise ValueError(
             f"unknown reward function(s) {', '.join(map(repr, unknown))}; valid names: {', '.join(REWARD_FUNCS)}"
         )
+    if "accuracy" in names:
+        warm_up()  # here, not inside the first reward call: that call keeps its per-sample time bound
     return [REWARD_FUNCS[name] for name in names]
