@@ -210,3 +210,8 @@ def test_rl_recipe_trains_on_the_tiny_model(recipe, weak_base, expert_data, tmp_
     order = [json.loads(line) for line in (out / "data_order.jsonl").read_text().splitlines()]
     assert [o["step"] for o in order] == [0, 1] and all(len(o["ids"]) == 2 for o in order)
     assert (out / "run_config.json").exists() and (out / "processor_config.json").exists()
+    # the budget the processor resized into, recorded even when the recipe leaves it to the checkpoint
+    assert json.loads((out / "run_config.json").read_text())["pixel_budget"] == {
+        "min_pixels": 3136,
+        "max_pixels": 3136,
+    }

@@ -50,20 +50,20 @@ def resolve_dtype(dtype: str):
 
 
 def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
-    """``AutoProcessor`` with optional pixel bounds (they move scores, so callers record them)."""
+    """``AutoProcessor`` with optional pixel bounds (they move scores, so callers record them; None keeps
+    the checkpoint's value). The bounds are set in the forward-compatible ``size`` form (tgrl.pixels)."""
     from transformers import AutoProcessor
 
-    kwargs: dict[str, Any] = {}
-    if min_pixels is not None:
-        kwargs["min_pixels"] = min_pixels
-    if max_pixels is not None:
-        kwargs["max_pixels"] = max_pixels
-    processor = AutoProcessor.from_pretrained(str(path), **kwargs)
+    from tgrl.pixels import budget_of, resolve_budget, set_budget
+
+    processor = AutoProcessor.from_pretrained(str(path))
     if not hasattr(processor, "image_processor"):
         raise UserError(
             f"{path}: AutoProcessor returned {type(processor).__name__}, not a vision-language processor. "
             "Fix: the checkpoint needs processor_config.json (and torchvision installed for Qwen2.5-VL)"
         )
+    if min_pixels is not None or max_pixels is not None:
+        set_budget(processor, resolve_budget(min_pixels, max_pixels, budget_of(processor.image_processor)))
     processor.tokenizer.padding_side = "left"
     return processor
 

@@ -32,6 +32,7 @@ from tgrl.metrics import DATA_ORDER_FILE, JsonlMetricsCallback, quiet_console
 from tgrl.modeling import VISION_SPECIAL_TOKENS, vision_token_ids
 from tgrl.perturb import MODES as PERTURB_MODES
 from tgrl.perturb import perturb_pixel_values
+from tgrl.pixels import budget_of, fit_row_images, patch_factor
 from tgrl.rewards import accuracy_reward, completion_text
 from tgrl.teachers.oracle import fact_accuracy
 from tgrl.token_weights import (
@@ -291,6 +292,13 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             **kwargs,
         )
         check_trainer_attributes(self)
+        # issue 11: rollouts and trainer must agree on image tokens (tgrl/pixels.py)
+        image_processor = getattr(self.processing_class, "image_processor", None)
+        self._pixel_fit = (
+            None if image_processor is None else (budget_of(image_processor), patch_factor(image_processor))
+        )
+        if self.use_vllm:
+            guard_vllm_prompt_lengths(self.vllm_generation)
 
         im_end = self._tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.expert_eos_id = im_end if im_end in self.eos_token_ids else self.eos_token_ids[0]
@@ -482,6 +490,10 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
+        if (
+            self._pixel_fit is not None
+        ):  # before any processor sees them: vLLM and trainer get the same pixels
+            fit_row_images(inputs, *self._pixel_fit)
         if not self.model.training:
             out = super()._generate_and_score_completions(inputs)
             out["is_expert"] = torch.zeros(
@@ -922,6 +934,42 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
                 logs["time/update"] = per_step - self._experience_seconds / (step - last_step)
             self._last_log, self._experience_seconds = (now, step), 0.0
         super().log(logs, start_time)
+
+
+def check_vllm_prompt_lengths(sent: list, returned: list | None) -> None:
+    """Raise when vLLM expanded a prompt to another length than the trainer's processor did.
+
+    TRL sends vLLM the prompt ids our processor expanded (one ``<|image_pad|>`` per image token) plus the
+    raw image; vLLM's own processor decides the image's token count from its pixel bounds. A different
+    count means the rollout was generated from another prompt than the one the loss scores (TRL issues
+    #6294, #6401): a crash later, or silently wrong rollouts. Checked on every generation (it costs a
+    length comparison), so the first one already fails."""
+    if returned is None:
+        return
+    if len(returned) != len(sent):
+        raise RuntimeError(f"vLLM returned {len(returned)} prompts for {len(sent)} sent")
+    for i, (ours, theirs) in enumerate(zip(sent, returned, strict=True)):
+        if len(ours) != len(theirs):
+            raise RuntimeError(
+                f"vLLM expanded prompt {i} to {len(theirs)} tokens, the trainer's processor to {len(ours)}: "
+                "vLLM resized an image with other pixel bounds than the trainer's processor, so the rollout "
+                "does not belong to the prompt the loss scores. Fix: train through TGRLTrainer, which fits "
+                "every image into the processor's budget first (tgrl/pixels.py), and keep min_pixels/max_pixels "
+                "inside the checkpoint's own preprocessor_config.json bounds"
+            )
+
+
+def guard_vllm_prompt_lengths(vllm_generation) -> None:
+    """Wrap TRL's ``VLLMGeneration.generate`` (whose prompt ids TRL discards) with
+    :func:`check_vllm_prompt_lengths`."""
+    generate = vllm_generation.generate
+
+    def checked_generate(prompts, images, num_generations, profiler=None):
+        out = generate(prompts=prompts, images=images, num_generations=num_generations, profiler=profiler)
+        check_vllm_prompt_lengths(prompts, out[0])
+        return out
+
+    vllm_generation.generate = checked_generate
 
 
 def vision_guard(generation_kwargs: dict | None, tokenizer, use_vllm: bool) -> dict:

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tgrl.pixels import PixelBudget
 from tgrl.teachers.base import SampleSettings, Teacher, TeacherJob, TeacherSample, sample_seed
 from tgrl.utils import UserError
 
@@ -61,9 +62,15 @@ def engine_kwargs(
         kwargs["max_model_len"] = max_model_len
     if max_num_seqs is not None:
         kwargs["max_num_seqs"] = max_num_seqs
-    mm = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
-    if mm:
-        kwargs["mm_processor_kwargs"] = mm
+    if (min_pixels is None) != (max_pixels is None):
+        raise UserError(
+            f"give both min_pixels and max_pixels or neither (got {min_pixels}, {max_pixels}): vLLM's processor "
+            "takes them as one size={shortest_edge, longest_edge}. Fix: --min-pixels and --max-pixels "
+            "(tgrl.pixels.DEFAULT_BUDGET: 262144 and 1003520)"
+        )
+    if min_pixels is not None:
+        # the forward-compatible form: min_pixels/max_pixels processor-call kwargs go in transformers 5.23
+        kwargs["mm_processor_kwargs"] = {"size": PixelBudget(min_pixels, max_pixels).size()}
     return kwargs
 
 
@@ -150,6 +157,11 @@ class VLLMTeacher(Teacher):
     @property
     def name(self) -> str:
         return str(self.options.model)
+
+    def describe(self) -> dict[str, Any]:
+        from tgrl.pixels import budget_of
+
+        return {**super().describe(), "pixel_budget": budget_of(self.processor.image_processor).as_dict()}
 
     def generate(self, jobs: Sequence[TeacherJob]) -> Iterator[list[TeacherSample]]:
         from vllm import SamplingParams
