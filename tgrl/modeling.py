@@ -95,6 +95,25 @@ def load_model_and_processor(
     return model, load_processor(path, min_pixels, max_pixels)
 
 
+def prompt_length(
+    processor, question: str, choices: Sequence[str] | None, image_sizes: Sequence[tuple[int, int]]
+) -> tuple[int, list[int]]:
+    """Tokens of the project prompt with its images expanded, as the processor (and a vLLM engine with the
+    same pixel budget) counts them, without preprocessing any pixels: (total, image tokens per image).
+    ``image_sizes`` are (width, height) before resizing."""
+    from tgrl.pixels import budget_of, image_tokens, patch_factor
+
+    text = processor.apply_chat_template(
+        build_messages(question, choices, n_images=len(image_sizes)),
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    n_text = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])  # one pad per image
+    budget, factor = budget_of(processor.image_processor), patch_factor(processor.image_processor)
+    per_image = [image_tokens(w, h, budget, factor) for w, h in image_sizes]
+    return n_text + sum(n - 1 for n in per_image), per_image
+
+
 def encode_prompts(
     processor, questions: Sequence[str], images: Sequence[Sequence], choices: Sequence | None = None
 ):
