@@ -109,7 +109,8 @@ class TGRLConfig(GRPOConfig):
         default="vis_dep",
         metadata={
             "help": "DESIGN 5.5 token reweighting w_t of expert tokens [abstract; formula ours]: 'vis_dep' "
-            "(1 + alpha * min-max s_t, mean 1; VPPO-inspired), 'none' (= LUFFY-VL), 'vis_topk' (VPPO mask), "
+            "(1 + alpha * min-max s_t, mean 1; VPPO-inspired), 'none' (LUFFY; the w/o-reweighting ablation), "
+            "'vis_topk' (VPPO mask), "
             "'entropy_topk' (Prefix-RFT), 'chord_phi' (CHORD p(1-p)), 'trust_region' (TRAPO min(1, p/tau))."
         },
     )
