@@ -137,7 +137,7 @@ REFERENCE_GPUS = 8  # the 7B recipes are written for one 8-GPU node (the launche
 
 
 @pytest.mark.parametrize(
-    "path", [p for p in sorted((RECIPES / "7b").glob("*.yaml")) if p.stem != "sft"], ids=str
+    "path", [p for p in sorted((RECIPES / "7b").glob("*.yaml")) if p.stem != "sft"], ids=lambda p: p.stem
 )
 def test_7b_recipes_match_the_published_consensus(path):
     r = load(path)
