@@ -26,7 +26,10 @@ SCRIPTS = [
 
 def bash(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **env}
-    for key in ("NNODES", "NODE_RANK", "MASTER_ADDR", "ZERO", "VLLM_MODE", "MODEL", "DATA", "OUTPUT"):
+    for key in (
+        "NNODES", "NODE_RANK", "MASTER_ADDR", "ZERO", "VLLM_MODE", "MODEL", "DATA", "OUTPUT", "NUM_GPUS",
+        "KEEP_GLOBAL_BATCH", "SHARED_OUTPUT_OK", "CHECKPOINTS", "RECIPE_GPUS",
+    ):  # fmt: skip
         if key not in env:
             full_env.pop(key, None)
     return subprocess.run(
@@ -92,6 +95,81 @@ def test_dry_run_switches_and_overrides():
 def test_multinode_without_master_addr_is_reported():
     result = bash("run_tgrl_7b.sh", DRY_RUN="1", NNODES="2")
     assert result.returncode == 0 and "needs MASTER_ADDR" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# multi-node (issue 11, item 16): the global batch stays fixed, output_dir must be shared, disk is said
+
+
+def command_of(result) -> str:
+    (cmd,) = [line for line in result.stdout.splitlines() if line.startswith("+ ")]
+    return cmd
+
+
+def test_more_gpus_keep_the_global_batch():
+    two_nodes = bash("run_tgrl_7b.sh", DRY_RUN="1", NNODES="2", MASTER_ADDR="10.0.0.1", SHARED_OUTPUT_OK="1")
+    assert two_nodes.returncode == 0, two_nodes.stderr
+    cmd = command_of(two_nodes)
+    assert (
+        "--num_processes 16" in cmd
+        and "gradient_accumulation_steps=8" in cmd
+        and "steps_per_generation=16" in cmd
+    )
+    assert (
+        "x 16 GPUs x gradient_accumulation_steps 8 = 512 sequences per optimizer step (kept"
+        in two_nodes.stdout
+    )
+    four_gpus = bash("run_grpo_7b.sh", DRY_RUN="1", NUM_GPUS="4")
+    assert "gradient_accumulation_steps=32 steps_per_generation=64" in command_of(four_gpus)
+    one_node = command_of(bash("run_tgrl_7b.sh", DRY_RUN="1"))
+    assert "gradient_accumulation_steps=" not in one_node and "steps_per_generation=" not in one_node
+    grown = bash("run_tgrl_7b.sh", DRY_RUN="1", NNODES="2", MASTER_ADDR="10.0.0.1", KEEP_GLOBAL_BATCH="0")
+    assert "gradient_accumulation_steps=" not in command_of(grown)
+    assert "= 1024 sequences per optimizer step (KEEP_GLOBAL_BATCH=0" in grown.stdout
+
+
+def test_explicit_batch_override_wins_and_indivisible_counts_are_refused():
+    result = bash("run_tgrl_7b.sh", "gradient_accumulation_steps=4", DRY_RUN="1", NUM_GPUS="4")
+    cmd = command_of(result)
+    assert cmd.count("gradient_accumulation_steps=") == 1 and "gradient_accumulation_steps=4" in cmd
+    assert "steps_per_generation=64" in cmd
+    odd = bash("run_tgrl_7b.sh", DRY_RUN="1", NUM_GPUS="3")
+    assert (
+        "preflight: FAIL gradient_accumulation_steps 16 x 8 recipe GPUs is not divisible by 3 GPUs"
+        in odd.stderr
+    )
+    both = bash("run_sft_rl_7b.sh", DRY_RUN="1", NUM_GPUS="4", SFT_OUTPUT="/tmp/tgrl-no-such-sft")
+    sft, rl = [line for line in both.stdout.splitlines() if line.startswith("+ ")]
+    assert "gradient_accumulation_steps=8" in sft and "steps_per_generation" not in sft  # SFT: 4 -> 8
+    assert "gradient_accumulation_steps=32 steps_per_generation=64" in rl
+
+
+def test_multinode_output_must_be_shared(tmp_path):
+    fs = subprocess.run(
+        ["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True
+    ).stdout.strip()
+    env = dict(DRY_RUN="1", NNODES="2", MASTER_ADDR="10.0.0.1", OUTPUT=str(tmp_path / "run"))
+    if fs in ("ext2/ext3", "ext4", "xfs", "btrfs", "tmpfs", "overlayfs", "overlay"):
+        assert "is on a local filesystem" in bash("run_tgrl_7b.sh", **env).stderr
+    assert "local filesystem" not in bash("run_tgrl_7b.sh", SHARED_OUTPUT_OK="1", **env).stderr
+    assert (
+        "local filesystem" not in bash("run_tgrl_7b.sh", DRY_RUN="1", OUTPUT=str(tmp_path)).stderr
+    )  # 1 node
+
+
+def test_checkpoint_size_is_said_and_smaller_modes_offered():
+    full = bash("run_tgrl_7b.sh", DRY_RUN="1")
+    assert "checkpoints (full): ~108 GB each x 3 kept = ~324 GB" in full.stderr
+    assert "resume_from_checkpoint=auto" in command_of(full)
+    last = bash("run_tgrl_7b.sh", DRY_RUN="1", CHECKPOINTS="last")
+    assert "save_total_limit=1" in command_of(last) and "resume_from_checkpoint=auto" in command_of(last)
+    assert "~108 GB each x 1 kept" in last.stderr
+    model_only = bash("run_tgrl_7b.sh", DRY_RUN="1", CHECKPOINTS="model_only")
+    assert "save_only_model=true" in command_of(model_only) and "resume_from_checkpoint" not in command_of(
+        model_only
+    )
+    assert "~17 GB each x 3 kept" in model_only.stderr
+    assert bash("run_tgrl_7b.sh", DRY_RUN="1", CHECKPOINTS="some").returncode == 2
 
 
 def test_sft_rl_dry_run_prints_both_stages():
