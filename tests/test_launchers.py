@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ SCRIPTS = [
     "run_tiny.sh",
     "_launch.sh",
     "bench.sh",
+    "smoke_gpu.sh",
 ]
 
 
@@ -170,6 +172,104 @@ def test_checkpoint_size_is_said_and_smaller_modes_offered():
     )
     assert "~17 GB each x 3 kept" in model_only.stderr
     assert bash("run_tgrl_7b.sh", DRY_RUN="1", CHECKPOINTS="some").returncode == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# the one-GPU smoke test (issue 11, part C): what it runs, that it refuses without a GPU or vLLM, and its
+# one line per stage (through a fake GPU stack: there is no GPU here)
+
+
+def smoke(tmp_path, **env):
+    return bash("smoke_gpu.sh", WORK=str(tmp_path / "smoke"), PY=sys.executable, **env)
+
+
+def test_smoke_dry_run_prints_every_gpu_stage(tmp_path):
+    result = smoke(tmp_path, DRY_RUN="1")
+    assert result.returncode == 0, result.stderr
+    commands = [line for line in result.stdout.splitlines() if line.startswith("+ ")]
+    assert len(commands) == 7
+    teacher, train, evaluate = commands[4], commands[5], commands[6]
+    assert "build_teacher_trajectories.py" in teacher and "--backend vllm" in teacher
+    for part in (
+        "accelerate launch --config_file train/accelerate/zero2.yaml",
+        "--deepspeed_config_file train/deepspeed/zero2.json",
+        "--num_processes 1",
+        "train/rl.py --config train/recipes/tiny/tgrl.yaml",
+        "bf16=true",
+        "use_vllm=true vllm_mode=colocate",
+        "use_cpu=false",
+    ):
+        assert part in train, part
+    assert "eval/run_lmms_eval.py" in evaluate and "--backend vllm" in evaluate
+    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("smoke_gpu:")] == [
+        "setup",
+        "teacher_vllm",
+        "train",
+        "eval_vllm",
+    ]
+    assert not (tmp_path / "smoke").exists()  # a dry run writes nothing
+
+
+def test_smoke_refuses_cleanly_without_gpu_or_vllm(tmp_path):
+    result = smoke(tmp_path)  # this machine: no NVIDIA driver, CPU torch, no vLLM
+    assert result.returncode == 2
+    assert "smoke_gpu: no GPU" in result.stderr and "smoke_gpu: no vLLM" in result.stderr
+    assert "refused, nothing was run" in result.stderr and not (tmp_path / "smoke").exists()
+    assert "+ " not in result.stdout
+
+
+def fake_stack(tmp_path, failing: str) -> dict[str, str]:
+    """nvidia-smi with one GPU; a python that passes the preflight and fails the commands matching
+    ``failing`` (a bash case pattern) with a Python-style error; an accelerate that does the same."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text('#!/usr/bin/env bash\necho "GPU 0: Fake (UUID: GPU-0)"\n')
+    tool = f"""#!/usr/bin/env bash
+case "$*" in
+  "-c "*) exit 0 ;;
+  {failing}) echo 'Traceback (most recent call last):'; echo 'ValueError: fake failure in this stage' >&2; exit 1 ;;
+  *) echo "ran: $*" ;;
+esac
+"""
+    for name in ("python", "accelerate"):
+        (bin_dir / name).write_text(tool)
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PY": str(bin_dir / "python"),
+        "ACCELERATE": str(bin_dir / "accelerate"),
+    }
+
+
+def test_smoke_ends_with_one_line_per_stage(tmp_path):
+    env = fake_stack(tmp_path, "*build_teacher_trajectories.py*--backend\\ vllm*")
+    result = bash("smoke_gpu.sh", WORK=str(tmp_path / "smoke"), **env)
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("smoke_gpu:")]
+    assert len(lines) == 4
+    assert lines[0].split()[1:3] == ["setup", "ok"]
+    assert lines[1].split()[1:3] == ["teacher_vllm", "failed:"] and "ValueError: fake failure" in lines[1]
+    assert "logs/teacher_vllm.log" in lines[1]
+    assert lines[2].split()[1:3] == ["train", "ok"] and lines[3].split()[1:3] == ["eval_vllm", "ok"]
+
+
+def test_smoke_skips_what_depends_on_a_failed_stage(tmp_path):
+    env = fake_stack(tmp_path, "*train/rl.py*")
+    result = bash("smoke_gpu.sh", WORK=str(tmp_path / "smoke"), **env)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("smoke_gpu:")]
+    assert result.returncode == 1 and "train         failed: ValueError" in lines[2]
+    assert lines[3].endswith("eval_vllm     skipped (needs train)")
+
+
+def test_makefile_has_the_smoke_target_and_readme_puts_it_first():
+    makefile = (REPO / "Makefile").read_text()
+    assert "\nsmoke_gpu:\n\tbash scripts/smoke_gpu.sh\n" in makefile
+    gpu = (REPO / "README.md").read_text().split("## GPU tier", 1)[1].split("\n## ", 1)[0]
+    intro, block = gpu.split("```bash", 1)
+    assert "smoke test" in intro and "first" in intro.lower()
+    commands = [line.split()[1] for line in block.split("```", 1)[0].splitlines() if line.startswith("bash ")]
+    assert commands[:2] == ["scripts/setup_gpu_env.sh", "scripts/smoke_gpu.sh"]  # before any data or training
 
 
 def test_sft_rl_dry_run_prints_both_stages():
