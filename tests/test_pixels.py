@@ -25,6 +25,7 @@ from tgrl.pixels import (
     fitted_size,
     image_tokens,
     patch_factor,
+    pixel_fit_of,
 )
 from tgrl.trainer import check_vllm_prompt_lengths, guard_vllm_prompt_lengths
 from tgrl.utils import REPO_ROOT, UserError
@@ -191,3 +192,14 @@ def test_every_gpu_tier_consumer_uses_the_one_budget():
     assert len(commands) == 2  # teacher (vLLM) and filter
     for command in commands:
         assert f"--min-pixels {DEFAULT_BUDGET.min_pixels} --max-pixels {DEFAULT_BUDGET.max_pixels}" in command
+
+
+def test_pixel_fit_only_for_processors_with_pixel_bounds(ours):
+    from types import SimpleNamespace
+
+    assert pixel_fit_of(ours) == (DEFAULT_BUDGET, 28)
+    assert pixel_fit_of(ours.tokenizer) is None  # text-only
+    other_vlm = SimpleNamespace(
+        image_processor=SimpleNamespace(size={"height": 336, "width": 336}, merge_size=1)
+    )
+    assert pixel_fit_of(other_vlm) is None

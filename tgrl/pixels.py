@@ -91,6 +91,18 @@ def set_budget(processor: Any, budget: PixelBudget) -> None:
             sub.size = SizeDict(**budget.size())
 
 
+def pixel_fit_of(processor: Any) -> tuple[PixelBudget, int] | None:
+    """(budget, patch factor) to fit images with, for a Qwen-VL style processor; None for a processor
+    without pixel bounds (text-only, or another VLM family: its images are left as they are)."""
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None or not hasattr(image_processor, "merge_size"):
+        return None
+    try:
+        return budget_of(image_processor), patch_factor(image_processor)
+    except UserError:
+        return None
+
+
 def patch_factor(image_processor: Any) -> int:
     """Pixels per side of one image token: patch_size * merge_size (28 for Qwen2-VL / Qwen2.5-VL)."""
     return int(image_processor.patch_size) * int(image_processor.merge_size)

@@ -32,7 +32,7 @@ from tgrl.metrics import DATA_ORDER_FILE, JsonlMetricsCallback, quiet_console
 from tgrl.modeling import VISION_SPECIAL_TOKENS, vision_token_ids
 from tgrl.perturb import MODES as PERTURB_MODES
 from tgrl.perturb import perturb_pixel_values
-from tgrl.pixels import budget_of, fit_row_images, patch_factor
+from tgrl.pixels import fit_row_images, pixel_fit_of
 from tgrl.rewards import accuracy_reward, completion_text
 from tgrl.teachers.oracle import fact_accuracy
 from tgrl.token_weights import (
@@ -294,10 +294,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         )
         check_trainer_attributes(self)
         # issue 11: rollouts and trainer must agree on image tokens (tgrl/pixels.py)
-        image_processor = getattr(self.processing_class, "image_processor", None)
-        self._pixel_fit = (
-            None if image_processor is None else (budget_of(image_processor), patch_factor(image_processor))
-        )
+        self._pixel_fit = pixel_fit_of(self.processing_class)
         if self.use_vllm:
             guard_vllm_prompt_lengths(self.vllm_generation)
 
