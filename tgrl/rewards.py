@@ -694,12 +694,17 @@ def _mv_parse(latex: str) -> list:
 _mv_warmed_up = threading.Event()
 
 
-_MV_WARM_UP_PAIRS = (
+_MV_WARM_UP_PAIRS = (  # one of each kind of sympy work a comparison can need (measured: issue 11, item 10)
     ("\\sqrt{2}+\\frac{1}{2}x^2", "2^{1/2}+0.5x^{2}"),
     ("(x+1)^2", "x^2+2x+1"),
+    ("(x+2)(x-3)", "x^2-x-6"),  # products of sums: expansion (cold: ~0.5 s on its own)
+    ("\\frac{x^2-1}{x+1}", "x-1"),  # rational functions: cancel
     ("y=2x+1", "y=1+2x"),
     ("[1,2)", "\\{1,2\\}"),
     ("\\sin(\\pi/3)", "\\frac{\\sqrt{3}}{2}"),
+    ("\\frac{\\pi}{4}", "\\pi/4"),
+    ("2\\sqrt{3}", "\\sqrt{12}"),
+    ("e^{\\ln 2}", "2"),
     ("(1,2)", "(1,2)"),
 )
 
