@@ -203,3 +203,38 @@ def test_pixel_fit_only_for_processors_with_pixel_bounds(ours):
         image_processor=SimpleNamespace(size={"height": 336, "width": 336}, merge_size=1)
     )
     assert pixel_fit_of(other_vlm) is None
+
+
+def test_trainer_fits_rows_before_trl_sees_them(tiny_checkpoint, synthetic_dir, tmp_path, monkeypatch):
+    """TGRLTrainer._generate_and_score_completions hands TRL (and so vLLM) images already in the budget."""
+    from transformers import AutoModelForImageTextToText
+    from trl import GRPOTrainer
+
+    from tests.helpers import write_expert_set
+    from tgrl.rewards import get_reward_funcs
+    from tgrl.rl_data import build_rl_dataset
+    from tgrl.trainer import TGRLConfig, TGRLTrainer
+
+    seen = {}
+
+    def fake_parent(self, inputs):  # stands for TRL's tokenize + generate + score
+        seen["sizes"] = [row["images"][0].size for row in inputs]
+        return {"completion_ids": torch.zeros((len(inputs), 1), dtype=torch.long)}
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", fake_parent)
+    budget = PixelBudget(3136, 12544)
+    args = TGRLConfig(
+        output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[], num_generations=2,
+        per_device_train_batch_size=2, inject_mode="never", log_data_order=False,
+    )  # fmt: skip
+    trainer = TGRLTrainer(
+        AutoModelForImageTextToText.from_pretrained(str(tiny_checkpoint)),
+        get_reward_funcs(["format"]),
+        args=args,
+        train_dataset=build_rl_dataset(write_expert_set(synthetic_dir, tmp_path / "train.jsonl", limit=2)),
+        processing_class=load_processor(tiny_checkpoint, budget.min_pixels, budget.max_pixels),
+    )
+    assert trainer._pixel_fit == (budget, 28)
+    trainer.model.eval()
+    trainer._generate_and_score_completions([{"id": "a", "images": [image(517, 301)]} for _ in range(2)])
+    assert seen["sizes"] == [fitted_size(517, 301, budget)] * 2 != [(517, 301)] * 2

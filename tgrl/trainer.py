@@ -488,9 +488,8 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
-        if (
-            self._pixel_fit is not None
-        ):  # before any processor sees them: vLLM and trainer get the same pixels
+        # fit images into the pixel budget before any processor sees them: vLLM and trainer get the same pixels
+        if self._pixel_fit is not None:
             fit_row_images(inputs, *self._pixel_fit)
         if not self.model.training:
             out = super()._generate_and_score_completions(inputs)
