@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: install demo test slow_test quality style tiny data reproduce bench eval clean
+.PHONY: install demo test slow_test quality style tiny data reproduce bench eval smoke_gpu clean
 
 # The venv is rebuilt only when the lock file or pyproject changes. --no-deps: the lock is complete and
 # carries one deliberate metadata conflict (latex2sympy2/antlr; see requirements-cpu.txt).
@@ -59,6 +59,11 @@ bench: install
 # Every checkpoint under checkpoints/ x the tiny suite, then the tables (SUITE=paper on GPU nodes)
 eval: install
 	bash scripts/eval_all.sh
+
+# One GPU, ~5 min: the GPU code paths on the tiny tier (vLLM teacher, colocate rollouts, DeepSpeed, vLLM eval).
+# Run it in the GPU env (scripts/setup_gpu_env.sh), not the CPU .venv: no `install` dependency on purpose.
+smoke_gpu:
+	bash scripts/smoke_gpu.sh
 
 clean:
 	rm -rf $(VENV) .cache

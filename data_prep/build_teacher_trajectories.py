@@ -29,7 +29,11 @@ settings, input hash, counts, failures, wall time, throughput. Sharded runs writ
 Resume: rerun the same command. Finished (id, sample_idx) pairs are skipped, a torn last line (a kill
 mid-write) is cut off and regenerated; different settings into the same folder are refused unless
 ``--force``. Samples that failed after the backend's retries are not written: the run ends with exit
-code 3 and a rerun retries exactly those.
+code 3 and a rerun retries exactly those. A problem the backend cannot run under these settings at all
+(its prompt, images expanded, does not fit --max-model-len; more images than --max-images-per-prompt; a
+prompt vLLM rejects) costs that problem only: it is recorded with its reason in the manifest's ``skipped``
+list, the others run, the exit code is 0, and a resume does not try it again (``--retry-skipped`` does).
+The filter then finds no trajectory for it: it trains as a plain GRPO group.
 """
 
 from __future__ import annotations
@@ -113,6 +117,12 @@ def read_done(path: Path) -> dict[tuple[str, int], float | None]:
     return done
 
 
+def previous_skips(previous: dict | None, problems: dict) -> dict[str, str]:
+    """Problems an earlier run with the same settings recorded as skipped (id -> reason)."""
+    entries = (previous or {}).get("skipped") or []
+    return {e["id"]: e["reason"] for e in entries if e.get("id") in problems}
+
+
 # --------------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------------
@@ -148,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard-index", type=int, default=0)
     parser.add_argument("--no-check-images", action="store_true", help="skip decoding every image up front")
     parser.add_argument("--force", action="store_true", help="discard trajectories made with other settings")
+    parser.add_argument(
+        "--retry-skipped", action="store_true", help="try again the problems the manifest lists as skipped"
+    )
     parser.add_argument("--flush-every", type=int, default=64, help="append after this many samples")
     parser.add_argument("--manifest-every", type=float, default=30.0, help="seconds between manifest updates")
     parser.add_argument("--no-progress", action="store_true")
@@ -244,10 +257,11 @@ class Builder:
             )
         done = read_done(self.traj_path)
         by_id = {p.id: p for p in problems}
+        skipped = {} if a.retry_skipped else previous_skips(previous, by_id)
         jobs = []
         for p in problems:
             missing = tuple(i for i in range(a.k) if (p.id, i) not in done)
-            if missing:
+            if missing and p.id not in skipped:
                 jobs.append(TeacherJob(TeacherInput.from_problem(p), missing))
         n_missing = sum(len(j.sample_indices) for j in jobs)
         expected = len(problems) * a.k
@@ -261,10 +275,16 @@ class Builder:
             "generated": 0,
             "failed": 0,
             "failures": [],
+            "skipped": skipped,
             "finish": Counter(),
         }
         if n_missing == 0:
-            print(f"[teacher] {self.traj_path}: all {expected} samples present; nothing to do")
+            n_skipped = sum(1 for pid in skipped for i in range(a.k) if (pid, i) not in done)
+            print(
+                f"[teacher] {self.traj_path}: all {expected - n_skipped} samples present"
+                + (f", {len(skipped)} problems skipped (the manifest's 'skipped')" if skipped else "")
+                + "; nothing to do"
+            )
             if not (previous and previous.get("complete") and not previous.get("running")):
                 self.write_manifest(done, teacher_info=(previous or {}).get("teacher_info"), final=True)
             return 0
@@ -278,6 +298,9 @@ class Builder:
         if a.backend == "vllm" and "max_images_per_prompt" not in options:
             options["max_images_per_prompt"] = max(len(p.images) for p in problems)  # vLLM's mm limit
         teacher = make_teacher(a.backend, self.settings, options)
+        from tgrl.rewards import warm_up
+
+        warm_up()  # math-verify's one-time cold start, before the first bounded comparison (record())
         bar = None
         if not a.no_progress:
             from tqdm import tqdm
@@ -288,6 +311,9 @@ class Builder:
         try:
             for samples in teacher.generate(jobs):
                 for s in samples:
+                    if s.skipped:  # this problem cannot run under these settings: record it, go on
+                        self.state["skipped"].setdefault(s.id, s.error or "skipped by the backend")
+                        continue
                     if s.text is None:
                         self.state["failed"] += 1
                         if len(self.state["failures"]) < 20:
@@ -325,6 +351,13 @@ class Builder:
             f"({manifest['throughput_samples_per_s']:.1f}/s); {c['done']}/{c['expected']} done; "
             f"mean reward {c['reward_mean']}; manifest {self.manifest_path}"
         )
+        if self.state["skipped"]:
+            first_id, first_reason = next(iter(self.state["skipped"].items()))
+            print(
+                f"[teacher] {len(self.state['skipped'])} problems skipped (reasons in the manifest's 'skipped'; "
+                f"--retry-skipped tries them again), e.g. {first_id!r}: {first_reason}",
+                file=sys.stderr,
+            )
         if self.state["failed"]:
             print(
                 f"[teacher] {self.state['failed']} samples failed after retries (first: "
@@ -369,6 +402,8 @@ class Builder:
         mine = [reward for (pid, _), reward in done.items() if pid in ids]
         rewards = [r for r in mine if r is not None]
         expected = len(problems) * a.k
+        skipped = {pid: reason for pid, reason in st["skipped"].items() if pid in ids}
+        skipped_pairs = sum(1 for pid in skipped for i in range(a.k) if (pid, i) not in done)
         wall = time.time() - st["t_start"]
         manifest = {
             "teacher": (teacher_info or {}).get("name"),
@@ -388,7 +423,9 @@ class Builder:
             "counts": {
                 "expected": expected,
                 "done": len(mine),
-                "missing": expected - len(mine),
+                "missing": expected - len(mine) - skipped_pairs,
+                "skipped_problems": len(skipped),
+                "skipped_samples": skipped_pairs,
                 "outside_current_problem_set": len(done) - len(mine),
                 "generated_this_run": st["generated"],
                 "failed_this_run": st["failed"],
@@ -397,7 +434,8 @@ class Builder:
                 "finish_reason_this_run": dict(st["finish"]),
             },
             "failures_this_run": st["failures"],
-            "complete": len(mine) == expected,
+            "skipped": [{"id": pid, "reason": reason} for pid, reason in sorted(skipped.items())],
+            "complete": len(mine) + skipped_pairs == expected,
             "running": not final,
             "wall_time_s": round(wall, 3),
             "total_wall_time_s": round(st["previous_wall"] + wall, 3),

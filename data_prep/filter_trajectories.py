@@ -86,8 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (F3/F4)")
     p.add_argument("--dtype", default="float32", help="policy dtype for F3/F4 (float32 | bfloat16 | auto)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--min-pixels", type=int, default=None)
-    p.add_argument("--max-pixels", type=int, default=None)
+    p.add_argument(
+        "--min-pixels",
+        type=int,
+        default=None,
+        help="policy processor min_pixels (default: the checkpoint's; GPU tier: scripts/build_teacher_7b.sh "
+        "passes tgrl.pixels.DEFAULT_BUDGET, the 7B recipes' value)",
+    )
+    p.add_argument("--max-pixels", type=int, default=None, help="as --min-pixels")
     p.add_argument("--no-check-images", action="store_true")
     p.add_argument("--force", action="store_true", help="replace an output made with other settings")
     p.add_argument("--no-progress", action="store_true")
@@ -210,8 +216,11 @@ def main(argv: list[str] | None = None) -> dict:
     write_jsonl(out / "train.jsonl", rows)
     write_jsonl(out / "trajectories.filtered.jsonl", result.trajectories)
     timings["write_s"] = round(time.time() - t, 3)
+    from tgrl.pixels import budget_of
+
     manifest = {
         "run_key": run_key,
+        "pixel_budget": None if processor is None else budget_of(processor.image_processor).as_dict(),
         "teacher": teacher_info,
         "counts": result.counts,
         "outputs": {

@@ -1,10 +1,20 @@
 """Generate the synthetic visual-reasoning scenes (tiny tier): images + problem JSONL + manifest.
 
-    python data_prep/make_synthetic.py --out data/synthetic --n-train 3000 --n-test 1000 --seed 0
+    python data_prep/make_synthetic.py --out data/synthetic --n-train 3000 --n-val 1000 --n-test 1000 \
+        --n-shifted 1000 --seed 0
 
-Writes ``OUT/{train,test}.jsonl`` (schema: tgrl.data), ``OUT/images/{train,test}/*.png`` and
-``OUT/manifest.json`` (arguments, counts per split and question type, file hashes). The same arguments
-give byte-identical output; train and test never share an (image, question) item. Rerunning with the
+Splits (schema: tgrl.data), each ``OUT/<split>.jsonl`` with ``OUT/images/<split>/*.png``:
+
+* ``train``: RL prompts, teacher trajectories and SFT data;
+* ``val``: the same distribution, disjoint from train and test: every tuning choice is made on it;
+* ``test``: the same distribution, disjoint from train: touched once, for the final table;
+* ``shifted``: a controlled shift the tiny model can still be measured on: the same kind of scenes drawn
+  in colour shades no training image has (tgrl.synthetic.SHIFTED_COLORS), so counting by colour must not
+  lean on the exact training RGB values. Same question types, layouts and count ranges.
+
+``OUT/manifest.json`` holds the arguments, counts per split and question type, and file hashes. The same
+arguments give byte-identical output; no two splits share an (image, question) item. Each split has its
+own random stream, so train and test are the same as before val and shifted existed. Rerunning with the
 same arguments is a no-op; different arguments into an existing folder need ``--force``.
 """
 
@@ -20,14 +30,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tgrl.synthetic import QTYPES, generate_split, record_key  # noqa: E402
+from tgrl.synthetic import QTYPES, SHIFTED_COLORS, generate_split, record_key  # noqa: E402
 from tgrl.utils import UserError, cli, sha256_file, write_json, write_jsonl  # noqa: E402
 
 GENERATOR_VERSION = 1
 
 
-def build(out: Path, n_train: int, n_test: int, seed: int, force: bool = False) -> dict:
+SPLITS = ("train", "val", "test", "shifted")
+
+
+def build(
+    out: Path,
+    n_train: int,
+    n_test: int,
+    seed: int,
+    force: bool = False,
+    n_val: int = 0,
+    n_shifted: int = 0,
+) -> dict:
     args = {"n_train": n_train, "n_test": n_test, "seed": seed, "generator_version": GENERATOR_VERSION}
+    if n_val or n_shifted:  # recorded only when asked for, so older manifests stay valid
+        args.update(n_val=n_val, n_shifted=n_shifted)
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
@@ -38,17 +61,25 @@ def build(out: Path, n_train: int, n_test: int, seed: int, force: bool = False) 
             raise UserError(
                 f"{out} holds a dataset made with {old.get('args')}; pass --force to replace it or choose another --out"
             )
-    if n_train < 0 or n_test < 0 or n_train + n_test == 0:
-        raise UserError("--n-train/--n-test must be >= 0 and not both 0")
+    sizes = {"train": n_train, "val": n_val, "test": n_test, "shifted": n_shifted}
+    if min(sizes.values()) < 0 or n_train + n_test == 0:
+        raise UserError("--n-train/--n-val/--n-test/--n-shifted must be >= 0 and train + test not both 0")
     manifest_path.unlink(missing_ok=True)  # the manifest is written last: its presence marks completion
-    for split in ("train", "test"):
+    for split in SPLITS:
         shutil.rmtree(out / "images" / split, ignore_errors=True)
+        (out / f"{split}.jsonl").unlink(missing_ok=True)
 
     t0 = time.time()
-    train = generate_split("train", n_train, seed)
-    test = generate_split("test", n_test, seed, exclude={record_key(r) for r, _ in train})
+    splits = {"train": generate_split("train", n_train, seed)}
+    seen = {record_key(r) for r, _ in splits["train"]}
+    # test before val: the test split is the one every earlier result used, and it stays identical
+    for split in ("test", "val", "shifted"):
+        if sizes[split] or split == "test":
+            kwargs = {"colors": SHIFTED_COLORS} if split == "shifted" else {}
+            splits[split] = generate_split(split, sizes[split], seed, exclude=set(seen), **kwargs)
+            seen |= {record_key(r) for r, _ in splits[split]}
     counts, files = {}, {}
-    for split, items in (("train", train), ("test", test)):
+    for split, items in ((name, splits[name]) for name in SPLITS if name in splits):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         for record, image in items:
             image.save(out / record["images"][0], format="PNG", optimize=False)
@@ -63,10 +94,12 @@ def build(out: Path, n_train: int, n_test: int, seed: int, force: bool = False) 
         "qtypes": list(QTYPES),
         "counts": counts,
         "sha256": files,
-        "note": "generated by data_prep/make_synthetic.py; train/test disjoint by (image, question)",
+        "note": "generated by data_prep/make_synthetic.py; splits pairwise disjoint by (image, question); "
+        f"shifted: colours {SHIFTED_COLORS} (unseen in training)",
     }
     write_json(manifest_path, manifest)
-    print(f"[make_synthetic] wrote {n_train} train + {n_test} test items to {out} in {time.time() - t0:.1f}s")
+    written = ", ".join(f"{len(items)} {name}" for name, items in splits.items())
+    print(f"[make_synthetic] wrote {written} items to {out} in {time.time() - t0:.1f}s")
     return manifest
 
 
@@ -78,10 +111,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--n-train", type=int, default=3000)
     parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument("--n-val", type=int, default=0, help="validation split (tuning); same distribution")
+    parser.add_argument("--n-shifted", type=int, default=0, help="shifted test split (unseen object shape)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="replace a dataset made with other arguments")
     args = parser.parse_args(argv)
-    manifest = build(args.out, args.n_train, args.n_test, args.seed, args.force)
+    manifest = build(
+        args.out, args.n_train, args.n_test, args.seed, args.force, n_val=args.n_val, n_shifted=args.n_shifted
+    )
     print(json.dumps(manifest["counts"], indent=None))
 
 

@@ -5,7 +5,8 @@
 
 Reads ``OUT/manifest.shard-*-of-N.json`` and their trajectory files, checks that all N shards are
 there, were made with the same settings and are complete, that no pair is duplicated and none of the
-problems x K pairs is missing (errors name the pairs), then writes ``OUT/trajectories.jsonl``
+problems x K pairs is missing (errors name the pairs; problems a shard recorded as skipped, with the reason,
+are carried over, not missing), then writes ``OUT/trajectories.jsonl``
 (data-file order, then sample index) and ``OUT/manifest.json`` atomically.
 """
 
@@ -95,8 +96,9 @@ def merge(out: Path, data: Path | None = None) -> dict:
         raise UserError(
             f"{out}: {len(unknown)} pairs are not problems x range({k}) of {data}: {_pairs(unknown)}"
         )
+    skipped = {e["id"]: e["reason"] for m in shards for e in m.get("skipped") or []}
     if limits == {None}:
-        expected = {(p.id, i) for p in problems for i in range(k)}
+        expected = {(p.id, i) for p in problems for i in range(k) if p.id not in skipped}
         missing = sorted(expected - set(counts))
         if missing:
             raise UserError(
@@ -125,6 +127,7 @@ def merge(out: Path, data: Path | None = None) -> dict:
             "expected": len(rows) if limits != {None} else len(problems) * k,
             "done": len(rows),
             "missing": 0,
+            "skipped_problems": len(skipped),
             "reward_mean": round(sum(rewards) / len(rewards), 4) if rewards else None,
             "n_correct": int(sum(rewards)),
         },
@@ -133,6 +136,7 @@ def merge(out: Path, data: Path | None = None) -> dict:
             for i, m in enumerate(shards)
         ],
         "total_wall_time_s": round(sum(m.get("total_wall_time_s") or 0 for m in shards), 3),
+        "skipped": [{"id": pid, "reason": reason} for pid, reason in sorted(skipped.items())],
         "complete": True,
         "running": False,
         "git_commit": git_commit(),

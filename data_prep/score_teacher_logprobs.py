@@ -64,8 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="trajectories per forward pass")
     p.add_argument("--dtype", default="float32", help="teacher dtype (float32 | bfloat16 | auto)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (shard over all GPUs)")
-    p.add_argument("--min-pixels", type=int, default=None)
-    p.add_argument("--max-pixels", type=int, default=None)
+    p.add_argument(
+        "--min-pixels",
+        type=int,
+        default=None,
+        help="teacher processor min_pixels (default: the checkpoint's; GPU tier: tgrl.pixels.DEFAULT_BUDGET)",
+    )
+    p.add_argument("--max-pixels", type=int, default=None, help="as --min-pixels")
     p.add_argument("--force", action="store_true", help="discard scores made with other settings")
     p.add_argument("--no-progress", action="store_true")
     return p

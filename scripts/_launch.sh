@@ -5,6 +5,11 @@
 #   MODEL DATA OUTPUT SEED   override the recipe's model_name_or_path / train_file / output_dir / seed
 #   ZERO=2|3                 DeepSpeed ZeRO stage (train/accelerate/zeroN.yaml -> train/deepspeed/zeroN.json)
 #   NUM_GPUS=8 NNODES=1 NODE_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29500   (multi-node: same on every node)
+#   KEEP_GLOBAL_BATCH=1      rescale gradient_accumulation_steps / steps_per_generation to the GPU count
+#                            (recipes assume RECIPE_GPUS=8); 0 = the batch grows with the GPUs
+#   SHARED_OUTPUT_OK=1       multi-node: accept an output_dir filesystem the preflight cannot tell is shared
+#   CHECKPOINTS=full|last|model_only   full: the recipe's save_total_limit; last: keep 1; model_only: weights
+#                            only, no resume (7B: ~108 GB per full checkpoint, ~17 GB model-only; CKPT_GB)
 #   VLLM_MODE=colocate|server (server: start `trl vllm-serve --model ...` on other GPUs first;
 #                             VLLM_SERVER_HOST / VLLM_SERVER_PORT)
 #   FREEZE_VISION=1|0        freeze the vision tower (recipe default: 1 at 7B)
@@ -58,7 +63,37 @@ check_gpus() { # check_gpus N
   fi
   local n
   n=$(nvidia-smi --list-gpus 2>/dev/null | grep -c '^GPU' || true)
-  [ "$n" -ge "$1" ] || fail "found $n GPU(s), NUM_GPUS=$1 needs $1. Fix: NUM_GPUS=$n (keep the global batch: raise gradient_accumulation_steps)"
+  [ "$n" -ge "$1" ] || fail "found $n GPU(s), NUM_GPUS=$1 needs $1. Fix: NUM_GPUS=$n (the launcher keeps the global batch: KEEP_GLOBAL_BATCH)"
+}
+
+existing_parent() { # the path itself or its nearest existing ancestor
+  local dir=$1
+  while [ ! -e "$dir" ] && [ "$dir" != / ] && [ "$dir" != . ]; do dir=$(dirname "$dir"); done
+  printf '%s' "$dir"
+}
+
+check_shared_output() { # check_shared_output DIR: multi-node runs need one output_dir all nodes see
+  local dir fs
+  dir=$(existing_parent "$1")
+  fs=$(stat -f -c %T "$dir" 2>/dev/null || echo unknown)
+  case $fs in
+    nfs* | lustre | gpfs | beegfs | cifs | smb* | ceph* | glusterfs | fuse* | wekafs | panfs | 9p) ;;
+    ext2/ext3 | ext4 | xfs | btrfs | tmpfs | overlay* | zfs | f2fs | ramfs)
+      fail "output_dir $1 is on a local filesystem ($fs) but NNODES>1: node 0 writes the checkpoints and every node reads them on resume. Fix: OUTPUT=/path/on/shared/storage (or SHARED_OUTPUT_OK=1 if $fs is shared here)" ;;
+    *) echo "preflight: output_dir $1 is on '$fs': make sure every node sees the same folder" >&2 ;;
+  esac
+}
+
+check_checkpoint_space() { # check_checkpoint_space DIR MODE SAVE_TOTAL_LIMIT GB_PER_CHECKPOINT
+  local dir=$1 mode=$2 kept=${3:-1} each=$4 need free_kb
+  [ -n "$kept" ] || kept=1
+  case $mode in last) kept=1 ;; model_only) each=17 ;; esac
+  need=$((kept * each))
+  echo "preflight: checkpoints ($mode): ~$each GB each x $kept kept = ~$need GB in $dir" >&2
+  free_kb=$(df -Pk "$(existing_parent "$dir")" 2>/dev/null | awk 'NR == 2 {print $4}')
+  if [ -n "$free_kb" ] && [ "$((free_kb / 1048576))" -lt "$need" ]; then
+    echo "preflight: WARN only $((free_kb / 1048576)) GB free there (CHECKPOINTS=last or model_only need less)" >&2
+  fi
 }
 
 finish_preflight() {

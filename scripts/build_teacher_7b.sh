@@ -3,6 +3,8 @@
 #
 #   bash scripts/build_teacher_7b.sh                                   # vLLM offline, Qwen2.5-VL-72B-Instruct, TP 8
 #   TEACHER_URL=http://node:8000/v1 bash scripts/build_teacher_7b.sh    # any OpenAI-compatible endpoint
+#     (serve it with the same pixel budget: vllm serve MODEL --max-model-len 8192
+#      --mm-processor-kwargs '{"size": {"shortest_edge": 262144, "longest_edge": 1003520}}')
 #   NUM_SHARDS=4 SHARD_INDEX=$i bash scripts/build_teacher_7b.sh        # on node i of 4 (teacher stage only) ...
 #   NUM_SHARDS=4 STAGE=finish bash scripts/build_teacher_7b.sh          # ... then once: merge + filter
 #   DRY_RUN=1 bash scripts/build_teacher_7b.sh                          # print the exact commands, run nothing
@@ -28,7 +30,10 @@ API_KEY_ENV=${API_KEY_ENV:-OPENAI_API_KEY}
 MAX_CONCURRENCY=${MAX_CONCURRENCY:-64}
 TP=${TP:-8}
 MAX_MODEL_LEN=${MAX_MODEL_LEN:-8192}
-MAX_PIXELS=${MAX_PIXELS:-}
+# The policy's pixel budget (tgrl/pixels.py DEFAULT_BUDGET = the 7B recipes' min/max_pixels): without it a
+# large image becomes up to 16,384 tokens under the checkpoint's own bounds, more than MAX_MODEL_LEN.
+MIN_PIXELS=${MIN_PIXELS:-262144}
+MAX_PIXELS=${MAX_PIXELS:-1003520}
 K=${K:-4}                               # DESIGN 5.1: 4 expert samples per prompt
 TEMPERATURE=${TEMPERATURE:-1.0}
 TOP_P=${TOP_P:-1.0}
@@ -63,16 +68,16 @@ if [ -n "$TEACHER_URL" ]; then
   TEACHER_CMD+=(--backend openai --base-url "$TEACHER_URL" --api-key-env "$API_KEY_ENV"
     --max-concurrency "$MAX_CONCURRENCY")
 else
-  TEACHER_CMD+=(--backend vllm --tensor-parallel-size "$TP" --max-model-len "$MAX_MODEL_LEN")
-  [ -n "$MAX_PIXELS" ] && TEACHER_CMD+=(--max-pixels "$MAX_PIXELS")
+  TEACHER_CMD+=(--backend vllm --tensor-parallel-size "$TP" --max-model-len "$MAX_MODEL_LEN"
+    --min-pixels "$MIN_PIXELS" --max-pixels "$MAX_PIXELS")
 fi
 # shellcheck disable=SC2206
 [ -n "$EXTRA_TEACHER_ARGS" ] && TEACHER_CMD+=($EXTRA_TEACHER_ARGS)
 MERGE_CMD=("$PYTHON" data_prep/merge_shards.py --out "$OUT" --data "$DATA")
 FILTER_CMD=("$PYTHON" data_prep/filter_trajectories.py --data "$DATA" --trajectories "$OUT/trajectories.jsonl"
   --policy "$POLICY" --out "$TRAIN_OUT" --max-completion-tokens "$MAX_COMPLETION_TOKENS"
-  --dtype bfloat16 --device "$FILTER_DEVICE" --batch-size "$FILTER_BATCH_SIZE")
-[ -n "$MAX_PIXELS" ] && FILTER_CMD+=(--max-pixels "$MAX_PIXELS")
+  --dtype bfloat16 --device "$FILTER_DEVICE" --batch-size "$FILTER_BATCH_SIZE"
+  --min-pixels "$MIN_PIXELS" --max-pixels "$MAX_PIXELS")
 # shellcheck disable=SC2206
 [ -n "$EXTRA_FILTER_ARGS" ] && FILTER_CMD+=($EXTRA_FILTER_ARGS)
 

@@ -13,7 +13,7 @@
 # (results/tiny/tables) and training curves (results/tiny/plots). Two jobs run at once (JOBS=2).
 #
 # More ablation rows (one seed each, ~9 min per pair of runs; finished runs are reused):
-#   ABLATIONS="tgrl_no_filter tgrl_inject_on_fail tgrl_adv_on_only tgrl_ratio_raw_p tgrl_ratio_sft" bash scripts/reproduce_tiny.sh
+#   ABLATIONS="tgrl_no_filter tgrl_no_reweight tgrl_inject_on_fail tgrl_adv_on_only tgrl_ratio_raw_p tgrl_ratio_sft" bash scripts/reproduce_tiny.sh
 #
 # Overrides: SEEDS="0 1 2" METHODS="grpo sft_rl luffy_vl tgrl" ABLATIONS="tgrl_no_filter" RL_STEPS=1000
 #            BASE_STEPS=450 SFT_STEPS=600 N_TRAIN=3000 N_TEST=1000 JOBS=2 OUT=results/tiny

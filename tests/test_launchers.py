@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,12 +22,16 @@ SCRIPTS = [
     "run_tiny.sh",
     "_launch.sh",
     "bench.sh",
+    "smoke_gpu.sh",
 ]
 
 
 def bash(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **env}
-    for key in ("NNODES", "NODE_RANK", "MASTER_ADDR", "ZERO", "VLLM_MODE", "MODEL", "DATA", "OUTPUT"):
+    for key in (
+        "NNODES", "NODE_RANK", "MASTER_ADDR", "ZERO", "VLLM_MODE", "MODEL", "DATA", "OUTPUT", "NUM_GPUS",
+        "KEEP_GLOBAL_BATCH", "SHARED_OUTPUT_OK", "CHECKPOINTS", "RECIPE_GPUS",
+    ):  # fmt: skip
         if key not in env:
             full_env.pop(key, None)
     return subprocess.run(
@@ -92,6 +97,179 @@ def test_dry_run_switches_and_overrides():
 def test_multinode_without_master_addr_is_reported():
     result = bash("run_tgrl_7b.sh", DRY_RUN="1", NNODES="2")
     assert result.returncode == 0 and "needs MASTER_ADDR" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# multi-node (issue 11, item 16): the global batch stays fixed, output_dir must be shared, disk is said
+
+
+def command_of(result) -> str:
+    (cmd,) = [line for line in result.stdout.splitlines() if line.startswith("+ ")]
+    return cmd
+
+
+def test_more_gpus_keep_the_global_batch():
+    two_nodes = bash("run_tgrl_7b.sh", DRY_RUN="1", NNODES="2", MASTER_ADDR="10.0.0.1", SHARED_OUTPUT_OK="1")
+    assert two_nodes.returncode == 0, two_nodes.stderr
+    cmd = command_of(two_nodes)
+    assert (
+        "--num_processes 16" in cmd
+        and "gradient_accumulation_steps=8" in cmd
+        and "steps_per_generation=16" in cmd
+    )
+    assert (
+        "x 16 GPUs x gradient_accumulation_steps 8 = 512 sequences per optimizer step (kept"
+        in two_nodes.stdout
+    )
+    four_gpus = bash("run_grpo_7b.sh", DRY_RUN="1", NUM_GPUS="4")
+    assert "gradient_accumulation_steps=32 steps_per_generation=64" in command_of(four_gpus)
+    one_node = command_of(bash("run_tgrl_7b.sh", DRY_RUN="1"))
+    assert "gradient_accumulation_steps=" not in one_node and "steps_per_generation=" not in one_node
+    grown = bash("run_tgrl_7b.sh", DRY_RUN="1", NNODES="2", MASTER_ADDR="10.0.0.1", KEEP_GLOBAL_BATCH="0")
+    assert "gradient_accumulation_steps=" not in command_of(grown)
+    assert "= 1024 sequences per optimizer step (KEEP_GLOBAL_BATCH=0" in grown.stdout
+
+
+def test_explicit_batch_override_wins_and_indivisible_counts_are_refused():
+    result = bash("run_tgrl_7b.sh", "gradient_accumulation_steps=4", DRY_RUN="1", NUM_GPUS="4")
+    cmd = command_of(result)
+    assert cmd.count("gradient_accumulation_steps=") == 1 and "gradient_accumulation_steps=4" in cmd
+    assert "steps_per_generation=64" in cmd
+    odd = bash("run_tgrl_7b.sh", DRY_RUN="1", NUM_GPUS="3")
+    assert (
+        "preflight: FAIL gradient_accumulation_steps 16 x 8 recipe GPUs is not divisible by 3 GPUs"
+        in odd.stderr
+    )
+    both = bash("run_sft_rl_7b.sh", DRY_RUN="1", NUM_GPUS="4", SFT_OUTPUT="/tmp/tgrl-no-such-sft")
+    sft, rl = [line for line in both.stdout.splitlines() if line.startswith("+ ")]
+    assert "gradient_accumulation_steps=8" in sft and "steps_per_generation" not in sft  # SFT: 4 -> 8
+    assert "gradient_accumulation_steps=32 steps_per_generation=64" in rl
+
+
+def test_multinode_output_must_be_shared(tmp_path):
+    fs = subprocess.run(
+        ["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True
+    ).stdout.strip()
+    env = dict(DRY_RUN="1", NNODES="2", MASTER_ADDR="10.0.0.1", OUTPUT=str(tmp_path / "run"))
+    if fs in ("ext2/ext3", "ext4", "xfs", "btrfs", "tmpfs", "overlayfs", "overlay"):
+        assert "is on a local filesystem" in bash("run_tgrl_7b.sh", **env).stderr
+    assert "local filesystem" not in bash("run_tgrl_7b.sh", SHARED_OUTPUT_OK="1", **env).stderr
+    assert (
+        "local filesystem" not in bash("run_tgrl_7b.sh", DRY_RUN="1", OUTPUT=str(tmp_path)).stderr
+    )  # 1 node
+
+
+def test_checkpoint_size_is_said_and_smaller_modes_offered():
+    full = bash("run_tgrl_7b.sh", DRY_RUN="1")
+    assert "checkpoints (full): ~108 GB each x 3 kept = ~324 GB" in full.stderr
+    assert "resume_from_checkpoint=auto" in command_of(full)
+    last = bash("run_tgrl_7b.sh", DRY_RUN="1", CHECKPOINTS="last")
+    assert "save_total_limit=1" in command_of(last) and "resume_from_checkpoint=auto" in command_of(last)
+    assert "~108 GB each x 1 kept" in last.stderr
+    model_only = bash("run_tgrl_7b.sh", DRY_RUN="1", CHECKPOINTS="model_only")
+    assert "save_only_model=true" in command_of(model_only) and "resume_from_checkpoint" not in command_of(
+        model_only
+    )
+    assert "~17 GB each x 3 kept" in model_only.stderr
+    assert bash("run_tgrl_7b.sh", DRY_RUN="1", CHECKPOINTS="some").returncode == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# the one-GPU smoke test (issue 11, part C): what it runs, that it refuses without a GPU or vLLM, and its
+# one line per stage (through a fake GPU stack: there is no GPU here)
+
+
+def smoke(tmp_path, **env):
+    return bash("smoke_gpu.sh", WORK=str(tmp_path / "smoke"), PY=sys.executable, **env)
+
+
+def test_smoke_dry_run_prints_every_gpu_stage(tmp_path):
+    result = smoke(tmp_path, DRY_RUN="1")
+    assert result.returncode == 0, result.stderr
+    commands = [line for line in result.stdout.splitlines() if line.startswith("+ ")]
+    assert len(commands) == 7
+    teacher, train, evaluate = commands[4], commands[5], commands[6]
+    assert "build_teacher_trajectories.py" in teacher and "--backend vllm" in teacher
+    for part in (
+        "accelerate launch --config_file train/accelerate/zero2.yaml",
+        "--deepspeed_config_file train/deepspeed/zero2.json",
+        "--num_processes 1",
+        "train/rl.py --config train/recipes/tiny/tgrl.yaml",
+        "bf16=true",
+        "use_vllm=true vllm_mode=colocate",
+        "use_cpu=false",
+    ):
+        assert part in train, part
+    assert "eval/run_lmms_eval.py" in evaluate and "--backend vllm" in evaluate
+    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("smoke_gpu:")] == [
+        "setup",
+        "teacher_vllm",
+        "train",
+        "eval_vllm",
+    ]
+    assert not (tmp_path / "smoke").exists()  # a dry run writes nothing
+
+
+def test_smoke_refuses_cleanly_without_gpu_or_vllm(tmp_path):
+    result = smoke(tmp_path)  # this machine: no NVIDIA driver, CPU torch, no vLLM
+    assert result.returncode == 2
+    assert "smoke_gpu: no GPU" in result.stderr and "smoke_gpu: no vLLM" in result.stderr
+    assert "refused, nothing was run" in result.stderr and not (tmp_path / "smoke").exists()
+    assert "+ " not in result.stdout
+
+
+def fake_stack(tmp_path, failing: str) -> dict[str, str]:
+    """nvidia-smi with one GPU; a python that passes the preflight and fails the commands matching
+    ``failing`` (a bash case pattern) with a Python-style error; an accelerate that does the same."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text('#!/usr/bin/env bash\necho "GPU 0: Fake (UUID: GPU-0)"\n')
+    tool = f"""#!/usr/bin/env bash
+case "$*" in
+  "-c "*) exit 0 ;;
+  {failing}) echo 'Traceback (most recent call last):'; echo 'ValueError: fake failure in this stage' >&2; exit 1 ;;
+  *) echo "ran: $*" ;;
+esac
+"""
+    for name in ("python", "accelerate"):
+        (bin_dir / name).write_text(tool)
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PY": str(bin_dir / "python"),
+        "ACCELERATE": str(bin_dir / "accelerate"),
+    }
+
+
+def test_smoke_ends_with_one_line_per_stage(tmp_path):
+    env = fake_stack(tmp_path, "*build_teacher_trajectories.py*--backend\\ vllm*")
+    result = bash("smoke_gpu.sh", WORK=str(tmp_path / "smoke"), **env)
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("smoke_gpu:")]
+    assert len(lines) == 4
+    assert lines[0].split()[1:3] == ["setup", "ok"]
+    assert lines[1].split()[1:3] == ["teacher_vllm", "failed:"] and "ValueError: fake failure" in lines[1]
+    assert "logs/teacher_vllm.log" in lines[1]
+    assert lines[2].split()[1:3] == ["train", "ok"] and lines[3].split()[1:3] == ["eval_vllm", "ok"]
+
+
+def test_smoke_skips_what_depends_on_a_failed_stage(tmp_path):
+    env = fake_stack(tmp_path, "*train/rl.py*")
+    result = bash("smoke_gpu.sh", WORK=str(tmp_path / "smoke"), **env)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("smoke_gpu:")]
+    assert result.returncode == 1 and "train         failed: ValueError" in lines[2]
+    assert lines[3].endswith("eval_vllm     skipped (needs train)")
+
+
+def test_makefile_has_the_smoke_target_and_readme_puts_it_first():
+    makefile = (REPO / "Makefile").read_text()
+    assert "\nsmoke_gpu:\n\tbash scripts/smoke_gpu.sh\n" in makefile
+    gpu = (REPO / "README.md").read_text().split("## GPU tier", 1)[1].split("\n## ", 1)[0]
+    intro, block = gpu.split("```bash", 1)
+    assert "smoke test" in intro and "first" in intro.lower()
+    commands = [line.split()[1] for line in block.split("```", 1)[0].splitlines() if line.startswith("bash ")]
+    assert commands[:2] == ["scripts/setup_gpu_env.sh", "scripts/smoke_gpu.sh"]  # before any data or training
 
 
 def test_sft_rl_dry_run_prints_both_stages():

@@ -471,3 +471,42 @@ def test_answer_text_never_reaches_eval(monkeypatch: pytest.MonkeyPatch, warm_ma
     one_literal = re.compile(r"[A-Za-z]*\s*(?:\(\s*(?:\d+|'[\w.]*')\s*\))?\s*|<code object>")
     assert [code for code in evaluated if not one_literal.fullmatch(code)] == []
     assert [code for code in evaluated + executed if "pwned" in code or "__import__" in code] == []
+
+
+_COLD_FIRST_CALL = """
+import json, time
+from tgrl.rewards import MV_TIME_BUDGET_SECONDS, get_reward_funcs
+(accuracy,) = get_reward_funcs(["accuracy"])          # construction: the one-time warm-up happens here
+start = time.perf_counter()
+score = accuracy(["<think>factor</think><answer>(x-1)(x+1)</answer>"], ["x^2-1"])
+seconds = time.perf_counter() - start
+again = accuracy(["<think>factor</think><answer>(x-1)(x+1)</answer>"], ["x^2-1"])
+print(json.dumps({"seconds": seconds, "score": score, "again": again, "budget": MV_TIME_BUDGET_SECONDS}))
+"""
+
+
+def test_first_latex_comparison_in_a_fresh_process_keeps_the_time_bound() -> None:
+    """Issue 11, item 10: a cold math-verify took 1-2 s on its first comparison, against a per-call bound
+    of MV_TIME_BUDGET_SECONDS; with the warm-up at construction the first call is as fast as any other."""
+    import json
+    import os
+    import subprocess
+
+    from tgrl.utils import REPO_ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", _COLD_FIRST_CALL],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert measured["again"] == [1.0]  # the pair is equal under math-verify (it needs it: no cheap rule)
+    # The per-call deadline holds on the first call (before: 1-2 s, the cold start inside the call). Its
+    # score is not asserted: on a loaded 2-core machine a first polynomial comparison takes 0.1-0.3 s of
+    # the 0.5 s budget even warm, and the deadline, not this test, decides what happens past it.
+    assert measured["seconds"] < measured["budget"] + 0.25, measured

@@ -173,14 +173,18 @@ def test_vllm_engine_and_sampling_kwargs():
         max_model_len=8192,
         max_images_per_prompt=2,
         seed=3,
+        min_pixels=262144,
         max_pixels=1003520,
     )
     assert kw["tensor_parallel_size"] == 8 and kw["max_model_len"] == 8192
     assert kw["limit_mm_per_prompt"] == {"image": 2} and kw["seed"] == 3
-    assert kw["mm_processor_kwargs"] == {"max_pixels": 1003520}
-    assert "max_model_len" not in engine_kwargs("m")
+    # the size= form (processor-call min_pixels/max_pixels are removed in transformers 5.23)
+    assert kw["mm_processor_kwargs"] == {"size": {"shortest_edge": 262144, "longest_edge": 1003520}}
+    assert "max_model_len" not in engine_kwargs("m") and "mm_processor_kwargs" not in engine_kwargs("m")
     with pytest.raises(UserError):
         engine_kwargs("m", tensor_parallel_size=0)
+    with pytest.raises(UserError, match="both min_pixels and max_pixels"):
+        engine_kwargs("m", max_pixels=1003520)
     s = sampling_kwargs(
         SampleSettings(temperature=0.8, top_p=0.95, max_tokens=2048),
         n=4,

@@ -57,10 +57,17 @@ class RLScriptArguments:
         metadata={"help": "Names from tgrl.rewards.REWARD_FUNCS; weights via reward_weights (TRL)."},
     )
     min_pixels: int | None = field(
-        default=None, metadata={"help": "Processor min_pixels (None = the checkpoint's processor config)."}
+        default=None,
+        metadata={
+            "help": "Processor min_pixels (None = the checkpoint's processor config; the 7B recipes set "
+            "tgrl.pixels.DEFAULT_BUDGET). Images are fitted into this budget before rollouts (issue 11)."
+        },
     )
     max_pixels: int | None = field(
-        default=None, metadata={"help": "Processor max_pixels (None = the checkpoint's processor config)."}
+        default=None,
+        metadata={
+            "help": "Processor max_pixels (None = the checkpoint's; 7B recipes: tgrl.pixels.DEFAULT_BUDGET)."
+        },
     )
     freeze_vision_tower: bool = field(
         default=False,
@@ -300,8 +307,12 @@ def parse_recipe(
     return tuple(instances), merged
 
 
-def save_run_record(output_dir: str | os.PathLike, recipe_path: str | None, merged: dict, *configs) -> Path:
-    """Write ``<output_dir>/run_config.json``: the recipe as given, every resolved field, provenance."""
+def save_run_record(
+    output_dir: str | os.PathLike, recipe_path: str | None, merged: dict, *configs, processor=None
+) -> Path:
+    """Write ``<output_dir>/run_config.json``: the recipe as given, every resolved field, provenance, and
+    the pixel budget the processor actually resizes into (``min_pixels: null`` in a recipe means the
+    checkpoint's own; this records what that was)."""
     resolved = {}
     for cfg in configs:
         if hasattr(cfg, "to_dict"):
@@ -318,9 +329,19 @@ def save_run_record(output_dir: str | os.PathLike, recipe_path: str | None, merg
             "git_commit": git_commit(),
             "packages": package_versions(),
             "argv": sys.argv,
+            "pixel_budget": _pixel_budget(processor),
         },
     )
     return path
+
+
+def _pixel_budget(processor) -> dict[str, int] | None:
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None:
+        return None
+    from tgrl.pixels import budget_of
+
+    return budget_of(image_processor).as_dict()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -384,7 +405,15 @@ def train_and_save(
     save the final model, the processor (so the folder loads with AutoProcessor) and the trainer state."""
     output_dir = training_args.output_dir
     if trainer.accelerator.is_main_process:
-        save_run_record(output_dir, split_config_arg(argv)[0], merged, script_args, training_args, model_args)
+        save_run_record(
+            output_dir,
+            split_config_arg(argv)[0],
+            merged,
+            script_args,
+            training_args,
+            model_args,
+            processor=processor,
+        )
     resume = resolve_resume(output_dir, training_args.resume_from_checkpoint)
     if resume:
         print(f"[{tag}] resuming from {resume}")

@@ -226,8 +226,9 @@ def filter_trajectories(
     safety check, ``model`` (the initial policy) for F3/F4. Trajectory ``reward`` is recomputed
     with the RL verifier, so a stale or hand-edited value never decides F1.
     """
-    from tgrl.rewards import follows_format, score_completion
+    from tgrl.rewards import follows_format, score_completion, warm_up
 
+    warm_up()  # math-verify's one-time cold start, before the first bounded comparison
     by_id = {p.id: p for p in problems}
     unknown = sorted({t["id"] for t in trajectories} - set(by_id))
     if unknown:

@@ -2,18 +2,22 @@
 
 Always on (TensorBoard / W&B stay opt-in through ``report_to``), written by the main process only,
 append-only and flushed every step (fsynced at every checkpoint and at the end: an fsync per step
-cost 10-15% of a tiny-tier step on a busy disk), so a killed run keeps its curve; a resumed run appends the re-done steps
-again (readers keep the last line per step: eval/plot_training.py does).
+cost 10-15% of a tiny-tier step on a busy disk), so a killed run keeps its curve. A run that starts at
+step N (a resume from ``checkpoint-N``, or N = 0 for a fresh start into an old folder) first drops the rows
+of the steps it will redo, from ``metrics.jsonl`` and ``data_order.jsonl``: otherwise a run killed after
+step 41 and resumed from checkpoint 20 leaves 81 rows for 60 steps, and every reader but ours (pandas,
+W&B imports) sees the re-done steps twice.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from tgrl.utils import append_jsonl, fsync_file
+from tgrl.utils import append_jsonl, fsync_file, read_jsonl, write_jsonl
 
 METRICS_FILE = "metrics.jsonl"
 DATA_ORDER_FILE = "data_order.jsonl"  # written by TGRLTrainer when log_data_order is on
@@ -29,12 +33,44 @@ def _jsonable(value):
     return str(value)
 
 
+def drop_rows(path: Path, keep: Callable[[dict], bool]) -> int:
+    """Rewrite a JSONL log atomically with only the rows ``keep`` accepts (a torn last line, left by a kill
+    mid-write, goes too). Returns how many rows were dropped; a missing file is a no-op."""
+    if not path.exists():
+        return 0
+    text = path.read_text(encoding="utf-8")
+    rows = [row for _, row in read_jsonl(path, tolerate_torn_tail=True)]
+    kept = [row for row in rows if keep(row)]
+    torn = bool(text) and not text.endswith("\n")
+    if len(kept) < len(rows) or torn:
+        write_jsonl(path, kept)
+    return len(rows) - len(kept)
+
+
 class JsonlMetricsCallback(TrainerCallback):
     """Append ``{"step": ..., "epoch": ..., <every logged key>}`` per ``on_log`` (NaN/inf -> null);
-    the end-of-run summary (train_runtime, ...) is left out: it belongs to no step."""
+    the end-of-run summary (train_runtime, ...) is left out: it belongs to no step. At train begin, drop
+    the rows of steps this run will redo (see the module docstring)."""
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path is not None else None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        start = state.global_step  # restored from the checkpoint before on_train_begin (0 on a fresh start)
+        # metrics rows: step = the optimizer step just finished; steps <= start are not redone
+        dropped = drop_rows(
+            self.path or Path(args.output_dir) / METRICS_FILE, lambda r: r.get("step", 0) <= start
+        )
+        # data-order rows: step = global_step when the batch was generated; the batch at `start` is redone
+        dropped_order = drop_rows(Path(args.output_dir) / DATA_ORDER_FILE, lambda r: r.get("step", 0) < start)
+        if dropped or dropped_order:
+            print(
+                f"[metrics] starting at step {start}: dropped {dropped} metrics rows and {dropped_order} "
+                f"data-order rows of steps this run redoes",
+                flush=True,
+            )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "train_runtime" in logs:

@@ -50,20 +50,20 @@ def resolve_dtype(dtype: str):
 
 
 def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
-    """``AutoProcessor`` with optional pixel bounds (they move scores, so callers record them)."""
+    """``AutoProcessor`` with optional pixel bounds (they move scores, so callers record them; None keeps
+    the checkpoint's value). The bounds are set in the forward-compatible ``size`` form (tgrl.pixels)."""
     from transformers import AutoProcessor
 
-    kwargs: dict[str, Any] = {}
-    if min_pixels is not None:
-        kwargs["min_pixels"] = min_pixels
-    if max_pixels is not None:
-        kwargs["max_pixels"] = max_pixels
-    processor = AutoProcessor.from_pretrained(str(path), **kwargs)
+    from tgrl.pixels import budget_of, resolve_budget, set_budget
+
+    processor = AutoProcessor.from_pretrained(str(path))
     if not hasattr(processor, "image_processor"):
         raise UserError(
             f"{path}: AutoProcessor returned {type(processor).__name__}, not a vision-language processor. "
             "Fix: the checkpoint needs processor_config.json (and torchvision installed for Qwen2.5-VL)"
         )
+    if min_pixels is not None or max_pixels is not None:
+        set_budget(processor, resolve_budget(min_pixels, max_pixels, budget_of(processor.image_processor)))
     processor.tokenizer.padding_side = "left"
     return processor
 
@@ -93,6 +93,25 @@ def load_model_and_processor(
         model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs).to(device)
     model.eval()
     return model, load_processor(path, min_pixels, max_pixels)
+
+
+def prompt_length(
+    processor, question: str, choices: Sequence[str] | None, image_sizes: Sequence[tuple[int, int]]
+) -> tuple[int, list[int]]:
+    """Tokens of the project prompt with its images expanded, as the processor (and a vLLM engine with the
+    same pixel budget) counts them, without preprocessing any pixels: (total, image tokens per image).
+    ``image_sizes`` are (width, height) before resizing."""
+    from tgrl.pixels import budget_of, image_tokens, patch_factor
+
+    text = processor.apply_chat_template(
+        build_messages(question, choices, n_images=len(image_sizes)),
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    n_text = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])  # one pad per image
+    budget, factor = budget_of(processor.image_processor), patch_factor(processor.image_processor)
+    per_image = [image_tokens(w, h, budget, factor) for w, h in image_sizes]
+    return n_text + sum(n - 1 for n in per_image), per_image
 
 
 def encode_prompts(

@@ -36,8 +36,13 @@ number token). Answers over ``MAX_ANSWER_CHARS`` score 0, numbers with more than
 :func:`_prepare_for_math_verify` (length, nesting depth, exponent, factorial bounds). Then it runs
 under a deadline of ``MV_TIME_BUDGET_SECONDS`` (0.5 s) per :func:`answers_match` call, enforced by a
 ``sys.settrace`` hook that works in any thread (math-verify's own timeouts are disabled: they use
-whole-second ``signal.alarm``, which fails outside the main thread). The first math-verify use in a
-process also pays a one-time, unbounded warm-up of ~0.5 s (:func:`_warm_up_math_verify`).
+whole-second ``signal.alarm``, which fails outside the main thread). A cold math-verify (its regexes,
+sympy's simplify/polys/sets caches) needs 1-2 s on its first comparison, several times that budget, so
+:func:`warm_up` pays it once, unbounded, outside any per-sample budget: at reward-function construction
+(:func:`get_reward_funcs`) and before the data-prep scorers (teacher builder, filter F1) start. Then the
+bound holds from the first call. Code that calls :func:`answers_match` without either pays the warm-up
+lazily on its first math-verify use (never counted against the per-call budget, so no answer scores 0
+for being early).
 """
 
 from __future__ import annotations
@@ -689,14 +694,24 @@ def _mv_parse(latex: str) -> list:
 _mv_warmed_up = threading.Event()
 
 
-_MV_WARM_UP_PAIRS = (
+_MV_WARM_UP_PAIRS = (  # one of each kind of sympy work a comparison can need (measured: issue 11, item 10)
     ("\\sqrt{2}+\\frac{1}{2}x^2", "2^{1/2}+0.5x^{2}"),
     ("(x+1)^2", "x^2+2x+1"),
+    ("(x+2)(x-3)", "x^2-x-6"),  # products of sums: expansion (cold: ~0.5 s on its own)
+    ("\\frac{x^2-1}{x+1}", "x-1"),  # rational functions: cancel
     ("y=2x+1", "y=1+2x"),
     ("[1,2)", "\\{1,2\\}"),
     ("\\sin(\\pi/3)", "\\frac{\\sqrt{3}}{2}"),
+    ("\\frac{\\pi}{4}", "\\pi/4"),
+    ("2\\sqrt{3}", "\\sqrt{12}"),
+    ("e^{\\ln 2}", "2"),
     ("(1,2)", "(1,2)"),
 )
+
+
+def warm_up() -> None:
+    """Warm math-verify up now (once per process, idempotent): call it before the first timed comparison."""
+    _warm_up_math_verify()
 
 
 def _warm_up_math_verify() -> None:
@@ -1049,4 +1064,6 @@ def get_reward_funcs(names: Sequence[str]) -> list[RewardFunc]:
         raise ValueError(
             f"unknown reward function(s) {', '.join(map(repr, unknown))}; valid names: {', '.join(REWARD_FUNCS)}"
         )
+    if "accuracy" in names:
+        warm_up()  # here, not inside the first reward call: that call keeps its per-sample time bound
     return [REWARD_FUNCS[name] for name in names]

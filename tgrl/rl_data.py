@@ -116,3 +116,47 @@ def build_sft_dataset(path: str | os.PathLike, target: str = "expert", limit: in
             "(data_prep/build_teacher_trajectories.py) or use sft_target 'direct'"
         )
     return _to_dataset(rows)
+
+
+def check_prompt_budget(
+    problems: list[Problem], processor, max_completion_length: int, max_model_len: int, source: str
+) -> None:
+    """Fail before training when a prompt (its images expanded under the processor's pixel budget) plus
+    ``max_completion_length`` does not fit vLLM's ``max_model_len``: vLLM would reject it and the whole
+    generation batch fails, again on every resume (issue 11, item 13; e.g. 5 images x 1,280 tokens +
+    2,048 > 8,192). A cheap upper bound first (characters >= tokens; every image at the budget's maximum),
+    the exact count only for rows that might not fit."""
+    from PIL import Image
+
+    from tgrl.modeling import prompt_length
+    from tgrl.pixels import budget_of, patch_factor
+
+    budget, factor = budget_of(processor.image_processor), patch_factor(processor.image_processor)
+    max_image_tokens = budget.max_pixels // (factor * factor) + 8  # + placeholder/markup tokens, generous
+    slack = 64  # option headers, separators
+    template = processor.apply_chat_template(
+        build_messages("", None, 0), add_generation_prompt=True, tokenize=False
+    )
+    too_long = []
+    for row, problem in enumerate(problems, start=1):
+        chars = slack + len(template) + len(problem.question) + sum(len(c) + 8 for c in problem.choices or [])
+        bound = chars + len(problem.image_paths) * max_image_tokens + max_completion_length
+        if bound <= max_model_len:  # a token is at least one character
+            continue
+        sizes = []
+        for path in problem.image_paths:
+            with Image.open(path) as im:
+                sizes.append(im.size)
+        n_prompt, per_image = prompt_length(processor, problem.question, problem.choices, sizes)
+        if n_prompt + max_completion_length > max_model_len:
+            too_long.append((row, problem.id, n_prompt, per_image))
+    if too_long:
+        row, pid, n_prompt, per_image = too_long[0]
+        raise UserError(
+            f"{source}: row {row} (id {pid!r}), field 'images': {len(per_image)} image(s) = {sum(per_image)} "
+            f"image tokens ({'+'.join(map(str, per_image))}); the prompt is {n_prompt} tokens, + max_completion_length "
+            f"{max_completion_length} = {n_prompt + max_completion_length} > vllm_max_model_length {max_model_len}; "
+            f"{len(too_long)} row(s) in all (ids {[t[1] for t in too_long[:10]]}). Fix: lower max_pixels (an "
+            f"image is at most max_pixels/{factor * factor} tokens), raise vllm_max_model_length, or remove "
+            "those rows from the training file"
+        )

@@ -22,6 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 COLORS: dict[str, tuple[int, int, int]] = {"red": (220, 30, 30), "blue": (30, 70, 225)}
+# The shifted held-out split draws the same scenes in shades no training image has (a darker, bluish red and
+# a lighter blue): counting by colour must not lean on the exact training RGB values. Measured to be a shift
+# the tiny model can still be scored on (models lose accuracy, they do not fall to zero; REPRODUCE.md), where
+# an unseen shape (triangles, diamonds) or smaller objects read as empty cells to every model.
+SHIFTED_COLORS: dict[str, tuple[int, int, int]] = {"red": (170, 40, 60), "blue": (40, 110, 200)}
 COLOR_ORDER = ("red", "blue")  # the canonical order in which traces state the visual facts
 SHAPES = ("circle", "square")
 QTYPES = ("sum", "diff", "cmp")
@@ -78,7 +83,7 @@ def sample_scene(rng: random.Random, qtype: str) -> tuple[list[SceneObject], str
         return objects, a, b
 
 
-def render_scene(objects: list[SceneObject]):
+def render_scene(objects: list[SceneObject], colors: dict[str, tuple[int, int, int]] = COLORS):
     """Draw the scene as a 56x56 RGB PIL image (exact colours, no anti-aliasing: pixels are checkable)."""
     from PIL import Image, ImageDraw
 
@@ -89,9 +94,9 @@ def render_scene(objects: list[SceneObject]):
         x0, y0 = o.col * CELL_PX + margin, o.row * CELL_PX + margin
         box = (x0, y0, x0 + OBJECT_PX - 1, y0 + OBJECT_PX - 1)
         if o.shape == "circle":
-            draw.ellipse(box, fill=COLORS[o.color])
+            draw.ellipse(box, fill=colors[o.color])
         else:
-            draw.rectangle(box, fill=COLORS[o.color])
+            draw.rectangle(box, fill=colors[o.color])
     return image
 
 
@@ -125,9 +130,15 @@ def scene_key(objects: list[SceneObject], question: str) -> tuple:
 
 
 def generate_split(
-    split: str, n: int, seed: int, exclude: set[tuple] | None = None, qtypes: tuple[str, ...] = QTYPES
+    split: str,
+    n: int,
+    seed: int,
+    exclude: set[tuple] | None = None,
+    qtypes: tuple[str, ...] = QTYPES,
+    colors: dict[str, tuple[int, int, int]] = COLORS,
 ) -> list[tuple[dict[str, Any], Any]]:
-    """``n`` (record, image) pairs; question types rotate evenly; items in ``exclude`` are redrawn."""
+    """``n`` (record, image) pairs; question types rotate evenly; items in ``exclude`` are redrawn.
+    Each split name has its own random stream, so adding a split never changes another one."""
     rng = random.Random(f"tgrl-synthetic/{split}/{seed}")
     exclude = exclude if exclude is not None else set()
     out, seen = [], set()
@@ -140,7 +151,10 @@ def generate_split(
                 break
         seen.add(key)
         rel = f"images/{split}/{idx:06d}.png"
-        out.append((make_record(idx, split, objects, qtype, a, b, rel), render_scene(objects)))
+        record = make_record(idx, split, objects, qtype, a, b, rel)
+        if colors != COLORS:
+            record["meta"]["rgb"] = {name: list(rgb) for name, rgb in colors.items()}
+        out.append((record, render_scene(objects, colors)))
     return out
 
 
@@ -152,14 +166,14 @@ def record_key(record: dict[str, Any]) -> tuple:
 # --- Independent checks (used by tests and analysis; they do not read the generator's bookkeeping) ---
 
 
-def count_colors_from_pixels(image) -> dict[str, int]:
+def count_colors_from_pixels(image, colors: dict[str, tuple[int, int, int]] = COLORS) -> dict[str, int]:
     """Count objects per colour by reading each cell's centre pixel of a rendered scene."""
     rgb = image.convert("RGB")
     counts = dict.fromkeys(COLOR_ORDER, 0)
     for row in range(GRID):
         for col in range(GRID):
             px = rgb.getpixel((col * CELL_PX + CELL_PX // 2, row * CELL_PX + CELL_PX // 2))
-            for name, ref in COLORS.items():
+            for name, ref in colors.items():
                 if sum(abs(p - r) for p, r in zip(px, ref, strict=True)) < 60:
                     counts[name] += 1
     return counts

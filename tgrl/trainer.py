@@ -32,6 +32,7 @@ from tgrl.metrics import DATA_ORDER_FILE, JsonlMetricsCallback, quiet_console
 from tgrl.modeling import VISION_SPECIAL_TOKENS, vision_token_ids
 from tgrl.perturb import MODES as PERTURB_MODES
 from tgrl.perturb import perturb_pixel_values
+from tgrl.pixels import fit_row_images, pixel_fit_of
 from tgrl.rewards import accuracy_reward, completion_text
 from tgrl.teachers.oracle import fact_accuracy, fact_spans
 from tgrl.token_weights import (
@@ -44,6 +45,7 @@ from tgrl.token_weights import (
     tgrl_loss_terms,
     visual_dependency,
 )
+from tgrl.trl_compat import check_trainer_attributes, check_trl_version
 from tgrl.utils import append_jsonl
 
 # DESIGN's `loss_agg` is TRL's `loss_type` (one switch, not two): how each maps onto tgrl_loss_terms.
@@ -169,7 +171,8 @@ class TGRLConfig(GRPOConfig):
         default="vis_dep",
         metadata={
             "help": "DESIGN 5.5 token reweighting w_t of expert tokens [abstract; formula ours]: 'vis_dep' "
-            "(1 + alpha * min-max s_t, mean 1; VPPO-inspired), 'none' (= LUFFY-VL), 'vis_topk' (VPPO mask), "
+            "(1 + alpha * min-max s_t, mean 1; VPPO-inspired), 'none' (LUFFY; the w/o-reweighting ablation), "
+            "'vis_topk' (VPPO mask), "
             "'entropy_topk' (Prefix-RFT), 'chord_phi' (CHORD p(1-p)), 'trust_region' (TRAPO min(1, p/tau))."
         },
     )
@@ -359,6 +362,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
     ):
         if not isinstance(args, TGRLConfig):
             raise TypeError("TGRLTrainer needs a TGRLConfig")
+        check_trl_version()  # private TRL internals below: refuse an untested TRL unless overridden
         for unsupported in ("tools", "rollout_func", "environment_factory"):
             if kwargs.get(unsupported):
                 raise ValueError(f"TGRLTrainer does not support {unsupported}")
@@ -372,6 +376,11 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             processing_class=processing_class,
             **kwargs,
         )
+        check_trainer_attributes(self)
+        # issue 11: rollouts and trainer must agree on image tokens (tgrl/pixels.py)
+        self._pixel_fit = pixel_fit_of(self.processing_class)
+        if self.use_vllm:
+            guard_vllm_prompt_lengths(self.vllm_generation)
 
         im_end = self._tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.expert_eos_id = im_end if im_end in self.eos_token_ids else self.eos_token_ids[0]
@@ -600,6 +609,9 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
+        # fit images into the pixel budget before any processor sees them: vLLM and trainer get the same pixels
+        if self._pixel_fit is not None:
+            fit_row_images(inputs, *self._pixel_fit)
         if not self.model.training:
             out = super()._generate_and_score_completions(inputs)
             out["is_expert"] = torch.zeros(
@@ -1131,6 +1143,42 @@ def expert_coef_at(
     if schedule == "linear":
         return peak + (end - peak) * progress
     return end + (peak - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def check_vllm_prompt_lengths(sent: list, returned: list | None) -> None:
+    """Raise when vLLM expanded a prompt to another length than the trainer's processor did.
+
+    TRL sends vLLM the prompt ids our processor expanded (one ``<|image_pad|>`` per image token) plus the
+    raw image; vLLM's own processor decides the image's token count from its pixel bounds. A different
+    count means the rollout was generated from another prompt than the one the loss scores (TRL issues
+    #6294, #6401): a crash later, or silently wrong rollouts. Checked on every generation (it costs a
+    length comparison), so the first one already fails."""
+    if returned is None:
+        return
+    if len(returned) != len(sent):
+        raise RuntimeError(f"vLLM returned {len(returned)} prompts for {len(sent)} sent")
+    for i, (ours, theirs) in enumerate(zip(sent, returned, strict=True)):
+        if len(ours) != len(theirs):
+            raise RuntimeError(
+                f"vLLM expanded prompt {i} to {len(theirs)} tokens, the trainer's processor to {len(ours)}: "
+                "vLLM resized an image with other pixel bounds than the trainer's processor, so the rollout "
+                "does not belong to the prompt the loss scores. Fix: train through TGRLTrainer, which fits "
+                "every image into the processor's budget first (tgrl/pixels.py), and keep min_pixels/max_pixels "
+                "inside the checkpoint's own preprocessor_config.json bounds"
+            )
+
+
+def guard_vllm_prompt_lengths(vllm_generation) -> None:
+    """Wrap TRL's ``VLLMGeneration.generate`` (whose prompt ids TRL discards) with
+    :func:`check_vllm_prompt_lengths`."""
+    generate = vllm_generation.generate
+
+    def checked_generate(prompts, images, num_generations, profiler=None):
+        out = generate(prompts=prompts, images=images, num_generations=num_generations, profiler=profiler)
+        check_vllm_prompt_lengths(prompts, out[0])
+        return out
+
+    vllm_generation.generate = checked_generate
 
 
 def vision_guard(generation_kwargs: dict | None, tokenizer, use_vllm: bool) -> dict:

@@ -26,8 +26,9 @@ from tgrl.utils import UserError, cli, set_torch_threads  # noqa: E402
 def main(argv: list[str] | None = None) -> None:
     from trl import ModelConfig, get_peft_config
 
+    from tgrl.data import load_problems
     from tgrl.rewards import get_reward_funcs
-    from tgrl.rl_data import build_rl_dataset
+    from tgrl.rl_data import build_rl_dataset, check_prompt_budget
     from tgrl.trainer import TGRLConfig, TGRLTrainer
 
     argv = sys.argv[1:] if argv is None else argv
@@ -45,6 +46,17 @@ def main(argv: list[str] | None = None) -> None:
     model, processor = load_policy(
         model_args, script_args.min_pixels, script_args.max_pixels, script_args.freeze_vision_tower
     )
+    if training_args.use_vllm and training_args.vllm_max_model_length:  # vLLM rejects longer prompts
+        problems = load_problems(
+            script_args.train_file, check_images=False, limit=script_args.max_train_samples
+        )
+        check_prompt_budget(
+            problems,
+            processor,
+            training_args.max_completion_length,
+            training_args.vllm_max_model_length,
+            script_args.train_file,
+        )
     try:
         trainer = TGRLTrainer(
             model,

@@ -90,6 +90,9 @@ class TeacherSample:
 
     ``n_tokens`` is the teacher's own completion length when the backend knows it; ``finish_reason``
     is ``"stop"`` or ``"length"`` (a truncated output: filter F2 rejects it) when known.
+    ``skipped``: the failure is a property of the problem under these settings (its prompt does not fit the
+    model's context, too many images), not of the moment: the builder records it in the manifest with
+    ``error`` as the reason and does not retry it, so one bad problem costs one problem, never the run.
     """
 
     id: str
@@ -99,6 +102,7 @@ class TeacherSample:
     n_tokens: int | None = None
     finish_reason: str | None = None
     error: str | None = None
+    skipped: bool = False
 
 
 def stable_int(*parts: Any, bits: int = 31) -> int:

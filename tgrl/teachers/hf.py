@@ -55,6 +55,11 @@ class HFTeacher(Teacher):
     def name(self) -> str:
         return str(self.options.model)
 
+    def describe(self) -> dict:
+        from tgrl.pixels import budget_of
+
+        return {**super().describe(), "pixel_budget": budget_of(self.processor.image_processor).as_dict()}
+
     def _batches(self, jobs: Sequence[TeacherJob]) -> Iterator[list[TeacherJob]]:
         """Group jobs with the same number of missing samples (``num_return_sequences`` is per call)."""
         by_count: dict[int, list[TeacherJob]] = defaultdict(list)

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tgrl.pixels import PixelBudget
 from tgrl.teachers.base import SampleSettings, Teacher, TeacherJob, TeacherSample, sample_seed
 from tgrl.utils import UserError
 
@@ -61,9 +62,15 @@ def engine_kwargs(
         kwargs["max_model_len"] = max_model_len
     if max_num_seqs is not None:
         kwargs["max_num_seqs"] = max_num_seqs
-    mm = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
-    if mm:
-        kwargs["mm_processor_kwargs"] = mm
+    if (min_pixels is None) != (max_pixels is None):
+        raise UserError(
+            f"give both min_pixels and max_pixels or neither (got {min_pixels}, {max_pixels}): vLLM's processor "
+            "takes them as one size={shortest_edge, longest_edge}. Fix: --min-pixels and --max-pixels "
+            "(tgrl.pixels.DEFAULT_BUDGET: 262144 and 1003520)"
+        )
+    if min_pixels is not None:
+        # the forward-compatible form: min_pixels/max_pixels processor-call kwargs go in transformers 5.23
+        kwargs["mm_processor_kwargs"] = {"size": PixelBudget(min_pixels, max_pixels).size()}
     return kwargs
 
 
@@ -151,23 +158,50 @@ class VLLMTeacher(Teacher):
     def name(self) -> str:
         return str(self.options.model)
 
+    def describe(self) -> dict[str, Any]:
+        from tgrl.pixels import budget_of
+
+        return {**super().describe(), "pixel_budget": budget_of(self.processor.image_processor).as_dict()}
+
+    def skip_reason(self, job: TeacherJob, images: list) -> str | None:
+        """Why vLLM would reject this problem under these settings (None: it fits). Checked before the
+        chunk goes to vLLM, where one rejected prompt fails the whole ``generate`` call."""
+        from tgrl.modeling import prompt_length
+
+        n_images, limit = len(images), self.options.max_images_per_prompt
+        if n_images > limit:
+            return f"{n_images} images > max_images_per_prompt {limit} (fix: --max-images-per-prompt, then --retry-skipped)"
+        if self.options.max_model_len is None:
+            return None
+        choices = list(job.input.choices) if job.input.choices else None
+        n_prompt, per_image = prompt_length(
+            self.processor, job.input.question, choices, [im.size for im in images]
+        )
+        if n_prompt >= self.options.max_model_len:
+            return (
+                f"prompt of {n_prompt} tokens ({n_images} image(s): {'+'.join(map(str, per_image))} image tokens) "
+                f">= max_model_len {self.options.max_model_len} (fix: lower --max-pixels or raise --max-model-len: "
+                "other settings start a new run)"
+            )
+        return None
+
     def generate(self, jobs: Sequence[TeacherJob]) -> Iterator[list[TeacherSample]]:
         from vllm import SamplingParams
 
         jobs = [j for j in jobs if j.sample_indices]
         for start in range(0, len(jobs), self.options.batch_size):
-            chunk = jobs[start : start + self.options.batch_size]
-            prompts, params, seeds = [], [], []
-            for job in chunk:
-                if len(job.input.image_paths) > self.options.max_images_per_prompt:
-                    raise UserError(
-                        f"problem {job.input.id!r} has {len(job.input.image_paths)} images; "
-                        f"raise --max-images-per-prompt (now {self.options.max_images_per_prompt})"
-                    )
+            chunk, prompts, params, seeds, batch = [], [], [], [], []
+            for job in jobs[start : start + self.options.batch_size]:
+                images = job.input.load_images()
+                reason = self.skip_reason(job, images)
+                if reason is not None:
+                    batch += skipped_samples(job, reason)
+                    continue
                 text = self.processor.apply_chat_template(
                     job.input.messages(), add_generation_prompt=True, tokenize=False
                 )
-                prompts.append({"prompt": text, "multi_modal_data": {"image": job.input.load_images()}})
+                chunk.append(job)
+                prompts.append({"prompt": text, "multi_modal_data": {"image": images}})
                 seed = sample_seed(self.settings.seed, job.input.id, job.sample_indices[0])
                 seeds.append(seed)
                 params.append(
@@ -175,9 +209,10 @@ class VLLMTeacher(Teacher):
                         **sampling_kwargs(self.settings, len(job.sample_indices), seed, self.suppress_ids)
                     )
                 )
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
-            batch = []
-            for job, seed, output in zip(chunk, seeds, outputs, strict=True):
+            for job, seed, output in self._generate_isolating(chunk, prompts, params, seeds):
+                if isinstance(output, str):
+                    batch += skipped_samples(job, output)
+                    continue
                 for idx, completion in zip(job.sample_indices, output.outputs, strict=True):
                     batch.append(
                         TeacherSample(
@@ -190,3 +225,46 @@ class VLLMTeacher(Teacher):
                         )
                     )
             yield batch
+
+    def _generate_isolating(self, chunk, prompts, params, seeds):
+        """``llm.generate`` on the chunk; when vLLM rejects a request (:func:`is_request_error`),
+        retry one problem at a time so only the rejected problems are lost, each with vLLM's message. If
+        every problem of a chunk of several is rejected, the cause is not the problems: raise."""
+        if not chunk:
+            return []
+        try:
+            return list(zip(chunk, seeds, self.llm.generate(prompts, params, use_tqdm=False), strict=True))
+        except Exception as err:
+            if not is_request_error(err):
+                raise
+            if len(chunk) == 1:
+                return [(chunk[0], seeds[0], f"vLLM rejected the prompt: {err}")]
+        results, rejected = [], 0
+        for job, prompt, param, seed in zip(chunk, prompts, params, seeds, strict=True):
+            try:
+                (output,) = self.llm.generate([prompt], [param], use_tqdm=False)
+                results.append((job, seed, output))
+            except Exception as err:
+                if not is_request_error(err):
+                    raise
+                rejected += 1
+                results.append((job, seed, f"vLLM rejected the prompt: {err}"))
+        if rejected == len(chunk):
+            raise UserError(f"vLLM rejected every problem of a chunk of {len(chunk)}: {results[0][2]}")
+        return results
+
+
+def is_request_error(err: BaseException) -> bool:
+    """An error about one request's input (vLLM aborts the chunk's requests and raises it): vLLM 0.30's
+    ``VLLMClientError`` family (e.g. "prompt longer than the maximum model length"; not a ValueError) or a
+    ValueError. Engine and CUDA errors are not: they stop the run, and a rerun resumes."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:  # older vLLM: validation raised ValueError
+        return isinstance(err, ValueError)
+    return isinstance(err, ValueError | VLLMClientError)
+
+
+def skipped_samples(job: TeacherJob, reason: str) -> list[TeacherSample]:
+    """The samples of a problem that cannot run under these settings (recorded, never retried)."""
+    return [TeacherSample(job.input.id, idx, None, error=reason, skipped=True) for idx in job.sample_indices]
