@@ -503,15 +503,15 @@ def test_injection_without_aligned_rows_is_an_error_not_grpo(tgrl_batch):
     """A TRL that passes prompts differently must stop the run, not silently train plain GRPO."""
     trainer, batch, _ = tgrl_batch
     trainer.model.train()
-    trainer._rows = None
+    trainer._generation_rows = None
     with pytest.raises(RuntimeError, match="silently be plain GRPO"):
         trainer._generate_single_turn([[1, 2]] * G, None, {}, G)
-    trainer._rows = list(batch)
+    trainer._generation_rows = list(batch)
     try:
         with pytest.raises(RuntimeError, match=f"{len(batch)} dataset rows for {G} prompts"):
             trainer._generate_single_turn([[1, 2]] * G, None, {}, G)
     finally:
-        trainer._rows = None
+        trainer._generation_rows = None
 
 
 def test_on_fail_gate_counts_on_policy_rollouts_only(tgrl_batch):
@@ -683,3 +683,24 @@ def test_completion_table_logs_the_advantages_used(tgrl_batch):
     finally:
         trainer.args.adv_group = "mixed"
     assert list(trainer._logs["advantages"])[-n:] == adjusted["advantages"].tolist()
+
+
+def test_plan_token_pass():
+    """Which rows get which forward: hand cases (rows 1 and 3 are experts)."""
+    from tgrl.trainer import plan_token_pass
+
+    rows = [False, True, False, True]
+    grpo = plan_token_pass(rows, None, None, diagnostic=False, has_old_logps=True)
+    assert grpo.clean_rows == grpo.perturbed_rows == [] and grpo.reuse_old_logps
+    tgrl = plan_token_pass(rows, "vis_dep", None, diagnostic=False, has_old_logps=False)
+    assert tgrl.clean_rows == tgrl.perturbed_rows == [1, 3] and not tgrl.needs_entropy
+    luffy = plan_token_pass(rows, "none", None, diagnostic=False, has_old_logps=False)
+    assert luffy.clean_rows == [1, 3] and luffy.perturbed_rows == []  # p_t only: no s_t needed
+    diag = plan_token_pass(rows, "none", None, diagnostic=True, has_old_logps=False)
+    assert diag.clean_rows == diag.perturbed_rows == [0, 1, 2, 3]
+    grpo_diag = plan_token_pass([False] * 3, None, None, diagnostic=True, has_old_logps=True)
+    assert grpo_diag.perturbed_rows == [0, 1, 2] and grpo_diag.reuse_old_logps
+    on_weights = plan_token_pass(rows, "none", "vis_topk", diagnostic=False, has_old_logps=False)
+    assert on_weights.clean_rows == [0, 1, 2, 3] and on_weights.perturbed_rows == [0, 2]
+    entropy = plan_token_pass(rows, "entropy_topk", None, diagnostic=False, has_old_logps=True)
+    assert entropy.needs_entropy and not entropy.reuse_old_logps and entropy.perturbed_rows == []

@@ -409,7 +409,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             raise ValueError("grad_share_every needs a run without DeepSpeed; set grad_share_every: 0")
         self.add_callback(JsonlMetricsCallback())
         quiet_console(self, every=max(1, 10 // max(1, int(args.logging_steps))))
-        self._rows = None  # the generation batch's dataset rows, for _generate_single_turn
+        self._generation_rows = None  # the generation batch's dataset rows, for _generate_single_turn
         self._expert_rows = None  # (B,) bool, set by _generate_single_turn
         self._timing = defaultdict(float)
         self._experience_seconds = 0.0
@@ -523,7 +523,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
     def _generate_single_turn(
         self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
     ):
-        rows, cfg = self._rows, self.args
+        rows, cfg = self._generation_rows, self.args
         start = time.perf_counter()
         if cfg.inject_mode == "never" or not self.model.training:
             out = super()._generate_single_turn(
@@ -621,11 +621,11 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             return out
         start = time.perf_counter()
         self._timing.clear()
-        self._rows, self._expert_rows = inputs, None
+        self._generation_rows, self._expert_rows = inputs, None
         try:
             out = super()._generate_and_score_completions(inputs)
         finally:
-            self._rows = None
+            self._generation_rows = None
         device = out["completion_ids"].device
         n = out["completion_ids"].size(0)
         is_expert = self._expert_rows if self._expert_rows is not None else torch.zeros(n, dtype=torch.bool)
@@ -682,9 +682,11 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
     def _summed_rewards(self) -> torch.Tensor:
         """(N,) weighted sum of the reward functions over all ranks (as TRL sums them); NaN where every
         function returned None (unscorable rows: no advantage, left out of every reward metric)."""
-        rpf = self._last_rewards_per_func
-        rewards = (rpf * self.reward_weights.to(rpf.device).unsqueeze(0)).nansum(dim=1)
-        rewards[torch.isnan(rpf).all(dim=1)] = torch.nan
+        rewards_per_func = self._last_rewards_per_func
+        rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device).unsqueeze(0)).nansum(
+            dim=1
+        )
+        rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
         return rewards
 
     def _add_token_counts(self, out) -> None:
@@ -778,19 +780,16 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             )
         is_expert = out["is_expert"].bool()
         mask = out["completion_mask"].bool()
-        exp_rows = set(is_expert.nonzero().flatten().tolist())
-        on_rows = set((~is_expert).nonzero().flatten().tolist())
-        needs_s = ("vis_dep", "vis_topk")
-        s_for_exp = guided and cfg.expert_token_weight in needs_s
-        s_for_on = weigh_on and cfg.onpolicy_token_weight in needs_s
-        needs_entropy = "entropy_topk" in (
-            cfg.expert_token_weight if guided else "",
-            cfg.onpolicy_token_weight,
+        plan = plan_token_pass(
+            is_expert.tolist(),
+            expert_weight=cfg.expert_token_weight if guided else None,
+            onpolicy_weight=cfg.onpolicy_token_weight if weigh_on else None,
+            diagnostic=diag,
+            has_old_logps="old_per_token_logps" in out,
         )
-        p_rows = (exp_rows if guided else set()) | (on_rows if weigh_on else set())
-        s_rows = (exp_rows if s_for_exp or diag else set()) | (on_rows if s_for_on or diag else set())
-        clean_rows = sorted(p_rows | s_rows)
-        reuse = "old_per_token_logps" in out and not needs_entropy  # TRL's pi_old forward: identical values
+        needs_entropy, s_rows = plan.needs_entropy, plan.perturbed_rows
+        s_for_exp = guided and cfg.expert_token_weight in NEEDS_VIS_DEP
+        s_for_on = weigh_on and cfg.onpolicy_token_weight in NEEDS_VIS_DEP
 
         logp = torch.zeros_like(mask, dtype=torch.float32)
         entropy = torch.zeros_like(logp) if needs_entropy else None
@@ -802,17 +801,17 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             gather_deepspeed3_params=self.args.ds3_gather_for_generation,
             gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
         ) as model:
-            if reuse:
+            if plan.reuse_old_logps:
                 logp = out["old_per_token_logps"].float()
-            elif clean_rows:
+            elif plan.clean_rows:
                 logp, entropy = self._forward_rows(
-                    model, out, clean_rows, perturb=False, compute_entropy=needs_entropy
+                    model, out, plan.clean_rows, perturb=False, compute_entropy=needs_entropy
                 )
             if s_rows:
                 logp_perturbed, _ = self._forward_rows(
-                    model, out, sorted(s_rows), perturb=True, compute_entropy=False
+                    model, out, s_rows, perturb=True, compute_entropy=False
                 )
-                s_mask[sorted(s_rows)] = mask[sorted(s_rows)]
+                s_mask[s_rows] = mask[s_rows]
                 _, s = visual_dependency(logp, logp_perturbed, s_mask)
         if s_for_exp or s_for_on or diag:
             self._log_mean("vis_dep/expert", s, s_mask & is_expert.unsqueeze(1))
@@ -894,7 +893,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
     def _log_experience(self, out, inputs) -> None:
         """DESIGN 5.6 metrics of one generation batch, over all ranks."""
         metrics, G = self._metrics["train"], self.num_generations
-        rpf = self._last_rewards_per_func
+        rewards_per_func = self._last_rewards_per_func
         rewards = self._summed_rewards()
         is_exp = self.accelerator.gather(out["is_expert"]).bool()
         on = ~is_exp
@@ -907,7 +906,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         mean_of(rewards, on, "reward/on_policy")
         mean_of(rewards, is_exp, "reward/expert")
         if self._acc_index is not None:
-            acc = rpf[:, self._acc_index]
+            acc = rewards_per_func[:, self._acc_index]
             mean_of(acc, on, "accuracy/on_policy")
             mean_of(acc, is_exp, "accuracy/expert")
             correct = ((acc >= 1.0) & on).view(-1, G).sum(1)
@@ -918,7 +917,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         metrics["inject/rate"].append(is_exp.view(-1, G).any(1).float().mean().item())
         generated = self._timing.get("generated", float(out["completion_ids"].size(0)))
         metrics["inject/generated"].append(
-            self.accelerator.reduce(torch.tensor(generated, device=rpf.device), "sum").item()
+            self.accelerator.reduce(torch.tensor(generated, device=rewards_per_func.device), "sum").item()
         )
         adv = self.accelerator.gather(out["advantages"].reshape(out["advantages"].size(0), -1)[:, 0])
         for name, sel in (("on_policy", on), ("expert", is_exp)):
@@ -932,7 +931,9 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         if any(facts):
             texts = [completion_text(c) for c in self._last_completions]
             local = [_fact_accuracy(t, f) for t, f in zip(texts, facts, strict=True)]
-            fact = self.accelerator.gather(torch.tensor(local, dtype=torch.float32, device=rpf.device))
+            fact = self.accelerator.gather(
+                torch.tensor(local, dtype=torch.float32, device=rewards_per_func.device)
+            )
             mean_of(fact, on, "fact_accuracy")
             mean_of(fact, is_exp, "fact_accuracy/expert")
 
@@ -1124,6 +1125,44 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
                 logs["time/update"] = per_step - self._experience_seconds / (step - last_step)
             self._last_log, self._experience_seconds = (now, step), 0.0
         super().log(logs, start_time)
+
+
+NEEDS_VIS_DEP = ("vis_dep", "vis_topk")  # token weights that read s_t (the perturbed-image forward)
+
+
+@dataclass(frozen=True)
+class TokenPassPlan:
+    """Which rows of a generation batch the token pass forwards, and how (see :func:`plan_token_pass`)."""
+
+    clean_rows: list[int]  # clean-image forward: p_t (and entropy) under pi_old
+    perturbed_rows: list[int]  # perturbed-image forward: s_t
+    needs_entropy: bool
+    reuse_old_logps: bool  # TRL already ran the clean pi_old forward (old_per_token_logps): reuse it
+
+
+def plan_token_pass(
+    is_expert: list[bool],
+    expert_weight: str | None,
+    onpolicy_weight: str | None,
+    diagnostic: bool,
+    has_old_logps: bool,
+) -> TokenPassPlan:
+    """The forwards the token pass needs (DESIGN 5.4): p_t on the rows that get token weights (expert rows
+    when guided, i.e. ``expert_weight`` is set; on-policy rows when ``onpolicy_weight`` is set), s_t where a
+    weight reads it or on every row on a ``diagnostic`` step, entropy only for 'entropy_topk'. Nothing
+    else is forwarded: a GRPO step without the diagnostic forwards no row."""
+    experts = [i for i, e in enumerate(is_expert) if e]
+    on_policy = [i for i, e in enumerate(is_expert) if not e]
+    p_rows = set(experts if expert_weight else []) | set(on_policy if onpolicy_weight else [])
+    s_rows = set(experts if diagnostic or expert_weight in NEEDS_VIS_DEP else [])
+    s_rows |= set(on_policy if diagnostic or onpolicy_weight in NEEDS_VIS_DEP else [])
+    needs_entropy = "entropy_topk" in (expert_weight, onpolicy_weight)
+    return TokenPassPlan(
+        clean_rows=sorted(p_rows | s_rows),
+        perturbed_rows=sorted(s_rows),
+        needs_entropy=needs_entropy,
+        reuse_old_logps=has_old_logps and not needs_entropy,  # TRL's pi_old forward: identical values
+    )
 
 
 def expert_coef_at(
