@@ -704,3 +704,25 @@ def test_plan_token_pass():
     assert on_weights.clean_rows == [0, 1, 2, 3] and on_weights.perturbed_rows == [0, 2]
     entropy = plan_token_pass(rows, "entropy_topk", None, diagnostic=False, has_old_logps=True)
     assert entropy.needs_entropy and not entropy.reuse_old_logps and entropy.perturbed_rows == []
+
+
+def test_probe_scores_expert_tokens_like_the_trainer(tgrl_batch):
+    """tgrl.probe's teacher forcing uses the trainer's token layout: the same expert text gets the same
+    per-token log-probs as the trainer's own forward over its expert slot."""
+    from tgrl.probe import completion_logps as probe_logps
+
+    trainer, batch, out = tgrl_batch
+    logps = completion_logps(trainer, out)
+    rows = out["is_expert"].nonzero().flatten().tolist()
+    assert rows
+    probe = probe_logps(
+        trainer.model,
+        trainer.processing_class,
+        [batch[i]["prompt"][-1]["content"][-1]["text"] for i in rows],
+        [batch[i]["images"] for i in rows],
+        [batch[i]["expert_text"] for i in rows],
+    )
+    for row, values in zip(rows, probe, strict=True):
+        n = int(out["completion_mask"][row].sum())
+        assert values.numel() == n
+        assert torch.allclose(values, logps[row, :n], atol=1e-4)

@@ -33,8 +33,9 @@ from tgrl.modeling import VISION_SPECIAL_TOKENS, vision_token_ids
 from tgrl.perturb import MODES as PERTURB_MODES
 from tgrl.perturb import perturb_pixel_values
 from tgrl.pixels import fit_row_images, pixel_fit_of
+from tgrl.probe import fact_token_positions
 from tgrl.rewards import accuracy_reward, completion_text
-from tgrl.teachers.oracle import fact_accuracy, fact_spans
+from tgrl.teachers.oracle import fact_accuracy
 from tgrl.token_weights import (
     EXPERT_LOSS_NORMS,
     EXPERT_RATIOS,
@@ -452,17 +453,8 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
 
     @lru_cache(maxsize=256)  # noqa: B019 - as above
     def _fact_positions(self, text: str) -> tuple[int, ...]:
-        """Token positions of the visual facts an expert trajectory states (tgrl.teachers.oracle.fact_spans),
-        in the expert slot's token layout."""
-        spans = fact_spans(text)
-        if not spans:
-            return ()
-        offsets = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
-            "offset_mapping"
-        ]
-        return tuple(
-            j for j, (a, b) in enumerate(offsets) if any(a < end and start < b for start, end in spans)
-        )
+        """Token positions of the visual facts an expert trajectory states, in the expert slot's layout."""
+        return tuple(fact_token_positions(self._tokenizer, text))
 
     def _expert_fact_mask(self, inputs, exp_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) bool: the fact tokens of expert rows whose problem has ground-truth facts (synthetic scenes)."""
