@@ -340,20 +340,8 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
     3. ``_compute_loss``: on-policy tokens get TRL's PPO-clip term (KL only there); expert tokens get
        -A * w_t * f(pi_theta) with no ratio to pi_old and no clip (token_weights.tgrl_loss_terms).
 
-    Metrics (flat keys, one JSON line per logged step in <output_dir>/metrics.jsonl):
-    ``reward`` (all rows, TRL), ``reward/on_policy``, ``reward/expert``, ``accuracy/on_policy``,
-    ``accuracy/expert``, ``groups/n``, ``groups/solve_none``, ``groups/solve_all``,
-    ``groups/dropped``, ``inject/rate`` (share of groups with an expert), ``inject/generated`` (rows
-    generated), ``adv/on_policy_mean``, ``adv/on_policy_std``, ``adv/expert_mean``, ``adv/expert_std``,
-    ``expert/p_mean`` and ``expert/p_below_0.01`` (pi_old on expert tokens), ``expert/w_mean``,
-    ``expert/w_std``, ``expert/w_max``, ``expert/w_zeroed`` (share with p < p_min),
-    ``expert/p_theta_mean`` (current policy, loss time), ``vis_dep/expert``, ``vis_dep/on_policy``,
-    ``fact_accuracy`` (on-policy traces), ``fact_accuracy/expert``, ``completion_length`` (on-policy),
-    ``completion_length/expert``, ``entropy`` (on-policy tokens), ``entropy/expert``, ``kl``,
-    ``clip_ratio/low_mean``, ``clip_ratio/high_mean``, ``clip_ratio/region_mean``, ``loss/on_policy``,
-    ``loss/expert``, ``grad_norm``, ``loss``, ``time/step``, ``time/generate``, ``time/score``,
-    ``time/token_pass``, ``time/experience``, ``time/update``; plus TRL's ``rewards/<func>/mean``,
-    ``frac_reward_zero_std``, ``completions/*`` (over all rows, expert included).
+    Metrics: one JSON line per logged step in <output_dir>/metrics.jsonl; every key is documented in
+    docs/metrics.md next to the plot panel that shows it.
     """
 
     _tag_names = ["trl", "grpo", "tgrl"]
