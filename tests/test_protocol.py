@@ -1,0 +1,157 @@
+"""The fair protocol (tgrl/protocol.py): grids, selection on validation only, budgets, the tuning table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tgrl.protocol import (
+    ablation_runs,
+    budget_of,
+    final_runs,
+    load_protocol,
+    reading,
+    select,
+    split_means,
+    tuning_runs,
+    tuning_table,
+)
+from tgrl.utils import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+SPEC = {
+    "recipes": "train/recipes/tiny",
+    "budget_steps": 400,
+    "rollouts_per_step": 32,
+    "sft_batch": 8,
+    "seeds": [0, 1, 2],
+    "methods": {
+        "grpo": {"kind": "rl", "recipe": "grpo", "grid": [{"learning_rate": 1e-5}, {"learning_rate": 1e-4}]},
+        "sft": {"kind": "sft", "recipe": "sft", "grid": [{"max_steps": 100}, {"max_steps": 400}]},
+        "sft_rl": {"kind": "sft_rl", "recipe": "sft_rl", "grid": [{"sft_steps": 100}, {"sft_steps": 300}]},
+        "tgrl": {"kind": "rl", "recipe": "tgrl", "grid": [{"expert_coef": 1.0}, {"expert_coef": 4.0}]},
+    },
+    "ablations": {
+        "tgrl_joint_norm": {"recipe": "tgrl", "overrides": {"expert_loss_norm": "joint"}},
+        "tgrl_no_filter": {"recipe": "tgrl_no_filter", "train_set": "experts_nofilter"},
+    },
+}
+
+
+def write(tmp_path, spec=None):
+    path = tmp_path / "protocol.yaml"
+    path.write_text(yaml.safe_dump(spec or SPEC))
+    return load_protocol(path)
+
+
+def val_row(run, value, metric="acc", task="synthetic_val"):
+    return {"run": run, "method": run.split("_c")[0], "task": task, "metric": metric, "value": value}
+
+
+def test_the_repo_protocol_is_fair():
+    """The committed protocol: every method the same grid size, every recipe exists, SFT-then-RL inside
+    the budget."""
+    protocol = load_protocol(REPO / "train" / "tiny_protocol.yaml")
+    sizes = {len(protocol.grid(m)) for m in protocol.methods}
+    assert len(sizes) == 1
+    for method, spec in protocol.methods.items():
+        assert (REPO / protocol.recipes / f"{spec['recipe']}.yaml").is_file(), method
+    for spec in protocol.ablations.values():
+        assert (REPO / protocol.recipes / f"{spec['recipe']}.yaml").is_file()
+    for run in tuning_runs(protocol):
+        assert budget_of(protocol, run)["optimizer_steps"] <= protocol.budget_steps
+
+
+def test_tuning_runs_and_names(tmp_path):
+    protocol = write(tmp_path)
+    runs = tuning_runs(protocol)
+    assert [r.name for r in runs] == [f"{m}_c{i}_s0" for m in SPEC["methods"] for i in range(2)]
+    assert runs[0].overrides == {"learning_rate": 1e-5} and runs[0].label == "learning_rate=1e-05"
+
+
+def test_selection_uses_validation_only_and_ties_go_to_the_earlier_entry(tmp_path):
+    protocol = write(tmp_path)
+    rows = [val_row(r.name, 0.5) for r in tuning_runs(protocol)]
+    rows += [val_row("grpo_c1_s0", 0.6), val_row("tgrl_c1_s0", 0.5)]  # grpo c1 better; tgrl tie
+    rows += [val_row("sft_c0_s0", 0.99, task="synthetic_test")]  # a test row must not count
+    rows += [val_row("sft_c1_s0", 0.4, metric="fact_acc")]  # nor another metric
+    assert select(protocol, rows) == {"grpo": 1, "sft": 0, "sft_rl": 0, "tgrl": 0}
+    with pytest.raises(UserError, match="no synthetic_val acc row for run sft_rl_c1_s0"):
+        select(protocol, [r for r in rows if r["run"] != "sft_rl_c1_s0"])
+
+
+def test_final_and_ablation_runs_reuse_the_selected_entry(tmp_path):
+    protocol = write(tmp_path)
+    selected = {"grpo": 1, "sft": 0, "sft_rl": 1, "tgrl": 1}
+    finals = final_runs(protocol, selected)
+    names = [r.name for r in finals]
+    assert "grpo_c1_s0" in names and "grpo_c1_s2" in names and "grpo_c0_s1" not in names
+    assert len(finals) == 4 * 3
+    ablations = {r.method: r for r in ablation_runs(protocol, selected)}
+    assert ablations["tgrl_joint_norm"].overrides == {"expert_coef": 4.0, "expert_loss_norm": "joint"}
+    assert ablations["tgrl_no_filter"].train_set == "experts_nofilter"
+    assert ablations["tgrl_no_filter"].overrides == {"expert_coef": 4.0}
+
+
+def test_budgets_count_sft_and_rl_steps_the_same_way(tmp_path):
+    protocol = write(tmp_path)
+    by_name = {r.name: r for r in tuning_runs(protocol)}
+    assert budget_of(protocol, by_name["grpo_c0_s0"]) == {
+        "optimizer_steps": 400, "sft_steps": 0, "rl_steps": 400, "sequences": 400 * 32,
+    }  # fmt: skip
+    assert budget_of(protocol, by_name["sft_rl_c1_s0"]) == {
+        "optimizer_steps": 400, "sft_steps": 300, "rl_steps": 100, "sequences": 300 * 8 + 100 * 32,
+    }  # fmt: skip
+    assert budget_of(protocol, by_name["sft_c0_s0"])["sequences"] == 100 * 8
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s["methods"]["grpo"]["grid"].pop(), "same, non-zero size"),
+        (lambda s: s["methods"]["sft_rl"]["grid"][0].update(sft_steps=400), "sft_steps must be in"),
+        (lambda s: s["methods"]["sft"]["grid"][0].update(max_steps=500), "exceeds budget_steps"),
+        (lambda s: s["methods"]["grpo"].update(kind="ppo"), "kind must be one of"),
+        (lambda s: s.pop("seeds"), "missing key 'seeds'"),
+    ],
+)
+def test_unfair_or_broken_protocols_are_errors_naming_the_file(tmp_path, change, message):
+    spec = yaml.safe_load(yaml.safe_dump(SPEC))
+    change(spec)
+    with pytest.raises(UserError, match=message) as err:
+        write(tmp_path, spec)
+    assert "protocol.yaml" in str(err.value)
+
+
+def test_tuning_table_marks_the_selection_and_prints_every_entry(tmp_path):
+    protocol = write(tmp_path)
+    rows = [val_row(r.name, 0.5 + 0.01 * i) for i, r in enumerate(tuning_runs(protocol))]
+    rows.append(val_row("base", 0.6))
+    selected = select(protocol, rows)
+    md, csv = tuning_table(protocol, rows, selected)
+    lines = md.splitlines()
+    assert len(lines) == 2 + 8 + 1  # header, rule, 8 grid entries, the base
+    assert "| grpo | learning_rate=0.0001 | 51.0 |" in md and lines[3].endswith("| yes |")
+    assert csv.splitlines()[0].startswith("method,grid entry,val acc")
+
+
+def test_test_means_and_reading_come_from_the_rows():
+    rows = [
+        {"run": "base", "method": "base", "task": "synthetic_test", "metric": "acc", "value": 0.60},
+        {"run": "base", "method": "base", "task": "synthetic_test", "metric": "acc_diff", "value": 0.40},
+        {"run": "tgrl_c2_s0", "method": "tgrl", "task": "synthetic_test", "metric": "acc", "value": 0.70},
+        {"run": "tgrl_c2_s1", "method": "tgrl", "task": "synthetic_test", "metric": "acc", "value": 0.74},
+        {"run": "tgrl_c2_s0", "method": "tgrl", "task": "synthetic_test", "metric": "acc_diff", "value": 0.6},
+        {"run": "grpo_c0_s0", "method": "grpo", "task": "synthetic_test", "metric": "acc", "value": 0.59},
+        {"run": "grpo_c0_s0", "method": "grpo", "task": "synthetic_test", "metric": "acc_diff", "value": 0.4},
+        {"run": "grpo_c0_s0", "method": "grpo", "task": "synthetic_test", "metric": "acc", "value": 0.9,
+         "decoding": "avg@8"},
+    ]  # fmt: skip
+    means = split_means(rows)
+    assert means["tgrl"]["acc"] == pytest.approx(0.72) and means["grpo"]["acc"] == pytest.approx(0.59)
+    text = reading(rows)
+    assert "tgrl: accuracy 60.0 -> 72.0 (+12.0)" in text and "grpo: accuracy 60.0 -> 59.0 (-1.0)" in text
+    assert "Did not rise (under 2 points): grpo diff" in text
+    assert len(text.splitlines()) == 2
