@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "eval" / "plot_training.py"
+import tgrl.evaluation.plots as pt
+from eval import plot_training
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _load_module():
-    spec = importlib.util.spec_from_file_location("plot_training", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["plot_training"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-pt = _load_module()
 
 
 def write_metrics(path: Path, rows: list[dict]) -> Path:
@@ -70,7 +58,7 @@ def two_runs(tmp_path: Path) -> list[Path]:
 
 def test_pngs_per_run_and_overlays(tmp_path: Path, two_runs: list[Path]) -> None:
     out = tmp_path / "plots"
-    assert pt.main(["--metrics", *map(str, two_runs), "--out", str(out), "--smooth", "5"]) == 0
+    assert plot_training.main(["--metrics", *map(str, two_runs), "--out", str(out), "--smooth", "5"]) == 0
     expected = [
         "tiny_grpo_s1.png",
         "tiny_tgrl_s1.png",
@@ -104,7 +92,7 @@ def test_malformed_metrics_exit_2(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "run" / "metrics.jsonl"
     bad.parent.mkdir()
     bad.write_text('{"step": 1, "reward": 0.5}\n{"step": 2, "reward": \n')
-    assert pt.main(["--metrics", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert plot_training.main(["--metrics", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "line 2" in err
 

@@ -13,7 +13,6 @@ layout breaks the comparison, regenerate with:
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import statistics
@@ -24,24 +23,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+import tgrl.evaluation.tables as mt
+from eval import make_tables
+
 REPO = Path(__file__).resolve().parent.parent
 FIX = REPO / "tests" / "fixtures" / "tables"
 SCRIPT = REPO / "eval" / "make_tables.py"
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location("make_tables", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["make_tables"] = mod  # dataclasses resolve their module by name
-    spec.loader.exec_module(mod)
-    return mod
-
-
-mt = _load_module()
-
-
 def run_fixture(out: Path, summary: Path = FIX / "summary.jsonl") -> int:
-    return mt.main(
+    return make_tables.main(
         [
             "--summary",
             str(summary),
@@ -151,7 +142,7 @@ def test_latest_row_wins_by_time_then_line(tmp_path: Path) -> None:
         "rows": [{"method": "grpo"}],
     }
     b = mt.build_table("t", spec, rows, [])
-    c = b.rows[0]["cells"][0]
+    c = b.rows[0].cells[0]
     assert c.runs == ["r1", "r2"] and c.values == [0.2, 0.5]
 
 
@@ -219,7 +210,7 @@ def test_cli_missing_summary_exits_2_without_traceback(tmp_path: Path) -> None:
 
 def test_repo_tables_spec_with_fixture_summary(tmp_path: Path) -> None:
     """The real eval/tables.yaml and eval/reported.csv render every table from the fixture summary."""
-    rc = mt.main(["--summary", str(FIX / "summary.jsonl"), "--out", str(tmp_path)])
+    rc = make_tables.main(["--summary", str(FIX / "summary.jsonl"), "--out", str(tmp_path)])
     assert rc == 0
     spec = yaml.safe_load((REPO / "eval" / "tables.yaml").read_text())
     for name in spec["tables"]:
@@ -290,9 +281,9 @@ def test_mmmu_pro_overall_is_derived_from_both_settings(tmp_path: Path) -> None:
     p = tmp_path / "summary.jsonl"
     p.write_text("".join(json.dumps(d) + "\n" for d in lines))
     rows = mt.add_derived_rows(mt.load_summary([str(p)]))
-    derived = [r.d for r in rows if r.d["task"] == "mmmu_pro"]
+    derived = [r.record for r in rows if r.record["task"] == "mmmu_pro"]
     assert len(derived) == 1 and derived[0]["run"] == "r1"
     assert derived[0]["value"] == pytest.approx(0.35) and derived[0]["n"] == 3460
     spec = {"title": "t", "columns": [{"task": "mmmu_pro", "metric": "acc"}], "rows": [{"method": "grpo"}]}
-    cell = mt.build_table("t", spec, rows, []).rows[0]["cells"][0]
+    cell = mt.build_table("t", spec, rows, []).rows[0].cells[0]
     assert cell.runs == ["r1"] and cell.values == [pytest.approx(0.35)]
