@@ -35,9 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_step import (  # noqa: E402
+from tgrl.benchmarking import (
     PY,
     Assets,
     add_asset_args,

@@ -48,9 +48,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tgrl.data import Problem, load_problems  # noqa: E402
+from tgrl.data import Problem, load_problems
 from tgrl.teachers import (
     TEACHER_BACKENDS,
     SampleSettings,
@@ -58,9 +56,9 @@ from tgrl.teachers import (
     get_teacher_class,
     make_teacher,
     stable_int,
-)  # noqa: E402
-from tgrl.teachers.base import TeacherInput, parse_args_with_config, required  # noqa: E402
-from tgrl.utils import (  # noqa: E402
+)
+from tgrl.teachers.base import TeacherInput, parse_args_with_config, required
+from tgrl.utils import (
     UserError,
     append_jsonl,
     cli,

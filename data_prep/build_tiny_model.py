@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tgrl.tiny import SIZES, build_tiny_checkpoint  # noqa: E402
-from tgrl.utils import UserError, cli, set_torch_threads, write_json  # noqa: E402
+from tgrl.tiny import SIZES, build_tiny_checkpoint
+from tgrl.utils import UserError, cli, set_torch_threads, write_json
 
 
 @cli

@@ -16,12 +16,9 @@ Rows that cannot be converted are counted by reason in ``OUT/manifest.json``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tgrl.converters import (  # noqa: E402
+from tgrl.converters import (
     Conversion,
     Skip,
     add_source_arguments,
@@ -33,7 +30,7 @@ from tgrl.converters import (  # noqa: E402
     strip_image_tags,
     unbox,
 )
-from tgrl.utils import cli  # noqa: E402
+from tgrl.utils import cli
 
 DEFAULT_HUB_ID = "hiyouga/geometry3k"
 SPLITS = ("train", "validation", "test")

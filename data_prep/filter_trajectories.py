@@ -33,12 +33,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tgrl.data import load_problems  # noqa: E402
-from tgrl.filters import FilterConfig, expert_entry, filter_trajectories  # noqa: E402
-from tgrl.teachers.base import parse_args_with_config, required  # noqa: E402
-from tgrl.utils import (  # noqa: E402
+from tgrl.data import load_problems
+from tgrl.filters import FilterConfig, expert_entry, filter_trajectories
+from tgrl.teachers.base import parse_args_with_config, required
+from tgrl.utils import (
     UserError,
     cli,
     cpu_threads,

@@ -101,10 +101,7 @@ def test_override_forms():
 
 
 def test_rl_script_reports_unknown_key_without_traceback(tmp_path, capsys):
-    import sys
-
-    sys.path.insert(0, "train")
-    import rl
+    from train import rl
 
     path = recipe(tmp_path, BASE.format(out=tmp_path / "o") + "bogus_key: 1\n")
     with pytest.raises(SystemExit) as exit_info:

@@ -14,12 +14,9 @@ the final model + processor. ``resume_from_checkpoint: auto`` continues from the
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tgrl.config import RLScriptArguments, load_policy, parse_recipe, train_and_save  # noqa: E402
-from tgrl.utils import UserError, cli, set_torch_threads  # noqa: E402
+from tgrl.config import RLScriptArguments, load_policy, parse_recipe, train_and_save
+from tgrl.utils import UserError, cli, set_torch_threads
 
 
 @cli

@@ -14,12 +14,9 @@ SFT-then-RL = the GRPO recipe with ``model_name_or_path`` set to this script's `
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tgrl.config import SFTScriptArguments, load_policy, parse_recipe, train_and_save  # noqa: E402
-from tgrl.utils import UserError, cli, set_torch_threads  # noqa: E402
+from tgrl.config import SFTScriptArguments, load_policy, parse_recipe, train_and_save
+from tgrl.utils import UserError, cli, set_torch_threads
 
 
 @cli
