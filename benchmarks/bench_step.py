@@ -338,7 +338,7 @@ def step_table(summaries: dict[str, dict[str, Any]], ratios: list[dict[str, Any]
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_asset_args(ap)
     ap.add_argument("--train", help="RL problem JSONL with meta.expert (default: the prepared one)")
@@ -355,7 +355,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--child", choices=list(RECIPES), help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.child:
         child_main(args)
         return 0

@@ -160,7 +160,7 @@ def throughput_table(records: list[dict[str, Any]]) -> str:
     return "median over rounds\n" + format_table(header, rows)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_asset_args(ap)
     ap.add_argument("--measure", nargs="+", default=list(MEASUREMENTS), choices=MEASUREMENTS)
@@ -172,7 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=4, help="teacher samples per problem (DESIGN 5.1)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--out", help="write all measurements as one JSON file")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="tgrl_bench_") as tmp:
         work = Path(args.work).resolve() if args.work else Path(tmp)

@@ -17,8 +17,7 @@ from tgrl.tiny import SIZES, build_tiny_checkpoint
 from tgrl.utils import UserError, cli, set_torch_threads, write_json
 
 
-@cli
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -26,7 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", default="S", choices=sorted(SIZES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if the folder holds this build")
-    args = parser.parse_args(argv)
+    return parser
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     set_torch_threads(1)
     stamp = args.out / "tgrl_build.json"
     wanted = {"size": args.size, "seed": args.seed}

@@ -28,8 +28,7 @@ from tgrl.synthetic import build_dataset
 from tgrl.utils import cli
 
 
-@cli
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -40,7 +39,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-shifted", type=int, default=0, help="shifted test split (unseen object shape)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="replace a dataset made with other arguments")
-    args = parser.parse_args(argv)
+    return parser
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     manifest = build_dataset(
         args.out, args.n_train, args.n_test, args.seed, args.force, n_val=args.n_val, n_shifted=args.n_shifted
     )

@@ -16,7 +16,7 @@ import sys
 from tgrl.evaluation.tables import InputError, write_tables
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="Markdown/CSV/LaTeX tables from results/summary.jsonl.")
     ap.add_argument(
         "--summary", nargs="+", default=["results/summary.jsonl"], help="one or more summary JSONL files"
@@ -25,7 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reported", default="eval/reported.csv")
     ap.add_argument("--out", default="results/tables")
     ap.add_argument("--table", action="append", help="only this table (repeatable); default: all")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         write_tables(args.summary, args.tables, args.reported, args.out, args.table)
     except InputError as e:

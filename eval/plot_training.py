@@ -17,12 +17,16 @@ from pathlib import Path
 from tgrl.evaluation.plots import InputError, load_metrics, plot_runs, run_labels
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="PNG training curves from metrics JSONL files.")
     ap.add_argument("--metrics", nargs="+", required=True, help="<run>/metrics.jsonl, one or more")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--smooth", type=int, default=1, help="moving-average window in logged steps (1 = raw)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         paths = [Path(p) for p in args.metrics]
         runs = {label: load_metrics(p) for label, p in zip(run_labels(paths), paths, strict=True)}

@@ -21,7 +21,7 @@ from tgrl.evaluation import runner
 from tgrl.utils import UserError, cli
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -74,12 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--checkpoint", action="append", default=[], help="with --list-checkpoints: explicit paths"
     )
     m.add_argument("--print-setting", help="print one resolved setting (e.g. backend) and exit")
-    return p.parse_args(argv)
+    return p
 
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.list_checkpoints:
         for entry in runner.list_checkpoints(args.manifest, args.checkpoints_dir, args.checkpoint):
             seed = "" if entry["seed"] is None else str(entry["seed"])

@@ -20,8 +20,7 @@ from tgrl.evaluation.training_summary import summarize_run
 from tgrl.utils import cli
 
 
-@cli
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -35,7 +34,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--suite", default="tiny")
     parser.add_argument("--tail", type=float, default=0.3, help="share of the run to average over")
     parser.add_argument("--summary", type=Path, default=Path("results/summary.jsonl"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     rows = summarize_run(
         args.run_dir, args.run, args.method, args.seed, args.summary, args.task, args.suite, args.tail
     )
