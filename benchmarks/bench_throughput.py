@@ -193,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result = measure_teacher(assets, name.removeprefix("teacher_"), n, args.k, scratch)
             results[name].append(result)
             note(
-                f"round {r} {name}: {result[RATE_KEY[name]]:.2f} {RATE_KEY[name]}, peak RSS {result['peak_rss_mb']} MB"
+                f"round {r} {name}: {result[RATE_KEY[name]]:.2f} {RATE_KEY[name]}, peak RSS "
+                f"{result['peak_rss_mb']} MB"
             )
             if not args.work:
                 shutil.rmtree(scratch, ignore_errors=True)

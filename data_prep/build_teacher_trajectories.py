@@ -4,7 +4,8 @@
     python data_prep/build_teacher_trajectories.py --data data/synthetic/train.jsonl \\
         --out data/teacher/oracle --backend oracle --k 4 --seed 0 --wrong-fact-rate 0.2
     # a local transformers VLM
-    python data_prep/build_teacher_trajectories.py --data ... --out ... --backend hf --model checkpoints/tiny-init
+    python data_prep/build_teacher_trajectories.py --data ... --out ... --backend hf \\
+        --model checkpoints/tiny-init
     # GPU tier: vLLM offline (tensor parallel) or any OpenAI-compatible endpoint
     python data_prep/build_teacher_trajectories.py --data ... --out ... --backend vllm \\
         --model Qwen/Qwen2.5-VL-72B-Instruct --tensor-parallel-size 8
@@ -352,8 +353,8 @@ class Builder:
         if self.state["skipped"]:
             first_id, first_reason = next(iter(self.state["skipped"].items()))
             print(
-                f"[teacher] {len(self.state['skipped'])} problems skipped (reasons in the manifest's 'skipped'; "
-                f"--retry-skipped tries them again), e.g. {first_id!r}: {first_reason}",
+                f"[teacher] {len(self.state['skipped'])} problems skipped (reasons in the manifest's "
+                f"'skipped'; --retry-skipped tries them again), e.g. {first_id!r}: {first_reason}",
                 file=sys.stderr,
             )
         if self.state["failed"]:

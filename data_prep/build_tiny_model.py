@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     info = build_tiny_checkpoint(args.out, args.size, args.seed)
     write_json(stamp, info)  # written last: marks a complete build
     print(
-        f"[build_tiny_model] saved {info['n_params']:,}-parameter Qwen2.5-VL (vision {info['n_params_vision']:,}), "
-        f"vocab {info['vocab_size']} to {args.out}"
+        f"[build_tiny_model] saved {info['n_params']:,}-parameter Qwen2.5-VL "
+        f"(vision {info['n_params_vision']:,}), vocab {info['vocab_size']} to {args.out}"
     )
 
 

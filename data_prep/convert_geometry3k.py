@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
     manifest = conv.write({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})
     for split, c in manifest["counts"].items():
         print(
-            f"[geometry3k] {split}: {c['converted']}/{c['rows_in']} rows -> {args.out}/{split}.jsonl; skipped {c['skipped']}"
+            f"[geometry3k] {split}: {c['converted']}/{c['rows_in']} rows -> {args.out}/{split}.jsonl; "
+            f"skipped {c['skipped']}"
         )
     return manifest
 

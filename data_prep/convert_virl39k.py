@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     manifest = conv.write({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})
     c = manifest["counts"][args.split]
     print(
-        f"[virl39k] {c['converted']}/{c['rows_in']} rows -> {args.out}/{args.split}.jsonl; skipped {c['skipped']}"
+        f"[virl39k] {c['converted']}/{c['rows_in']} rows -> {args.out}/{args.split}.jsonl; "
+        f"skipped {c['skipped']}"
     )
     return manifest
 

@@ -197,8 +197,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     write_json(manifest_path, manifest)
     print(
-        f"[teacher-logprobs] {len(todo_ids)}/{len(problems)} problems have an expert; scored {len(missing)} now; "
-        f"{len(flat)} tokens, mean log-prob {manifest['mean_teacher_logprob']} -> {out}"
+        f"[teacher-logprobs] {len(todo_ids)}/{len(problems)} problems have an expert; "
+        f"scored {len(missing)} now; {len(flat)} tokens, mean log-prob {manifest['mean_teacher_logprob']} "
+        f"-> {out}"
     )
     return manifest
 

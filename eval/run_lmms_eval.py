@@ -1,8 +1,9 @@
 """Evaluate one checkpoint on lmms-eval tasks with every score-moving setting pinned and recorded.
 
-    python eval/run_lmms_eval.py --model checkpoints/tiny-init --jsonl data/synthetic/test.jsonl --out results/raw
+    python eval/run_lmms_eval.py --model checkpoints/tiny-init --jsonl data/synthetic/test.jsonl \
+        --out results/raw
     python eval/run_lmms_eval.py --model Qwen/Qwen2.5-VL-7B-Instruct --suite paper --run base_7b --method base
-    accelerate launch --num_processes 8 eval/run_lmms_eval.py --model CKPT --suite paper ...   # data parallel (hf)
+    accelerate launch --num_processes 8 eval/run_lmms_eval.py --model CKPT --suite paper ...  # data parallel
     python eval/run_lmms_eval.py --list-checkpoints [--manifest runs.jsonl | --checkpoints-dir checkpoints]
 
 The runner writes raw lmms-eval outputs to ``OUT/<run>/<task>__<settings hash>/`` and appends one row per

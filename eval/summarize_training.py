@@ -1,7 +1,7 @@
 """Append a run's training-time diagnostics to results/summary.jsonl so the tables can show them.
 
-    python eval/summarize_training.py --run-dir checkpoints/tiny_tgrl_s0 --run tgrl_s0 --method tgrl --seed 0 \
-        --summary results/tiny/summary.jsonl
+    python eval/summarize_training.py --run-dir checkpoints/tiny_tgrl_s0 --run tgrl_s0 --method tgrl \
+        --seed 0 --summary results/tiny/summary.jsonl
 
 The visual-dependency diagnostic (mean s_t on expert vs on-policy tokens, DESIGN 5.4/5.6) is measured
 by the trainer, not by evaluation: this script averages the logged values over the last ``--tail``

@@ -306,7 +306,8 @@ def fake_stack(tmp_path, failing: str) -> dict[str, str]:
     tool = f"""#!/usr/bin/env bash
 case "$*" in
   "-c "*) exit 0 ;;
-  {failing}) echo 'Traceback (most recent call last):'; echo 'ValueError: fake failure in this stage' >&2; exit 1 ;;
+  {failing})
+    echo 'Traceback (most recent call last):'; echo 'ValueError: fake failure in this stage' >&2; exit 1 ;;
   *) echo "ran: $*" ;;
 esac
 """

@@ -168,7 +168,8 @@ MATCH_CASES = [
 
 def _case_id(case: tuple) -> str:
     pred, gold, choices, answer_type, expected = case
-    return f"{pred!r}~{gold!r}{'+choices' if choices else ''}{f'[{answer_type}]' if answer_type else ''}={expected}"
+    kind = f"[{answer_type}]" if answer_type else ""
+    return f"{pred!r}~{gold!r}{'+choices' if choices else ''}{kind}={expected}"
 
 
 @pytest.fixture(scope="module")

@@ -297,7 +297,8 @@ def test_latest_row_wins_by_time_then_line(tmp_path: Path) -> None:
             "line 1: field 'n'",
         ),
         (
-            '{"run": "a", "method": "m", "task": "t", "metric": "acc", "value": 0.5, "n": 3, "time": "yesterday"}\n',
+            '{"run": "a", "method": "m", "task": "t", "metric": "acc", "value": 0.5, "n": 3, '
+            '"time": "yesterday"}\n',
             "line 1: field 'time'",
         ),
     ],

@@ -48,8 +48,8 @@ class RLScriptArguments:
     train_file: str = field(
         default="data/synthetic/train.jsonl",
         metadata={
-            "help": "Problem JSONL (DESIGN 4). Rows whose meta.expert holds a filtered teacher trajectory get it "
-            "injected into their group; rows without one (null/absent) train as plain GRPO groups."
+            "help": "Problem JSONL (DESIGN 4). Rows whose meta.expert holds a filtered teacher trajectory "
+            "get it injected into their group; rows without one (null/absent) train as plain GRPO groups."
         },
     )
     max_train_samples: int | None = field(
@@ -92,9 +92,9 @@ class SFTScriptArguments:
     sft_target: str = field(
         default="expert",
         metadata={
-            "help": "'expert': train on meta.expert.text (the filtered teacher trajectory; rows without one are "
-            "skipped, so SFT sees exactly the trajectories RL injects). 'direct': train on '<answer>GOLD</answer>' "
-            "with no reasoning (the tiny tier's weak base, DESIGN 7)."
+            "help": "'expert': train on meta.expert.text (the filtered teacher trajectory; rows without "
+            "one are skipped, so SFT sees exactly the trajectories RL injects). 'direct': train on "
+            "'<answer>GOLD</answer>' with no reasoning (the tiny tier's weak base, DESIGN 7)."
         },
     )
     max_train_samples: int | None = field(

@@ -24,7 +24,10 @@ def _words(text: str) -> frozenset[str]:
 
 
 _DECIMAL = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+"
-_SCIENTIFIC = r"(?:\s*[eE](?P<exp>[+-]?\d{1,4})|\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*(?P<exp10>[+-]?\d{1,4})\s*\}?)?"
+_SCIENTIFIC = (
+    r"(?:\s*[eE](?P<exp>[+-]?\d{1,4})"
+    r"|\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*(?P<exp10>[+-]?\d{1,4})\s*\}?)?"
+)
 _CURRENCY_PREFIX_RE = re.compile(r"^([+-]?)\s*(?:\$|€|£|¥|₹|us\$|usd\s)\s*", re.IGNORECASE)
 _NUMBER_FORMS = (
     re.compile(

@@ -690,7 +690,8 @@ def get_reward_funcs(names: Sequence[str]) -> list[RewardFunc]:
     unknown = [name for name in names if name not in REWARD_FUNCS]
     if unknown:
         raise ValueError(
-            f"unknown reward function(s) {', '.join(map(repr, unknown))}; valid names: {', '.join(REWARD_FUNCS)}"
+            f"unknown reward function(s) {', '.join(map(repr, unknown))}; "
+            f"valid names: {', '.join(REWARD_FUNCS)}"
         )
     if "accuracy" in names:
         warm_up()  # here, not inside the first reward call: that call keeps its per-sample time bound

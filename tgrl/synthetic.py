@@ -200,7 +200,8 @@ def build_dataset(
             return old
         if not force:
             raise UserError(
-                f"{out} holds a dataset made with {old.get('args')}; pass --force to replace it or choose another --out"
+                f"{out} holds a dataset made with {old.get('args')}; "
+                "pass --force to replace it or choose another --out"
             )
     sizes = {"train": n_train, "val": n_val, "test": n_test, "shifted": n_shifted}
     if min(sizes.values()) < 0 or n_train + n_test == 0:

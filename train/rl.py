@@ -3,7 +3,7 @@
     python train/rl.py --config train/recipes/tiny/tgrl.yaml                      # CPU, tiny tier
     python train/rl.py --config train/recipes/tiny/tgrl.yaml seed=1 output_dir=checkpoints/tiny_tgrl_s1
     accelerate launch --config_file train/accelerate/zero2.yaml train/rl.py \
-        --config train/recipes/7b/tgrl.yaml                                        # 8 GPUs (scripts/run_tgrl_7b.sh)
+        --config train/recipes/7b/tgrl.yaml                          # 8 GPUs (scripts/run_tgrl_7b.sh)
 
 GRPO is the same trainer with ``inject_mode: never`` (tgrl/trainer.py). Writes to ``output_dir``:
 checkpoints (``checkpoint-N``, with optimizer and RNG state), ``metrics.jsonl`` (one line per logged

@@ -2,7 +2,8 @@
 
     python train/sft.py --config train/recipes/tiny/sft.yaml               # SFT on teacher trajectories
     python train/sft.py --config train/recipes/tiny/base_direct_sft.yaml   # tiny weak base (DESIGN 7)
-    accelerate launch --config_file train/accelerate/zero2.yaml train/sft.py --config train/recipes/7b/sft.yaml
+    accelerate launch --config_file train/accelerate/zero2.yaml train/sft.py \
+        --config train/recipes/7b/sft.yaml
 
 TRL's SFTTrainer on prompt-completion rows (tgrl/rl_data.py): the prompt (system + user turn with the
 images) is masked out of the loss by ``completion_only_loss``, so only the assistant turn, its

@@ -32,7 +32,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display on CPU boxes and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-# panel title -> {series label -> candidate keys, first present wins}. Edit here when the trainer's names change.
+# panel title -> {series label -> candidate keys, first present wins}. Edit here when the trainer's names
+# change.
 PANELS: dict[str, dict[str, list[str]]] = {
     "reward": {
         "reward": ["reward", "rewards/mean", "reward/mean"],

@@ -519,7 +519,8 @@ def plan_evaluation(
     for task in tasks:
         if task not in pending:
             print(
-                f"[run_lmms_eval] {label.run} / {task['task']}: finished earlier (summary {summary}); skipping"
+                f"[run_lmms_eval] {label.run} / {task['task']}: "
+                f"finished earlier (summary {summary}); skipping"
             )
     return Plan(checkpoint, label, settings, tasks, pending, summary, limit, suite_name)
 

@@ -566,7 +566,8 @@ def mmmu_doc_to_visual(doc: dict) -> list:
 
 
 def mmmu_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    """Also MMMU-Pro's standard setting: same columns, no ``question_type`` (every item is multiple choice)."""
+    """Also MMMU-Pro's standard setting: same columns, no ``question_type`` (every item is multiple
+    choice)."""
     options = mmmu_options(doc) if doc.get("question_type", "multiple-choice") == "multiple-choice" else []
     return question_with_choices(doc["question"], options)
 
