@@ -231,6 +231,10 @@ def test_vllm_engine_and_sampling_kwargs_match_vllms_signatures():
         max_num_seqs=64,
     )
     check_against(kw, VLLM_ENGINE_ARGS, engine_names)
+    assert kw["tensor_parallel_size"] == 8 and kw["max_model_len"] == 8192
+    assert kw["seed"] == 3 and kw["max_num_seqs"] == 64
+    # the size= form (processor-call min_pixels/max_pixels are removed in transformers 5.23)
+    assert kw["mm_processor_kwargs"] == {"size": {"shortest_edge": 262144, "longest_edge": 1003520}}
     assert kw["model"] == "Qwen/Qwen2.5-VL-72B-Instruct" and 0 < kw["gpu_memory_utilization"] <= 1
     assert kw["dtype"] in ("auto", "float16", "bfloat16", "float32")
     assert kw["limit_mm_per_prompt"] == {"image": 2}  # the one modality, as many images as a problem has
@@ -253,7 +257,7 @@ def test_vllm_engine_and_sampling_kwargs_match_vllms_signatures():
         suppress_token_ids=suppressed,
     )
     check_against(s, VLLM_SAMPLING_PARAMS, sampling_names)
-    assert s["n"] == 4 and s["max_tokens"] == 2048 and s["seed"] == 11 and 0 < s["top_p"] <= 1
+    assert (s["n"], s["temperature"], s["top_p"], s["max_tokens"], s["seed"]) == (4, 0.8, 0.95, 2048, 11)
     # the vision tokens are pushed down as far as the documented range allows, and nothing else is touched
     assert set(s["logit_bias"]) == set(suppressed)
     assert all(isinstance(t, int) and -100 <= b < 0 for t, b in s["logit_bias"].items())
