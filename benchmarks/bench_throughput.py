@@ -35,9 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_step import (  # noqa: E402
+from tgrl.benchmarking import (
     PY,
     Assets,
     add_asset_args,
@@ -162,7 +160,7 @@ def throughput_table(records: list[dict[str, Any]]) -> str:
     return "median over rounds\n" + format_table(header, rows)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_asset_args(ap)
     ap.add_argument("--measure", nargs="+", default=list(MEASUREMENTS), choices=MEASUREMENTS)
@@ -174,7 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=4, help="teacher samples per problem (DESIGN 5.1)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--out", help="write all measurements as one JSON file")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="tgrl_bench_") as tmp:
         work = Path(args.work).resolve() if args.work else Path(tmp)
@@ -191,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result = measure_teacher(assets, name.removeprefix("teacher_"), n, args.k, scratch)
             results[name].append(result)
             note(
-                f"round {r} {name}: {result[RATE_KEY[name]]:.2f} {RATE_KEY[name]}, peak RSS {result['peak_rss_mb']} MB"
+                f"round {r} {name}: {result[RATE_KEY[name]]:.2f} {RATE_KEY[name]}, peak RSS "
+                f"{result['peak_rss_mb']} MB"
             )
             if not args.work:
                 shutil.rmtree(scratch, ignore_errors=True)

@@ -4,7 +4,8 @@
     python data_prep/build_teacher_trajectories.py --data data/synthetic/train.jsonl \\
         --out data/teacher/oracle --backend oracle --k 4 --seed 0 --wrong-fact-rate 0.2
     # a local transformers VLM
-    python data_prep/build_teacher_trajectories.py --data ... --out ... --backend hf --model checkpoints/tiny-init
+    python data_prep/build_teacher_trajectories.py --data ... --out ... --backend hf \\
+        --model checkpoints/tiny-init
     # GPU tier: vLLM offline (tensor parallel) or any OpenAI-compatible endpoint
     python data_prep/build_teacher_trajectories.py --data ... --out ... --backend vllm \\
         --model Qwen/Qwen2.5-VL-72B-Instruct --tensor-parallel-size 8
@@ -48,9 +49,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tgrl.data import Problem, load_problems  # noqa: E402
+from tgrl.data import Problem, load_problems
 from tgrl.teachers import (
     TEACHER_BACKENDS,
     SampleSettings,
@@ -58,9 +57,9 @@ from tgrl.teachers import (
     get_teacher_class,
     make_teacher,
     stable_int,
-)  # noqa: E402
-from tgrl.teachers.base import TeacherInput, parse_args_with_config, required  # noqa: E402
-from tgrl.utils import (  # noqa: E402
+)
+from tgrl.teachers.base import TeacherInput, parse_args_with_config, required
+from tgrl.utils import (
     UserError,
     append_jsonl,
     cli,
@@ -354,8 +353,8 @@ class Builder:
         if self.state["skipped"]:
             first_id, first_reason = next(iter(self.state["skipped"].items()))
             print(
-                f"[teacher] {len(self.state['skipped'])} problems skipped (reasons in the manifest's 'skipped'; "
-                f"--retry-skipped tries them again), e.g. {first_id!r}: {first_reason}",
+                f"[teacher] {len(self.state['skipped'])} problems skipped (reasons in the manifest's "
+                f"'skipped'; --retry-skipped tries them again), e.g. {first_id!r}: {first_reason}",
                 file=sys.stderr,
             )
         if self.state["failed"]:

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tgrl.tiny import SIZES, build_tiny_checkpoint  # noqa: E402
-from tgrl.utils import UserError, cli, set_torch_threads, write_json  # noqa: E402
+from tgrl.tiny import SIZES, build_tiny_checkpoint
+from tgrl.utils import UserError, cli, set_torch_threads, write_json
 
 
-@cli
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -29,7 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", default="S", choices=sorted(SIZES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if the folder holds this build")
-    args = parser.parse_args(argv)
+    return parser
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     set_torch_threads(1)
     stamp = args.out / "tgrl_build.json"
     wanted = {"size": args.size, "seed": args.seed}
@@ -42,8 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     info = build_tiny_checkpoint(args.out, args.size, args.seed)
     write_json(stamp, info)  # written last: marks a complete build
     print(
-        f"[build_tiny_model] saved {info['n_params']:,}-parameter Qwen2.5-VL (vision {info['n_params_vision']:,}), "
-        f"vocab {info['vocab_size']} to {args.out}"
+        f"[build_tiny_model] saved {info['n_params']:,}-parameter Qwen2.5-VL "
+        f"(vision {info['n_params_vision']:,}), vocab {info['vocab_size']} to {args.out}"
     )
 
 

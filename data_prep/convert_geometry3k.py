@@ -16,12 +16,9 @@ Rows that cannot be converted are counted by reason in ``OUT/manifest.json``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tgrl.converters import (  # noqa: E402
+from tgrl.converters import (
     Conversion,
     Skip,
     add_source_arguments,
@@ -33,7 +30,7 @@ from tgrl.converters import (  # noqa: E402
     strip_image_tags,
     unbox,
 )
-from tgrl.utils import cli  # noqa: E402
+from tgrl.utils import cli
 
 DEFAULT_HUB_ID = "hiyouga/geometry3k"
 SPLITS = ("train", "validation", "test")
@@ -120,7 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
     manifest = conv.write({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})
     for split, c in manifest["counts"].items():
         print(
-            f"[geometry3k] {split}: {c['converted']}/{c['rows_in']} rows -> {args.out}/{split}.jsonl; skipped {c['skipped']}"
+            f"[geometry3k] {split}: {c['converted']}/{c['rows_in']} rows -> {args.out}/{split}.jsonl; "
+            f"skipped {c['skipped']}"
         )
     return manifest
 

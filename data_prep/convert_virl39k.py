@@ -19,12 +19,9 @@ Rows that cannot be converted are counted by reason in ``OUT/manifest.json``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tgrl.converters import (  # noqa: E402
+from tgrl.converters import (
     Conversion,
     Skip,
     add_source_arguments,
@@ -38,7 +35,7 @@ from tgrl.converters import (  # noqa: E402
     strip_image_tags,
     unbox,
 )
-from tgrl.utils import cli  # noqa: E402
+from tgrl.utils import cli
 
 DEFAULT_HUB_ID = "TIGER-Lab/ViRL39K"
 
@@ -130,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     manifest = conv.write({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()})
     c = manifest["counts"][args.split]
     print(
-        f"[virl39k] {c['converted']}/{c['rows_in']} rows -> {args.out}/{args.split}.jsonl; skipped {c['skipped']}"
+        f"[virl39k] {c['converted']}/{c['rows_in']} rows -> {args.out}/{args.split}.jsonl; "
+        f"skipped {c['skipped']}"
     )
     return manifest
 

@@ -33,12 +33,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tgrl.data import load_problems  # noqa: E402
-from tgrl.filters import FilterConfig, expert_entry, filter_trajectories  # noqa: E402
-from tgrl.teachers.base import parse_args_with_config, required  # noqa: E402
-from tgrl.utils import (  # noqa: E402
+from tgrl.data import load_problems
+from tgrl.filters import FilterConfig, expert_entry, filter_trajectories
+from tgrl.teachers.base import parse_args_with_config, required
+from tgrl.utils import (
     UserError,
     cli,
     cpu_threads,
@@ -151,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
             return old
         if not args.force:
             raise UserError(
-                f"{out} holds a training set made from other inputs or settings; pass --force or another --out"
+                f"{out} holds a training set made from other inputs or settings; "
+                "pass --force or another --out"
             )
     if (config.f2_format_length or config.needs_model()) and not args.policy:
         raise UserError("--policy is required for F2 (tokenizer) and F3/F4 (model); or pass --no-f2 --no-f3")
@@ -236,7 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
     pc, tc = result.counts["problems"], result.counts["trajectories"]
     print(
         f"[filter] {tc['in']} trajectories -> {tc['kept']} experts; problems with expert "
-        f"{pc['with_expert']}/{pc['in']}; rejects {tc['reject_reasons']}; {manifest['wall_time_s']:.1f}s -> {out}"
+        f"{pc['with_expert']}/{pc['in']}; rejects {tc['reject_reasons']}; "
+        f"{manifest['wall_time_s']:.1f}s -> {out}"
     )
     return manifest
 

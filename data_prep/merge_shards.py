@@ -15,15 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tgrl.data import load_problems  # noqa: E402
-from tgrl.utils import UserError, cli, git_commit, read_jsonl, sha256_file, write_json, write_jsonl  # noqa: E402
+from tgrl.data import load_problems
+from tgrl.utils import UserError, cli, git_commit, read_jsonl, sha256_file, write_json, write_jsonl
 
 _SHARD_RE = re.compile(r"^manifest\.shard-(\d{5})-of-(\d{5})\.json$")
 

@@ -24,17 +24,14 @@ Writes next to ``--data`` (so relative image paths stay valid):
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tgrl.data import load_problems  # noqa: E402
-from tgrl.filters import response_logprobs, response_token_ids  # noqa: E402
-from tgrl.rl_data import expert_text  # noqa: E402
-from tgrl.teachers.base import parse_args_with_config, required  # noqa: E402
-from tgrl.utils import (  # noqa: E402
+from tgrl.data import load_problems
+from tgrl.filters import response_logprobs, response_token_ids
+from tgrl.rl_data import expert_text
+from tgrl.teachers.base import parse_args_with_config, required
+from tgrl.utils import (
     UserError,
     append_jsonl,
     cli,
@@ -200,8 +197,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     write_json(manifest_path, manifest)
     print(
-        f"[teacher-logprobs] {len(todo_ids)}/{len(problems)} problems have an expert; scored {len(missing)} now; "
-        f"{len(flat)} tokens, mean log-prob {manifest['mean_teacher_logprob']} -> {out}"
+        f"[teacher-logprobs] {len(todo_ids)}/{len(problems)} problems have an expert; "
+        f"scored {len(missing)} now; {len(flat)} tokens, mean log-prob {manifest['mean_teacher_logprob']} "
+        f"-> {out}"
     )
     return manifest
 

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tgrl.data import describe, load_problems  # noqa: E402
-from tgrl.utils import cli  # noqa: E402
+from tgrl.data import describe, load_problems
+from tgrl.utils import cli
 
 
 @cli

@@ -1,452 +1,28 @@
 """Evaluate one checkpoint on lmms-eval tasks with every score-moving setting pinned and recorded.
 
-    python eval/run_lmms_eval.py --model checkpoints/tiny-init --jsonl data/synthetic/test.jsonl --out results/raw
+    python eval/run_lmms_eval.py --model checkpoints/tiny-init --jsonl data/synthetic/test.jsonl \
+        --out results/raw
     python eval/run_lmms_eval.py --model Qwen/Qwen2.5-VL-7B-Instruct --suite paper --run base_7b --method base
-    accelerate launch --num_processes 8 eval/run_lmms_eval.py --model CKPT --suite paper ...   # data parallel (hf)
+    accelerate launch --num_processes 8 eval/run_lmms_eval.py --model CKPT --suite paper ...  # data parallel
     python eval/run_lmms_eval.py --list-checkpoints [--manifest runs.jsonl | --checkpoints-dir checkpoints]
 
-What it does, per task: runs lmms-eval through its Python API with our model class (tgrl.lmms_model) and
-our task variants (eval/tasks), writes ``OUT/<run>/<task>__<settings hash>/results.json`` and
-``samples.jsonl`` (lmms-eval's per-sample log: input, responses, per-sample scores; images left out), then
-appends one row per metric to the summary file (default results/summary.jsonl):
-
-    {"run", "method", "seed", "checkpoint", "task", "metric", "value" (a fraction in [0, 1]), "n",
-     "decoding" ("greedy" | "avg@k"), "suite", "git_commit", "versions", "time", "settings": {...},
-     "key", "settings_hash", "lmms_task", "limit", "eval_seconds", "results_dir"}
-
-Why the Python API and not lmms-eval's CLI in a subprocess: the CLI exits 0 on errors, strips <think>
-before scoring, bootstraps stderr 100,000 times and finds our model only through the package entry point;
-in-process, an exception is an exception (non-zero exit), nothing is stripped (our tasks also say so),
-stderr bootstrapping is off (bootstrap_iters=0; the tables report spread over seeds), the model object is
-passed directly, and one model load serves all tasks.
-
-Resume: a (checkpoint, task) pair is finished when the summary holds rows with its key, a hash of the
-checkpoint (absolute path or hub id), the task, the JSONL file's sha256 (generic task), --limit and the
-settings below. A killed and rerun command redoes only unfinished tasks, and checks that before it imports
-lmms-eval or torch (a finished rerun takes about a second). --force redoes them.
-
-Settings (precedence: command line > --suite in eval/suites.yaml > defaults below): backend, dtype,
-batch_size, max_new_tokens, decoding (greedy | avg@k with --temperature/--top-p, lmms-eval ``repeats``),
-eval_seed, min_pixels, max_pixels, attn_implementation, tensor_parallel_size, gpu_memory_utilization,
-max_model_len, judge (an LLM judge model name; off by default). All of them go into ``settings`` and the
-key; the device and the process count are recorded too but are not part of the key.
+The runner writes raw lmms-eval outputs to ``OUT/<run>/<task>__<settings hash>/`` and appends one row per
+metric to the summary file; a rerun skips finished (checkpoint, task) pairs. What is recorded, how it
+resumes and which settings move scores: tgrl/evaluation/runner.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
-import hashlib
-import json
 import os
-import re
 import sys
-import time
-import traceback
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
-from tgrl.utils import (  # noqa: E402
-    UserError,
-    append_jsonl,
-    cli,
-    git_commit,
-    package_versions,
-    read_jsonl,
-    sha256_file,
-    write_json,
-    write_jsonl,
-)
-
-TASKS_DIR = REPO_ROOT / "eval" / "tasks"
-SUITES_FILE = REPO_ROOT / "eval" / "suites.yaml"
-DEFAULT_SUMMARY = REPO_ROOT / "results" / "summary.jsonl"
-DEFAULT_OUT = REPO_ROOT / "results" / "raw"
-OUR_PREFIX = "tgrl_"
-
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "backend": "hf",
-    "dtype": "auto",
-    "batch_size": 1,
-    "max_new_tokens": 2048,
-    "decoding": "greedy",
-    "temperature": 1.0,
-    "top_p": 1.0,
-    "eval_seed": 1234,
-    "min_pixels": None,
-    "max_pixels": None,
-    "attn_implementation": None,
-    "tensor_parallel_size": 1,
-    "gpu_memory_utilization": 0.85,
-    "max_model_len": None,
-    "judge": None,
-}
-# Recorded, not hashed: where the model ran does not define the protocol.
-UNHASHED_SETTINGS = ("device",)
+from tgrl.evaluation import runner
+from tgrl.utils import UserError, cli
 
 
-# --------------------------------------------------------------------------------------------------
-# settings, tasks, checkpoints
-
-
-def load_suites(path: Path = SUITES_FILE) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{path}: suites file not found")
-    suites = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(suites, dict):
-        raise UserError(f"{path}: expected a mapping of suite name -> {{tasks, jsonl, settings}}")
-    return suites
-
-
-def parse_decoding(decoding: str) -> int:
-    """Samples per question: ``greedy`` -> 1, ``avg@8`` -> 8."""
-    if decoding == "greedy":
-        return 1
-    match = re.fullmatch(r"avg@(\d+)", decoding or "")
-    if not match or int(match.group(1)) < 1:
-        raise UserError(f"decoding {decoding!r}: use 'greedy' or 'avg@K' (K samples, e.g. avg@8)")
-    return int(match.group(1))
-
-
-def decoding_label(settings: dict[str, Any]) -> str:
-    """The summary's ``decoding`` field: greedy, avg@k (at T=1, top-p 1) or avg@k_t0.6_p0.95."""
-    k = parse_decoding(settings["decoding"])
-    if k == 1 and settings["decoding"] == "greedy":
-        return "greedy"
-    if float(settings["temperature"]) == 1.0 and float(settings["top_p"]) == 1.0:
-        return f"avg@{k}"
-    return f"avg@{k}_t{settings['temperature']:g}_p{settings['top_p']:g}"
-
-
-def resolve_settings(args: argparse.Namespace, suite: dict[str, Any] | None) -> dict[str, Any]:
-    settings = dict(DEFAULT_SETTINGS)
-    if suite:
-        unknown = set(suite.get("settings") or {}) - set(DEFAULT_SETTINGS)
-        if unknown:
-            raise UserError(
-                f"{SUITES_FILE}: unknown settings {sorted(unknown)}; known: {sorted(DEFAULT_SETTINGS)}"
-            )
-        settings.update(suite.get("settings") or {})
-    for key in DEFAULT_SETTINGS:
-        value = getattr(args, key, None)
-        if value is not None:
-            settings[key] = value
-    parse_decoding(settings["decoding"])
-    if settings["backend"] not in ("hf", "vllm"):
-        raise UserError(f"backend {settings['backend']!r}: use hf or vllm")
-    if int(settings["batch_size"]) < 1 or int(settings["max_new_tokens"]) < 1:
-        raise UserError("batch_size and max_new_tokens must be >= 1")
-    if settings["decoding"] != "greedy" and float(settings["temperature"]) <= 0:
-        raise UserError("sampled decoding (avg@k) needs --temperature > 0")
-    return settings
-
-
-def settings_hash(settings: dict[str, Any]) -> str:
-    hashed = {k: v for k, v in settings.items() if k not in UNHASHED_SETTINGS}
-    return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:16]
-
-
-class _IgnoreTags(yaml.SafeLoader):
-    """Reads lmms-eval task YAMLs without resolving ``!function`` (only the task name is needed)."""
-
-
-_IgnoreTags.add_multi_constructor("!", lambda loader, suffix, node: None)
-
-
-def our_tasks(tasks_dir: Path = TASKS_DIR) -> dict[str, Path]:
-    """lmms-eval task name -> YAML file, for the tasks in eval/tasks."""
-    found = {}
-    for path in sorted(tasks_dir.rglob("*.yaml")):
-        config = yaml.load(path.read_text(encoding="utf-8"), Loader=_IgnoreTags) or {}
-        if isinstance(config, dict) and isinstance(config.get("task"), str):
-            found[config["task"]] = path
-    return found
-
-
-def jsonl_task_name(spec: str) -> tuple[str, Path]:
-    """``[NAME=]FILE`` -> (NAME, FILE); NAME defaults to ``<folder>_<stem>`` (data/synthetic/test.jsonl
-    -> synthetic_test)."""
-    name, sep, file = spec.partition("=")
-    if not sep:
-        file, name = spec, ""
-    path = Path(file)
-    if not name:
-        name = f"{path.resolve().parent.name}_{path.stem}"
-    name = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_")
-    if not name:
-        raise UserError(f"--jsonl {spec!r}: cannot derive a task name; write NAME=FILE")
-    return name, path
-
-
-def resolve_tasks(task_names: list[str], jsonl_specs: list[str]) -> list[dict[str, Any]]:
-    """Each task as {"task": summary name, "lmms_task": lmms-eval name, "jsonl": path | None,
-    "builtin": bool}. Our tasks answer to their name with or without the ``tgrl_`` prefix."""
-    ours = our_tasks()
-    tasks: list[dict[str, Any]] = []
-    for name in task_names:
-        if name in ("tgrl_jsonl", "jsonl"):
-            if not jsonl_specs:
-                raise UserError("task tgrl_jsonl needs --jsonl FILE (any JSONL file in the problem schema)")
-            continue
-        if name in ours:
-            tasks.append(
-                {"task": name.removeprefix(OUR_PREFIX), "lmms_task": name, "jsonl": None, "builtin": False}
-            )
-        elif OUR_PREFIX + name in ours:
-            tasks.append({"task": name, "lmms_task": OUR_PREFIX + name, "jsonl": None, "builtin": False})
-        else:  # an lmms-eval built-in task: its own prompt and scorer (not our protocol)
-            tasks.append({"task": name, "lmms_task": name, "jsonl": None, "builtin": True})
-    for spec in jsonl_specs:
-        name, path = jsonl_task_name(spec)
-        if not path.is_file():
-            raise UserError(f"--jsonl {path}: file not found (make data builds the synthetic set)")
-        tasks.append(
-            {"task": name, "lmms_task": f"tgrl_jsonl_{name}", "jsonl": path.resolve(), "builtin": False}
-        )
-    if not tasks:
-        raise UserError("no tasks: give --tasks, --jsonl or --suite")
-    names = [t["task"] for t in tasks]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise UserError(f"task(s) {duplicates} given twice")
-    return tasks
-
-
-def resolve_checkpoint(model: str) -> str:
-    """Absolute path of a local checkpoint folder, or a hub id as given."""
-    path = Path(model)
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise UserError(
-                f"{model}: not a model folder (no config.json). Fix: point --model at a saved checkpoint"
-            )
-        return str(path.resolve())
-    if model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise UserError(
-            f"{model}: checkpoint folder not found (and not a hub id like Qwen/Qwen2.5-VL-7B-Instruct)"
-        )
-    return model
-
-
-def default_run_name(checkpoint: str) -> str:
-    path = Path(checkpoint)
-    if not path.is_absolute():
-        return checkpoint.replace("/", "_")
-    if re.fullmatch(r"checkpoint-\d+|final|last", path.name):
-        return f"{path.parent.name}_{path.name}"
-    return path.name
-
-
-def run_metadata(checkpoint: Path) -> dict[str, Any]:
-    """Optional ``tgrl_run.json`` ({"run", "method", "seed"}) in the checkpoint folder or its parent."""
-    for folder in (checkpoint, checkpoint.parent):
-        meta = folder / "tgrl_run.json"
-        if meta.is_file():
-            try:
-                data = json.loads(meta.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise UserError(f"{meta}: not valid JSON ({err.msg})") from None
-            return {k: data.get(k) for k in ("run", "method", "seed") if data.get(k) is not None}
-    return {}
-
-
-def list_checkpoints(manifest: str | None, checkpoints_dir: str, explicit: list[str]) -> list[dict[str, Any]]:
-    """Checkpoints to evaluate: explicit paths, else a manifest (JSONL rows {"checkpoint", "run",
-    "method", "seed"}; relative paths against the manifest's folder), else every model folder under
-    ``checkpoints_dir`` (a folder with config.json and weights; trainer intermediates ``checkpoint-N``
-    are skipped)."""
-    entries: list[dict[str, Any]] = []
-    if explicit:
-        entries = [{"checkpoint": c} for c in explicit]
-    elif manifest:
-        for line, row in read_jsonl(manifest):
-            if not isinstance(row.get("checkpoint"), str):
-                raise UserError(f"{manifest}:{line}: field 'checkpoint' (a path or hub id) is required")
-            path = Path(row["checkpoint"])
-            if not path.is_absolute() and (Path(manifest).parent / path).exists():
-                row["checkpoint"] = str(Path(manifest).parent / path)
-            entries.append(row)
-    else:
-        root = Path(checkpoints_dir)
-        for config in sorted(root.rglob("config.json")):
-            folder = config.parent
-            has_weights = any(folder.glob("*.safetensors")) or (folder / "pytorch_model.bin").exists()
-            if not has_weights or any(
-                re.fullmatch(r"checkpoint-\d+", p) for p in folder.relative_to(root).parts
-            ):
-                continue
-            entries.append({"checkpoint": str(folder)})
-    out = []
-    for entry in entries:
-        checkpoint = entry["checkpoint"]
-        meta = run_metadata(Path(checkpoint)) if Path(checkpoint).exists() else {}
-        run = entry.get("run") or meta.get("run") or default_run_name(resolve_checkpoint(checkpoint))
-        out.append(
-            {
-                "checkpoint": checkpoint,
-                "run": run,
-                "method": entry.get("method") or meta.get("method") or run,
-                "seed": entry.get("seed", meta.get("seed")),
-            }
-        )
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# summary bookkeeping
-
-
-def pair_key(checkpoint: str, task: dict[str, Any], settings: dict[str, Any], limit: int | None) -> str:
-    """The identity of a finished (checkpoint, task): what must match for a rerun to be skipped."""
-    ident = {
-        "checkpoint": checkpoint,
-        "task": task["task"],
-        "lmms_task": task["lmms_task"],
-        "data_sha256": task.get("data_sha256"),
-        "limit": limit,
-        "settings_hash": settings_hash(settings),
-    }
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def finished_keys(summary: Path) -> set[str]:
-    if not summary.exists():
-        return set()
-    return {
-        row["key"]
-        for _, row in read_jsonl(summary, tolerate_torn_tail=True)
-        if isinstance(row.get("key"), str)
-    }
-
-
-def append_locked(path: Path, rows: list[dict]) -> None:
-    """Append under an exclusive lock: several evaluation processes may share one summary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            append_jsonl(path, rows)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def jsonable(obj: Any) -> Any:
-    """A JSON-safe copy (lmms-eval configs hold functions; docs may hold numpy values)."""
-    return json.loads(json.dumps(obj, default=str))
-
-
-def metric_n(samples: list[dict], metric: str) -> int:
-    """Items behind a metric: documents carrying it, or distinct ``group`` values for grouped metrics
-    (eval/tasks/tgrl/utils.py)."""
-    values = [s[metric] for s in samples if metric in s]
-    groups = [v.get("group") for v in values if isinstance(v, dict) and "group" in v]
-    if groups:
-        return len({json.dumps(g, sort_keys=True) for g in groups if g is not None})
-    return len(values)
-
-
-def summary_rows(
-    result: dict[str, Any], samples: list[dict], base: dict[str, Any], builtin: bool
-) -> list[dict[str, Any]]:
-    """One row per metric ``<name>,<filter>`` of lmms-eval's result (stderr entries skipped)."""
-    rows = []
-    for full_name, value in result.items():
-        if "," not in full_name or "_stderr" in full_name:
-            continue
-        metric = full_name.split(",", 1)[0]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise RuntimeError(f"task {base['task']}: metric {metric} has no number ({value!r})")
-        row = {**base, "metric": metric, "value": float(value), "n": metric_n(samples, metric)}
-        if value > 1.0 or value < 0.0:
-            if builtin and 1.0 < value <= 100.0:  # lmms-eval built-ins report percent
-                row["value"], row["scale"] = float(value) / 100.0, "percent_to_fraction"
-            else:
-                raise RuntimeError(
-                    f"task {base['task']}: metric {metric} = {value} is not a fraction in [0, 1]"
-                )
-        rows.append(row)
-    if not rows:
-        raise RuntimeError(f"task {base['task']}: lmms-eval returned no metric (results: {result})")
-    return rows
-
-
-# --------------------------------------------------------------------------------------------------
-# evaluation
-
-
-def build_model(checkpoint: str, settings: dict[str, Any], device: str | None):
-    from tgrl.lmms_model import TGRLModel
-
-    return TGRLModel(
-        pretrained=checkpoint,
-        backend=settings["backend"],
-        dtype=settings["dtype"],
-        device=device,
-        batch_size=settings["batch_size"],
-        min_pixels=settings["min_pixels"],
-        max_pixels=settings["max_pixels"],
-        attn_implementation=settings["attn_implementation"],
-        max_new_tokens=settings["max_new_tokens"],
-        seed=settings["eval_seed"],
-        tensor_parallel_size=settings["tensor_parallel_size"],
-        gpu_memory_utilization=settings["gpu_memory_utilization"],
-        max_model_len=settings["max_model_len"],
-    )
-
-
-def gen_kwargs_string(settings: dict[str, Any]) -> str:
-    """The decoding handed to lmms-eval (it overrides each task YAML's generation_kwargs)."""
-    if settings["decoding"] == "greedy":
-        return f"max_new_tokens={settings['max_new_tokens']},temperature=0,do_sample=False"
-    return (
-        f"max_new_tokens={settings['max_new_tokens']},temperature={settings['temperature']},"
-        f"top_p={settings['top_p']},do_sample=True"
-    )
-
-
-def evaluate_task(lm, task_manager, task: dict[str, Any], settings: dict[str, Any], limit: int | None):
-    """One lmms-eval run of one task; returns lmms-eval's result dict (None on ranks other than 0)."""
-    from lmms_eval import evaluator
-
-    seed = int(settings["eval_seed"])
-    return evaluator.simple_evaluate(
-        model=lm,
-        tasks=[task["lmms_task"]],
-        task_manager=task_manager,
-        limit=limit,
-        bootstrap_iters=0,
-        log_samples=True,
-        gen_kwargs=gen_kwargs_string(settings),
-        repeats=parse_decoding(settings["decoding"]),
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-        # one scoring worker: math-verify's wall-clock budget per answer (tgrl.rewards) must not
-        # depend on how many threads compete for the CPU, or a score could change with the machine
-        process_docs_parallel=1,
-        verbosity="WARNING",
-    )
-
-
-def write_task_outputs(out_dir: Path, record: dict[str, Any], samples: list[dict]) -> None:
-    logged = []
-    for sample in samples:
-        entry = {k: v for k, v in sample.items() if k not in ("arguments", "input_media")}
-        arguments = sample.get("arguments") or []
-        entry["input"] = arguments[0] if arguments else None
-        logged.append(jsonable(entry))
-    write_jsonl(out_dir / "samples.jsonl", logged)
-    write_json(out_dir / "results.json", jsonable(record))
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -458,11 +34,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--jsonl", action="append", default=[], help="[NAME=]FILE: the generic task on a problem JSONL"
     )
     p.add_argument("--suite", help="a suite of eval/suites.yaml: its tasks and settings (flags override)")
-    p.add_argument("--suites-file", default=str(SUITES_FILE))
+    p.add_argument("--suites-file", default=str(runner.SUITES_FILE))
     p.add_argument(
-        "--out", default=str(DEFAULT_OUT), help="raw lmms-eval outputs go to OUT/<run>/<task>__<hash>/"
+        "--out", default=str(runner.DEFAULT_OUT), help="raw lmms-eval outputs go to OUT/<run>/<task>__<hash>/"
     )
-    p.add_argument("--summary", default=str(DEFAULT_SUMMARY), help="summary JSONL the rows are appended to")
+    p.add_argument(
+        "--summary", default=str(runner.DEFAULT_SUMMARY), help="summary JSONL the rows are appended to"
+    )
     p.add_argument("--run", help="run name (default: from the checkpoint folder)")
     p.add_argument("--method", help="method key (base, grpo, tgrl, ...; default: the run name)")
     p.add_argument("--seed", type=int, help="training seed of the run (a label, not the sampling seed)")
@@ -497,25 +75,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--checkpoint", action="append", default=[], help="with --list-checkpoints: explicit paths"
     )
     m.add_argument("--print-setting", help="print one resolved setting (e.g. backend) and exit")
-    return p.parse_args(argv)
+    return p
 
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.list_checkpoints:
-        for entry in list_checkpoints(args.manifest, args.checkpoints_dir, args.checkpoint):
+        for entry in runner.list_checkpoints(args.manifest, args.checkpoints_dir, args.checkpoint):
             seed = "" if entry["seed"] is None else str(entry["seed"])
             print("\t".join([entry["checkpoint"], str(entry["run"]), str(entry["method"]), seed]))
         return 0
 
-    suite = None
-    if args.suite:
-        suites = load_suites(Path(args.suites_file))
-        if args.suite not in suites:
-            raise UserError(f"suite {args.suite!r} not in {args.suites_file}; known: {sorted(suites)}")
-        suite = suites[args.suite]
-    settings = resolve_settings(args, suite)
+    suite = runner.load_suite(args.suite, Path(args.suites_file)) if args.suite else None
+    settings = runner.resolve_settings(vars(args), suite)
     if args.print_setting:
         if args.print_setting not in settings:
             raise UserError(f"unknown setting {args.print_setting!r}; known: {sorted(settings)}")
@@ -525,143 +98,27 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TGRL_JUDGE_MODEL"] = str(settings["judge"])
     if not args.model:
         raise UserError("--model is required (a checkpoint folder or hub id)")
-    checkpoint = resolve_checkpoint(args.model)
-
-    task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    jsonl_specs = list(args.jsonl)
-    if suite and not task_names and not jsonl_specs:
-        task_names = list(suite.get("tasks") or [])
-        jsonl_specs = [f"{name}={REPO_ROOT / path}" for name, path in (suite.get("jsonl") or {}).items()]
-    tasks = resolve_tasks(task_names, jsonl_specs)
-    for task in tasks:
-        if task["jsonl"] is not None:
-            task["data_sha256"] = sha256_file(task["jsonl"])
-
-    meta = run_metadata(Path(checkpoint)) if Path(checkpoint).is_absolute() else {}
-    run = args.run or meta.get("run") or default_run_name(checkpoint)
-    method = args.method or meta.get("method") or run
-    seed = args.seed if args.seed is not None else meta.get("seed")
-    summary = Path(args.summary)
-    done = set() if args.force else finished_keys(summary)
-    for task in tasks:
-        task["key"] = pair_key(checkpoint, task, settings, args.limit)
-    pending = [t for t in tasks if t["key"] not in done]
-    for task in tasks:
-        if task not in pending:
-            print(f"[run_lmms_eval] {run} / {task['task']}: finished earlier (summary {summary}); skipping")
-    if not pending:
-        return 0
-
-    # --- the expensive part starts here (torch, lmms-eval, the model) ---
-    # Some lmms-eval task modules build an OpenAI client at import and fail without a key; a
-    # placeholder is enough for them (our judge, when enabled, needs a real key).
-    os.environ.setdefault("OPENAI_API_KEY", "EMPTY")
-    from tgrl.utils import set_torch_threads
-
-    set_torch_threads()
-    rank = int(os.environ.get("RANK", "0"))
-    hash16 = settings_hash(settings)
-    run_dir = Path(args.out) / run.replace("/", "__")
-    generated = run_dir / "_tasks"
-    include = [str(TASKS_DIR)]
-    if any(t["jsonl"] is not None for t in pending):
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("tgrl_task_utils", TASKS_DIR / "tgrl" / "utils.py")
-        task_utils = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(task_utils)
-        for task in pending:
-            if task["jsonl"] is not None:
-                info = task_utils.write_jsonl_task(task["jsonl"], generated, task["task"])
-                task["n_rows"] = info["n"]
-        include.append(str(generated))
-
-    from lmms_eval.tasks import TaskManager
-
-    task_manager = TaskManager(
-        "WARNING", include_path=include, include_defaults=any(t["builtin"] for t in pending)
+    plan = runner.plan_evaluation(
+        args.model,
+        [t.strip() for t in args.tasks.split(",") if t.strip()],
+        list(args.jsonl),
+        settings,
+        suite=suite,
+        suite_name=args.suite,
+        run=args.run,
+        method=args.method,
+        seed=args.seed,
+        limit=args.limit,
+        summary=args.summary,
+        force=args.force,
     )
-    missing = [t["lmms_task"] for t in pending if t["lmms_task"] not in task_manager.all_tasks]
-    if missing:
-        raise UserError(f"lmms-eval does not know task(s) {missing}; ours: {sorted(our_tasks())}")
-    lm = build_model(checkpoint, settings, args.device)
-    recorded = {**settings, "device": lm.settings()["device"]}
-    versions = package_versions()
-    commit = git_commit()
-    for task in pending:
-        print(f"[run_lmms_eval] {run} / {task['task']} ({task['lmms_task']}): evaluating")
-        started = time.time()
-        try:
-            results = evaluate_task(lm, task_manager, task, settings, args.limit)
-        except Exception as err:  # keep the traceback, end with one line that says what failed
-            traceback.print_exc()
-            cause = err
-            while cause.__cause__ is not None or cause.__context__ is not None:
-                cause = cause.__cause__ or cause.__context__
-            hint = ""
-            if any(
-                w in f"{type(cause).__name__} {cause}".lower()
-                for w in ("connection", "not cached", "offline")
-            ):
-                hint = (
-                    " The benchmark data is not in the local Hugging Face cache and the network is not "
-                    "reachable: download it where there is network (HF_HOME shared with this machine)."
-                )
-            print(
-                f"error: {run} / {task['task']} ({task['lmms_task']}) failed inside lmms-eval: "
-                f"{type(cause).__name__}: {str(cause)[:300]}.{hint}",
-                file=sys.stderr,
-            )
-            raise SystemExit(1) from None
-        seconds = round(time.time() - started, 2)
-        if rank != 0:
-            continue
-        if results is None or task["lmms_task"] not in results.get("results", {}):
-            raise RuntimeError(f"lmms-eval returned no results for {task['lmms_task']}")
-        samples = results.get("samples", {}).get(task["lmms_task"], [])
-        out_dir = run_dir / f"{task['task']}__{hash16}"
-        base = {
-            "run": run,
-            "method": method,
-            "seed": seed,
-            "checkpoint": checkpoint,
-            "task": task["task"],
-            "decoding": decoding_label(settings),
-            "suite": args.suite or "adhoc",
-            "git_commit": commit,
-            "versions": versions,
-            "time": datetime.now(UTC).isoformat(timespec="seconds"),
-            "settings": {
-                **recorded,
-                "model": lm.settings(),
-                "generation": lm.generation_used.get(task["lmms_task"]),
-                "extraction": "tgrl.rewards.score_completion"
-                if not task["builtin"]
-                else "lmms-eval built-in",
-            },
-            "key": task["key"],
-            "settings_hash": hash16,
-            "lmms_task": task["lmms_task"],
-            "limit": args.limit,
-            "eval_seconds": seconds,
-            "results_dir": str(out_dir),
-        }
-        if task["jsonl"] is not None:
-            base["settings"]["data"] = {"jsonl": str(task["jsonl"]), "sha256": task["data_sha256"]}
-        rows = summary_rows(results["results"][task["lmms_task"]], samples, base, task["builtin"])
-        record = {
-            "task": task["task"],
-            "lmms_task": task["lmms_task"],
-            "results": results["results"][task["lmms_task"]],
-            "n_samples": results.get("n-samples", {}).get(task["lmms_task"]),
-            "config": results.get("configs", {}).get(task["lmms_task"]),
-            "lmms_eval_version": results.get("lmms_eval_version"),
-            "summary_rows": rows,
-        }
-        write_task_outputs(out_dir, record, samples)
-        append_locked(summary, rows)
-        shown = ", ".join(f"{r['metric']}={r['value']:.4f} (n={r['n']})" for r in rows)
-        print(f"[run_lmms_eval] {run} / {task['task']}: {shown} in {seconds:.1f}s -> {out_dir}")
+    if not plan.pending:
+        return 0
+    try:
+        runner.run_plan(plan, args.out, args.device)
+    except runner.EvaluationFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -21,13 +21,9 @@ except ImportError:  # pragma: no cover - torch is part of every install
     pass
 
 
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +39,8 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     """A small synthetic dataset (60 train / 30 test, seed 0): OUT/{train,test}.jsonl + images."""
-    sys.path.insert(0, str(REPO_ROOT / "data_prep"))
-    from make_synthetic import build
+    from tgrl.synthetic import build_dataset
 
     out = tmp_path_factory.mktemp("synthetic")
-    build(out, n_train=60, n_test=30, seed=0)
+    build_dataset(out, n_train=60, n_test=30, seed=0)
     return out

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.bench_step import ratio_records
 from tests.helpers import write_expert_set
+from tgrl.benchmarking import interleaved
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from bench_step import interleaved, ratio_records  # noqa: E402
 
 STEP_KEYS = {
     "bench",

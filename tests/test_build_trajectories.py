@@ -4,20 +4,16 @@ resume after a torn write, settings guard, config files, shards and their merge 
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from data_prep import build_teacher_trajectories as btt
+from data_prep import merge_shards
 from tgrl.data import load_problems
 from tgrl.rewards import score_completion
 from tgrl.utils import REPO_ROOT, UserError
-
-sys.path.insert(0, str(REPO_ROOT / "data_prep"))
-
-import build_teacher_trajectories as btt  # noqa: E402
-import merge_shards  # noqa: E402
 
 RECORD_KEYS = {
     "id",
@@ -201,7 +197,7 @@ def test_gpu_launcher_dry_run_prints_valid_commands(env):
     import shlex
     import subprocess
 
-    import filter_trajectories
+    from data_prep import filter_trajectories
 
     script = REPO_ROOT / "scripts" / "build_teacher_7b.sh"
     done = subprocess.run(

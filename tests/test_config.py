@@ -101,10 +101,7 @@ def test_override_forms():
 
 
 def test_rl_script_reports_unknown_key_without_traceback(tmp_path, capsys):
-    import sys
-
-    sys.path.insert(0, "train")
-    import rl
+    from train import rl
 
     path = recipe(tmp_path, BASE.format(out=tmp_path / "o") + "bogus_key: 1\n")
     with pytest.raises(SystemExit) as exit_info:
@@ -149,3 +146,18 @@ def test_yaml_errors_name_the_file_for_recipes_and_script_configs(tmp_path):
             parse_args_with_config(parser, ["--config", str(path)])
     with pytest.raises(UserError, match="nope.yaml: config file not found"):
         parse_args_with_config(parser, ["--config", str(tmp_path / "nope.yaml")])
+
+
+def test_yaml_numbers_take_the_field_type_and_env_must_be_a_mapping(tmp_path):
+    """YAML numbers are converted like their command-line spelling: a float field read as ``20`` is 20.0,
+    an int field read as ``1.5`` is an error naming the file."""
+    path = recipe(tmp_path, BASE.format(out=tmp_path / "o") + "warmup_steps: 20\nmax_steps: 3\n")
+    (_, train, _), merged = parse_recipe(TYPES, ["--config", path])
+    assert train.warmup_steps == 20.0 and isinstance(train.warmup_steps, float)
+    assert train.max_steps == 3 and merged["warmup_steps"] == 20
+    path = recipe(tmp_path, BASE.format(out=tmp_path / "o") + "seed: 1.5\n")
+    with pytest.raises(UserError, match=f"{path}: 'seed' = 1.5 has the wrong type"):
+        parse_recipe(TYPES, ["--config", path])
+    path = recipe(tmp_path, BASE.format(out=tmp_path / "o") + "env: [A, B]\n")
+    with pytest.raises(UserError, match="'env' must be a mapping"):
+        parse_recipe(TYPES, ["--config", path])

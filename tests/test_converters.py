@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from data_prep import convert_geometry3k, convert_virl39k
 from tgrl.converters import clean_gold, split_inline_choices, strip_image_tags, unbox
 from tgrl.data import load_problems
 from tgrl.utils import REPO_ROOT
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "converters"
-sys.path.insert(0, str(REPO_ROOT / "data_prep"))
 
-import convert_geometry3k  # noqa: E402
-import convert_virl39k  # noqa: E402
 
 VIRL_SCHEMA = pa.schema(
     [

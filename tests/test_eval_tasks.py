@@ -7,7 +7,6 @@ task YAMLs are loaded with lmms-eval's own loader, so every ``!function`` must r
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -25,10 +24,9 @@ FIXTURE_FOR = {
 
 @pytest.fixture(scope="module")
 def utils():
-    spec = importlib.util.spec_from_file_location("tgrl_task_utils_test", TASKS / "utils.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tgrl.evaluation import tasks
+
+    return tasks
 
 
 def fixture_rows(task: str) -> list[dict]:

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import pytest
 import torch
 
+from data_prep import filter_trajectories as filter_script
 from tgrl.data import load_problems
 from tgrl.filters import FilterConfig, filter_trajectories, response_logprobs, response_token_ids
 from tgrl.modeling import encode_prompts, load_model_and_processor
 from tgrl.utils import REPO_ROOT, UserError
 
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "filters"
-sys.path.insert(0, str(REPO_ROOT / "data_prep"))
 
-import filter_trajectories as filter_script  # noqa: E402
 
 MAX_TOKENS = 64  # the fixture's long trace (~280 tokens) exceeds it, the others (~25) fit
 
@@ -220,7 +218,7 @@ def test_script_writes_a_training_set(tiny_checkpoint, tmp_path, capsys):
 
 def test_oracle_then_filter_pipeline(synthetic_dir, tiny_checkpoint, tmp_path):
     """The issue's done-when in miniature: oracle trajectories, then the filter, give a training set."""
-    import build_teacher_trajectories
+    from data_prep import build_teacher_trajectories
 
     teacher_out, train_out = tmp_path / "teacher", tmp_path / "train"
     data = synthetic_dir / "train.jsonl"

@@ -14,16 +14,6 @@ import pytest
 from tests.helpers import write_expert_set
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = [
-    "run_tgrl_7b.sh",
-    "run_grpo_7b.sh",
-    "run_sft_rl_7b.sh",
-    "run_gpu_7b.sh",
-    "run_tiny.sh",
-    "_launch.sh",
-    "bench.sh",
-    "smoke_gpu.sh",
-]
 
 
 def bash(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -44,9 +34,98 @@ def bash(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_scripts_are_valid_bash(script):
-    assert subprocess.run(["bash", "-n", f"scripts/{script}"], cwd=REPO).returncode == 0
+def parse_script(script: str, args: list[str]):
+    """``args`` through the argument parsing of ``script`` itself: the recipe parser for train/, each
+    script's own ``build_parser`` (with its ``--config`` file support where it has one) elsewhere."""
+    import importlib
+
+    from trl import ModelConfig, SFTConfig
+
+    from tgrl.config import RLScriptArguments, SFTScriptArguments, parse_recipe
+    from tgrl.teachers.base import parse_args_with_config
+    from tgrl.trainer import TGRLConfig
+
+    if script in ("train/rl.py", "train/sft.py"):
+        types = (RLScriptArguments, TGRLConfig, ModelConfig)
+        if script == "train/sft.py":
+            types = (SFTScriptArguments, SFTConfig, ModelConfig)
+        return parse_recipe(types, [*args, "use_cpu=true", "bf16=false"])  # this machine has no GPU
+    module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
+    if script in ("data_prep/build_teacher_trajectories.py", "data_prep/filter_trajectories.py"):
+        return parse_args_with_config(module.build_parser(), args)
+    return module.build_parser().parse_args(args)
+
+
+def parse_printed(command: list[str]) -> str:
+    """A printed command (interpreter or accelerate first) through the parsers of what it runs: accelerate
+    launch's own parser, then the launched script's. Returns the script."""
+    from accelerate.commands.launch import launch_command_parser
+
+    program, *args = command
+    if program.endswith("accelerate") and args[:1] == ["launch"]:
+        launched = launch_command_parser().parse_args(args[1:])
+        script, args = launched.training_script, launched.training_script_args
+    else:
+        script, *args = args
+    parse_script(script, args)
+    return script
+
+
+# Every launcher with a DRY_RUN (scripts/_launch.sh, which they source, with them), and the environment
+# of its dry run: the printed commands must be ones the launched programs accept.
+DRY_RUNS = {
+    "run_tgrl_7b.sh": ({}, ["train/rl.py"]),
+    "run_grpo_7b.sh": (
+        {"NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.1.2.3", "ZERO": "3", "VLLM_MODE": "server"},
+        ["train/rl.py"],
+    ),
+    "run_sft_rl_7b.sh": ({"SFT_OUTPUT": "/tmp/tgrl-no-such-sft"}, ["train/sft.py", "train/rl.py"]),
+    "run_gpu_7b.sh": (
+        {"RECIPE": "train/recipes/7b/luffy_vl.yaml", "NUM_GPUS": "4", "CHECKPOINTS": "last"},
+        ["train/rl.py"],
+    ),
+    "run_tiny.sh tgrl seed=1": ({"USE_ACCELERATE": "1", "NUM_PROCS": "2"}, ["train/rl.py"]),
+    "run_tiny.sh base_direct_sft": ({}, ["train/sft.py"]),
+    "smoke_gpu.sh": (
+        {},
+        [
+            "data_prep/build_tiny_model.py",
+            "data_prep/make_synthetic.py",
+            "data_prep/build_teacher_trajectories.py",
+            "data_prep/filter_trajectories.py",
+            "data_prep/build_teacher_trajectories.py",
+            "train/rl.py",
+            "eval/run_lmms_eval.py",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("launcher", DRY_RUNS)
+def test_dry_run_commands_pass_the_launched_programs_own_parsers(launcher, tmp_path):
+    import shlex
+
+    env, scripts = DRY_RUNS[launcher]
+    script, *args = launcher.split()
+    result = bash(script, *args, DRY_RUN="1", WORK=str(tmp_path / "w"), **env)
+    assert result.returncode == 0, result.stderr
+    commands = [shlex.split(line[2:]) for line in result.stdout.splitlines() if line.startswith("+ ")]
+    assert [parse_printed(command) for command in commands] == scripts
+
+
+def test_bench_passes_its_arguments_to_both_benchmarks_parsers(tmp_path):
+    """bench.sh has no dry run: a stand-in interpreter records what it is given."""
+    import shlex
+
+    log = tmp_path / "calls"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/usr/bin/env bash\nprintf "%q " "$@" >> {log}\necho >> {log}\n')
+    fake.chmod(0o755)
+    result = bash("bench.sh", "--no-reuse-base", PY=str(fake), OUT=str(tmp_path / "out"), QUICK="1")
+    assert result.returncode == 0, result.stderr
+    calls = [shlex.split(line) for line in log.read_text().splitlines()]
+    scripts = [parse_printed([str(fake), *call]) for call in calls if call[0] != "-"]
+    assert scripts == ["benchmarks/bench_step.py", "benchmarks/bench_throughput.py"]
 
 
 def test_dry_run_prints_the_7b_command():
@@ -227,7 +306,8 @@ def fake_stack(tmp_path, failing: str) -> dict[str, str]:
     tool = f"""#!/usr/bin/env bash
 case "$*" in
   "-c "*) exit 0 ;;
-  {failing}) echo 'Traceback (most recent call last):'; echo 'ValueError: fake failure in this stage' >&2; exit 1 ;;
+  {failing})
+    echo 'Traceback (most recent call last):'; echo 'ValueError: fake failure in this stage' >&2; exit 1 ;;
   *) echo "ran: $*" ;;
 esac
 """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -55,14 +54,26 @@ def test_entry_point_manifest_resolves_to_the_class() -> None:
 
 
 def test_pyproject_entry_point_names_the_manifest() -> None:
-    text = (REPO / "pyproject.toml").read_text()
-    value = re.search(r'^tgrl = "([^"]+)"', text, re.M).group(1)
-    if value != "tgrl.lmms_model:lmms_eval_manifest":
-        pytest.skip(f"pyproject declares {value!r}; lmms-eval 0.7.3 needs tgrl.lmms_model:lmms_eval_manifest")
+    """The entry point pyproject declares is one lmms-eval 0.7.3 can load (it calls the object and wants a
+    ModelManifest: the class itself fails), the installed package declares the same one, and
+    ``--model tgrl`` resolves to TGRLModel through it."""
+    import tomllib
+    from importlib.metadata import entry_points
+
     from lmms_eval.models import get_model
+    from lmms_eval.models.registry_v2 import ModelRegistryV2
 
     from tgrl.lmms_model import TGRLModel
 
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]
+    value = declared["lmms_eval.models"]["tgrl"]
+    registry = ModelRegistryV2()
+    payload = EntryPoint(name="tgrl", value=value, group="lmms_eval.models").load()
+    for manifest in registry._coerce_payload_to_manifests(payload):
+        registry.register_manifest(manifest)
+    assert registry.get_model_class("tgrl") is TGRLModel
+    installed = [e.value for e in entry_points(group="lmms_eval.models") if e.name == "tgrl"]
+    assert installed == [value], f"the installed tgrl declares {installed}: reinstall it (make install)"
     assert get_model("tgrl") is TGRLModel
 
 

@@ -28,7 +28,7 @@ def _process(processor, images):
     return out["pixel_values"], out["image_grid_thw"]
 
 
-# --------------------------------------------------------------------------------------------------- PIL images
+# ------------------------------------------------------------------------------------------------ PIL images
 
 
 def test_patch_blackening_hand_mask_and_determinism():
@@ -70,7 +70,7 @@ def test_unknown_mode_names_valid_ones():
         )
 
 
-# --------------------------------------------------------------------------------------------------- patch space
+# ----------------------------------------------------------------------------------------------- patch space
 
 
 @pytest.mark.parametrize("mode", ["patch_blackening", "full_mask"])

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "eval" / "plot_training.py"
+import tgrl.evaluation.plots as pt
+from eval import plot_training
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _load_module():
-    spec = importlib.util.spec_from_file_location("plot_training", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["plot_training"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-pt = _load_module()
 
 
 def write_metrics(path: Path, rows: list[dict]) -> Path:
@@ -68,9 +56,40 @@ def two_runs(tmp_path: Path) -> list[Path]:
     ]
 
 
-def test_pngs_per_run_and_overlays(tmp_path: Path, two_runs: list[Path]) -> None:
+def axes_ink(fig) -> list[int]:
+    """Non-background pixels inside each visible axes of a figure, legends hidden: what the curves drew
+    (the frame, ticks and labels are outside the measured area)."""
+    import numpy as np
+
+    legends = [legend for ax in fig.axes if (legend := ax.get_legend()) is not None]
+    for legend in legends:
+        legend.set_visible(False)
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    ink = []
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        box = ax.get_window_extent()
+        top, bottom = pixels.shape[0] - int(box.y1) + 3, pixels.shape[0] - int(box.y0) - 3  # y runs up
+        inside = pixels[top:bottom, int(box.x0) + 3 : int(box.x1) - 3]
+        ink.append(int((np.abs(inside - 255).sum(axis=-1) > 30).sum()))
+    for legend in legends:
+        legend.set_visible(True)
+    return ink
+
+
+def test_pngs_per_run_and_overlays(tmp_path: Path, two_runs: list[Path], monkeypatch) -> None:
+    ink: dict[str, list[int]] = {}
+    save = pt.save_atomic
+
+    def measured_save(fig, path: Path) -> None:
+        ink[path.name] = axes_ink(fig)
+        save(fig, path)
+
+    monkeypatch.setattr(pt, "save_atomic", measured_save)
     out = tmp_path / "plots"
-    assert pt.main(["--metrics", *map(str, two_runs), "--out", str(out), "--smooth", "5"]) == 0
+    assert plot_training.main(["--metrics", *map(str, two_runs), "--out", str(out), "--smooth", "5"]) == 0
     expected = [
         "tiny_grpo_s1.png",
         "tiny_tgrl_s1.png",
@@ -84,6 +103,11 @@ def test_pngs_per_run_and_overlays(tmp_path: Path, two_runs: list[Path]) -> None
         data = (out / name).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 5000, name
     assert not list(out.glob(".*"))  # no temp files left behind
+    # every panel of every figure has its curves drawn (a blank panel would still be a valid PNG)
+    assert set(ink) == {path.name for path in out.glob("*.png")}
+    assert (len(ink["tiny_grpo_s1.png"]), len(ink["tiny_tgrl_s1.png"]), len(ink["overlay.png"])) == (5, 6, 7)
+    for name, per_axes in ink.items():
+        assert min(per_axes) > 100, (name, per_axes)
 
 
 def test_candidate_keys_and_resume_semantics(two_runs: list[Path]) -> None:
@@ -104,7 +128,7 @@ def test_malformed_metrics_exit_2(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "run" / "metrics.jsonl"
     bad.parent.mkdir()
     bad.write_text('{"step": 1, "reward": 0.5}\n{"step": 2, "reward": \n')
-    assert pt.main(["--metrics", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert plot_training.main(["--metrics", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "line 2" in err
 

@@ -14,16 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_prep import build_teacher_trajectories as btt
+from data_prep import merge_shards
 from tgrl.data import load_problems
 from tgrl.modeling import load_processor, prompt_length
 from tgrl.pixels import DEFAULT_BUDGET
 from tgrl.rl_data import check_prompt_budget
-from tgrl.utils import REPO_ROOT, UserError, write_jsonl
-
-sys.path.insert(0, str(REPO_ROOT / "data_prep"))
-
-import build_teacher_trajectories as btt  # noqa: E402
-import merge_shards  # noqa: E402
+from tgrl.utils import UserError, write_jsonl
 
 MAX_MODEL_LEN = 2048
 

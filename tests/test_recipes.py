@@ -3,9 +3,9 @@ table differ only in the keys that table varies; every recipe type trains on the
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -216,8 +216,7 @@ def _params(path):
 
 
 def run_script(script: str, recipe: str, *overrides: str) -> None:
-    sys.path.insert(0, str(REPO / "train"))
-    module = __import__(script)
+    module = importlib.import_module(f"train.{script}")
     module.main(["--config", str(RECIPES / "tiny" / f"{recipe}.yaml"), *overrides])
 
 

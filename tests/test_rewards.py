@@ -34,7 +34,9 @@ from tgrl.rewards import (
     score_completion,
 )
 
-TIME_LIMIT_SECONDS = 1.0
+# Generous on purpose: the deadline is 0.5 s per call and these cases take minutes without it; a busy
+# 2-core machine can stretch a bounded call by seconds.
+TIME_LIMIT_SECONDS = 5.0
 ABCD = ["3", "5", "7", "9"]
 COLOURS = ["red", "blue", "green", "yellow"]
 
@@ -166,7 +168,8 @@ MATCH_CASES = [
 
 def _case_id(case: tuple) -> str:
     pred, gold, choices, answer_type, expected = case
-    return f"{pred!r}~{gold!r}{'+choices' if choices else ''}{f'[{answer_type}]' if answer_type else ''}={expected}"
+    kind = f"[{answer_type}]" if answer_type else ""
+    return f"{pred!r}~{gold!r}{'+choices' if choices else ''}{kind}={expected}"
 
 
 @pytest.fixture(scope="module")
@@ -214,15 +217,18 @@ def test_extract_answer(text: str, expected: str | None) -> None:
     assert extract_answer(text) == expected
 
 
-def test_tag_constants_are_the_prompt_module_ones() -> None:
-    import tgrl.prompts as prompts
+def test_the_format_the_prompt_asks_for_is_the_one_the_rewards_score() -> None:
+    """The system prompt shows the model the output format by example; that example and
+    :func:`tgrl.prompts.format_response` must earn the format reward and give back their answer (a tag
+    renamed in prompt.yaml, in tgrl.prompts or in the reward code fails here)."""
+    from tgrl.prompts import format_response, system_prompt
 
-    assert (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE) == (
-        prompts.THINK_OPEN,
-        prompts.THINK_CLOSE,
-        prompts.ANSWER_OPEN,
-        prompts.ANSWER_CLOSE,
-    )
+    tags = [re.escape(tag) for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)]
+    shown = re.search("{}[^<]*{}\\s*{}[^<]*{}".format(*tags), system_prompt())
+    assert shown, f"the system prompt shows no {THINK_OPEN}...{ANSWER_CLOSE} example: {system_prompt()!r}"
+    assert format_reward([shown.group(0)]) == [1.0] and extract_answer(shown.group(0)) == "answer"
+    written = format_response("3 red, 4 blue", "7")
+    assert format_reward([written]) == [1.0] and score_completion(written, "7") == 1.0
 
 
 # ---------------------------------------------------------------- TRL reward functions
@@ -347,9 +353,13 @@ def test_registry() -> None:
 
 
 def test_docstring_examples() -> None:
+    import tgrl.number_parsing as number_parsing
+
     result = doctest.testmod(rewards, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 10
     assert result.failed == 0
+    result = doctest.testmod(number_parsing, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 1 and result.failed == 0
 
 
 # ---------------------------------------------------------------- safety and time bounds
@@ -475,13 +485,17 @@ def test_answer_text_never_reaches_eval(monkeypatch: pytest.MonkeyPatch, warm_ma
 
 _COLD_FIRST_CALL = """
 import json, time
+from tgrl import bounded_math_verify
 from tgrl.rewards import MV_TIME_BUDGET_SECONDS, get_reward_funcs
+cold = not bounded_math_verify._mv_warmed_up.is_set()
 (accuracy,) = get_reward_funcs(["accuracy"])          # construction: the one-time warm-up happens here
+warm = bounded_math_verify._mv_warmed_up.is_set()
 start = time.perf_counter()
 score = accuracy(["<think>factor</think><answer>(x-1)(x+1)</answer>"], ["x^2-1"])
 seconds = time.perf_counter() - start
 again = accuracy(["<think>factor</think><answer>(x-1)(x+1)</answer>"], ["x^2-1"])
-print(json.dumps({"seconds": seconds, "score": score, "again": again, "budget": MV_TIME_BUDGET_SECONDS}))
+print(json.dumps({"seconds": seconds, "score": score, "again": again, "budget": MV_TIME_BUDGET_SECONDS,
+                  "warmed_by_construction": cold and warm}))
 """
 
 
@@ -494,7 +508,7 @@ def test_first_latex_comparison_in_a_fresh_process_keeps_the_time_bound() -> Non
 
     from tgrl.utils import REPO_ROOT
 
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-c", _COLD_FIRST_CALL],
         cwd=REPO_ROOT,
@@ -506,7 +520,9 @@ def test_first_latex_comparison_in_a_fresh_process_keeps_the_time_bound() -> Non
     assert result.returncode == 0, result.stderr[-2000:]
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     assert measured["again"] == [1.0]  # the pair is equal under math-verify (it needs it: no cheap rule)
-    # The per-call deadline holds on the first call (before: 1-2 s, the cold start inside the call). Its
-    # score is not asserted: on a loaded 2-core machine a first polynomial comparison takes 0.1-0.3 s of
-    # the 0.5 s budget even warm, and the deadline, not this test, decides what happens past it.
-    assert measured["seconds"] < measured["budget"] + 0.25, measured
+    # The cold start happens at construction, not inside the first (timed) call: checked on the flag,
+    # which no machine load can move. The time bound is generous (before the fix: 1-2 s cold inside the
+    # call; a busy 2-core machine can add a second to a bounded one). The first call's score is not
+    # asserted: under load the deadline, not this test, decides what happens past the budget.
+    assert measured["warmed_by_construction"], measured
+    assert measured["seconds"] < measured["budget"] + 1.5, measured

@@ -6,7 +6,6 @@ test split through the generic JSONL task, then reruns the same command and chec
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,17 +19,11 @@ RUNNER = REPO / "eval" / "run_lmms_eval.py"
 EXPECTED_METRICS = {"acc", "acc_sum", "acc_diff", "acc_cmp", "fact_acc", "format"}
 
 
-def load_module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def runner():
-    return load_module(RUNNER, "run_lmms_eval_test")
+    from tgrl.evaluation import runner
+
+    return runner
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -85,9 +78,9 @@ def test_end_to_end_then_rerun_skips(tiny_checkpoint, synthetic_dir, tmp_path) -
     assert n["acc_sum"] + n["acc_diff"] + n["acc_cmp"] == 30
 
     # the rows pass the table maker's own validation (the consumer of this file)
-    if (REPO / "eval" / "make_tables.py").exists():
-        make_tables = load_module(REPO / "eval" / "make_tables.py", "make_tables_test")
-        assert len(make_tables.load_summary([str(summary)])) == len(rows)
+    from tgrl.evaluation.tables import load_summary
+
+    assert len(load_summary([str(summary)])) == len(rows)
 
     results_dir = Path(rows[0]["results_dir"])
     results = json.loads((results_dir / "results.json").read_text())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -74,8 +73,7 @@ def _params(path):
 
 
 def test_sft_script_trains_direct_and_expert_targets(tiny_checkpoint, expert_train, synthetic_dir, tmp_path):
-    sys.path.insert(0, str(REPO / "train"))
-    import sft
+    from train import sft
 
     before = _params(tiny_checkpoint)
     for name, data in (("base_direct_sft", synthetic_dir / "train.jsonl"), ("sft", expert_train)):

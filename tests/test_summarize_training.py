@@ -1,15 +1,11 @@
 """eval/summarize_training.py: the visual-dependency diagnostic as summary rows (tail means), once."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "eval"))
-
-import summarize_training  # noqa: E402
+from eval import summarize_training
 
 
 def write_metrics(path: Path, steps: int, expert: float) -> None:

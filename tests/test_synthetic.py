@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 from tgrl.data import load_problems
-from tgrl.synthetic import count_colors_from_pixels
-from tgrl.utils import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "data_prep"))
-from make_synthetic import build  # noqa: E402
-
-from tgrl.utils import UserError  # noqa: E402
+from tgrl.synthetic import build_dataset, count_colors_from_pixels
+from tgrl.utils import UserError
 
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:
@@ -35,9 +29,9 @@ def answer_from_question(question: str, counts: dict[str, int]) -> str:
 
 
 def test_same_seed_gives_byte_identical_output(tmp_path):
-    build(tmp_path / "a", 24, 12, seed=3)
-    build(tmp_path / "b", 24, 12, seed=3)
-    build(tmp_path / "c", 24, 12, seed=4)
+    build_dataset(tmp_path / "a", 24, 12, seed=3)
+    build_dataset(tmp_path / "b", 24, 12, seed=3)
+    build_dataset(tmp_path / "c", 24, 12, seed=4)
     a, b, c = (tree_bytes(tmp_path / x) for x in "abc")
     assert a == b
     assert a["train.jsonl"] != c["train.jsonl"]
@@ -73,18 +67,18 @@ def test_splits_are_disjoint_and_manifest_counts(synthetic_dir):
 
 
 def test_rerun_is_noop_and_other_args_need_force(tmp_path):
-    build(tmp_path, 6, 3, seed=0)
+    build_dataset(tmp_path, 6, 3, seed=0)
     before = tree_bytes(tmp_path)
-    build(tmp_path, 6, 3, seed=0)
+    build_dataset(tmp_path, 6, 3, seed=0)
     assert tree_bytes(tmp_path) == before
     with pytest.raises(UserError, match="--force"):
-        build(tmp_path, 6, 3, seed=1)
-    build(tmp_path, 6, 3, seed=1, force=True)
+        build_dataset(tmp_path, 6, 3, seed=1)
+    build_dataset(tmp_path, 6, 3, seed=1, force=True)
     assert tree_bytes(tmp_path)["train.jsonl"] != before["train.jsonl"]
 
 
 def test_cmp_never_ties_and_diff_non_negative(tmp_path):
-    build(tmp_path, 300, 0, seed=9)
+    build_dataset(tmp_path, 300, 0, seed=9)
     for p in load_problems(tmp_path / "train.jsonl", check_images=False):
         a, b = p.meta["question_colors"]
         c = p.meta["counts"]

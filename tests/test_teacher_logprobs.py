@@ -4,23 +4,20 @@ resumes, settings changes are refused, and the trainer trains on (and checks) th
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from data_prep import score_teacher_logprobs as stl
 from tests.helpers import write_expert_set
 from tgrl.data import load_problems
 from tgrl.filters import response_logprobs, response_token_ids
 from tgrl.modeling import load_model_and_processor
 from tgrl.utils import read_jsonl
+from train import rl
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "data_prep"))
-sys.path.insert(0, str(REPO / "train"))
-
-import score_teacher_logprobs as stl  # noqa: E402
 
 
 @pytest.fixture()
@@ -111,8 +108,6 @@ def test_teacher_with_another_tokenizer_is_refused(expert_set, tiny_checkpoint, 
 
 
 def test_teacher_is_recipe_trains_and_checks_its_input(expert_set, tiny_checkpoint, tmp_path):
-    import rl
-
     stl.main(["--data", str(expert_set), "--teacher", str(tiny_checkpoint), "--no-progress"])
     common = [
         "--config", str(REPO / "train/recipes/tiny/tgrl_ratio_teacher_is.yaml"),

@@ -164,8 +164,61 @@ def test_hf_backend_on_tiny_checkpoint(tiny_checkpoint, synthetic_dir):
 # --- vllm -------------------------------------------------------------------------------------------
 
 
-def test_vllm_engine_and_sampling_kwargs():
-    from tgrl.teachers.vllm_backend import SUPPRESS_BIAS, engine_kwargs, sampling_kwargs
+# vLLM cannot be installed on these CPU machines, so its signatures are written down here as its sources
+# state them: ``vllm.LLM(model, ...)`` passes its keywords to ``EngineArgs`` (vllm/entrypoints/llm.py,
+# vllm/engine/arg_utils.py), and ``SamplingParams`` (vllm/sampling_params.py) is a struct of these fields.
+# Only the arguments we pass are listed, with the types the sources give. Where vLLM is installed (the GPU
+# environment) the test also checks the names against the real classes and builds a SamplingParams.
+VLLM_ENGINE_ARGS = {
+    "model": str,
+    "tensor_parallel_size": int,
+    "dtype": str,  # "auto" | "float16" | "bfloat16" | "float32"
+    "seed": int,
+    "gpu_memory_utilization": float,  # a fraction of GPU memory, in (0, 1]
+    "enforce_eager": bool,
+    "max_model_len": int,
+    "max_num_seqs": int,
+    "limit_mm_per_prompt": dict,  # modality ("image", "video", "audio") -> most items per prompt
+    "mm_processor_kwargs": dict,  # keyword arguments of the Hugging Face processor call
+}
+VLLM_SAMPLING_PARAMS = {
+    "n": int,
+    "temperature": float,
+    "top_p": float,  # in (0, 1]
+    "max_tokens": int,
+    "seed": int,
+    "logit_bias": dict,  # token id (int) -> bias (float), OpenAI's range [-100, 100]
+    "skip_special_tokens": bool,
+}
+
+
+def check_against(kwargs: dict, documented: dict, vllm_names: set[str] | None) -> None:
+    """Every keyword is one the callee takes, with the type it documents (an int is no bool)."""
+    for name, value in kwargs.items():
+        assert name in documented, f"vLLM takes no argument {name!r}"
+        expected = documented[name]
+        assert isinstance(value, expected) and not (expected is not bool and isinstance(value, bool)), (
+            name,
+            value,
+        )
+    if vllm_names is not None:
+        assert set(kwargs) <= vllm_names
+
+
+def test_vllm_engine_and_sampling_kwargs_match_vllms_signatures():
+    import dataclasses
+
+    from transformers import Qwen2VLImageProcessor
+
+    from tgrl.pixels import PixelBudget, budget_of
+    from tgrl.teachers.vllm_backend import engine_kwargs, sampling_kwargs
+
+    try:
+        import vllm
+    except ImportError:
+        vllm = None
+    engine_names = {f.name for f in dataclasses.fields(vllm.EngineArgs)} if vllm else None
+    sampling_names = set(vllm.SamplingParams.__struct_fields__) if vllm else None
 
     kw = engine_kwargs(
         "Qwen/Qwen2.5-VL-72B-Instruct",
@@ -175,24 +228,42 @@ def test_vllm_engine_and_sampling_kwargs():
         seed=3,
         min_pixels=262144,
         max_pixels=1003520,
+        max_num_seqs=64,
     )
+    check_against(kw, VLLM_ENGINE_ARGS, engine_names)
     assert kw["tensor_parallel_size"] == 8 and kw["max_model_len"] == 8192
-    assert kw["limit_mm_per_prompt"] == {"image": 2} and kw["seed"] == 3
+    assert kw["seed"] == 3 and kw["max_num_seqs"] == 64
     # the size= form (processor-call min_pixels/max_pixels are removed in transformers 5.23)
     assert kw["mm_processor_kwargs"] == {"size": {"shortest_edge": 262144, "longest_edge": 1003520}}
+    assert kw["model"] == "Qwen/Qwen2.5-VL-72B-Instruct" and 0 < kw["gpu_memory_utilization"] <= 1
+    assert kw["dtype"] in ("auto", "float16", "bfloat16", "float32")
+    assert kw["limit_mm_per_prompt"] == {"image": 2}  # the one modality, as many images as a problem has
+    # vLLM hands mm_processor_kwargs to the Hugging Face processor: the image processor of Qwen2.5-VL
+    # takes them and resizes into exactly the budget that was asked for
+    processor = Qwen2VLImageProcessor(**kw["mm_processor_kwargs"])
+    assert budget_of(processor) == PixelBudget(262144, 1003520)
     assert "max_model_len" not in engine_kwargs("m") and "mm_processor_kwargs" not in engine_kwargs("m")
+    check_against(engine_kwargs("m"), VLLM_ENGINE_ARGS, engine_names)
     with pytest.raises(UserError):
         engine_kwargs("m", tensor_parallel_size=0)
     with pytest.raises(UserError, match="both min_pixels and max_pixels"):
         engine_kwargs("m", max_pixels=1003520)
+
+    suppressed = [151655, 151652]
     s = sampling_kwargs(
         SampleSettings(temperature=0.8, top_p=0.95, max_tokens=2048),
         n=4,
         seed=11,
-        suppress_token_ids=[151655, 151652],
+        suppress_token_ids=suppressed,
     )
+    check_against(s, VLLM_SAMPLING_PARAMS, sampling_names)
     assert (s["n"], s["temperature"], s["top_p"], s["max_tokens"], s["seed"]) == (4, 0.8, 0.95, 2048, 11)
-    assert s["logit_bias"] == {151655: SUPPRESS_BIAS, 151652: SUPPRESS_BIAS}
+    # the vision tokens are pushed down as far as the documented range allows, and nothing else is touched
+    assert set(s["logit_bias"]) == set(suppressed)
+    assert all(isinstance(t, int) and -100 <= b < 0 for t, b in s["logit_bias"].items())
+    assert min(s["logit_bias"].values()) == -100
+    if vllm is not None:
+        vllm.SamplingParams(**s)
     with pytest.raises(ValueError):
         sampling_kwargs(SampleSettings(), n=0, seed=0, suppress_token_ids=[])
 

@@ -1,4 +1,4 @@
-"""Recipes: one flat YAML per run, parsed into dataclasses (TRL's TrlParser style), plus CLI overrides.
+"""Recipes: one flat YAML per run, parsed into dataclasses by TRL's ``TrlParser``, plus CLI overrides.
 
     python train/rl.py --config train/recipes/tiny/tgrl.yaml seed=1 --learning_rate 5e-5
 
@@ -8,12 +8,15 @@ error that names the key, the file and the closest valid names. Overrides on the
 after ``--config`` as ``key=value`` or ``--key value`` and win over the file. A recipe may carry an
 ``env:`` mapping of environment variables (set before anything is built).
 
-Why not plain argparse: TRL silently ignores nothing, but a typo in a YAML recipe must never fall
-back to a library default (STYLE.md: never inherit influential defaults), so unknown keys fail here.
+``TrlParser`` does the reading, the ``env:`` mapping, the type conversion and the precedence. The thin
+layer here adds what a recipe user needs on top: ``key=value`` overrides, no prefix matching, and
+errors that name the file and the closest key (a typo must never fall back to a library default,
+STYLE.md), raised as :class:`UserError` so scripts exit without a traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import os
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from trl import TrlParser
 
 from tgrl.utils import UserError, git_commit, load_yaml_mapping, package_versions, write_json
 
@@ -45,8 +48,8 @@ class RLScriptArguments:
     train_file: str = field(
         default="data/synthetic/train.jsonl",
         metadata={
-            "help": "Problem JSONL (DESIGN 4). Rows whose meta.expert holds a filtered teacher trajectory get it "
-            "injected into their group; rows without one (null/absent) train as plain GRPO groups."
+            "help": "Problem JSONL (DESIGN 4). Rows whose meta.expert holds a filtered teacher trajectory "
+            "get it injected into their group; rows without one (null/absent) train as plain GRPO groups."
         },
     )
     max_train_samples: int | None = field(
@@ -89,9 +92,9 @@ class SFTScriptArguments:
     sft_target: str = field(
         default="expert",
         metadata={
-            "help": "'expert': train on meta.expert.text (the filtered teacher trajectory; rows without one are "
-            "skipped, so SFT sees exactly the trajectories RL injects). 'direct': train on '<answer>GOLD</answer>' "
-            "with no reasoning (the tiny tier's weak base, DESIGN 7)."
+            "help": "'expert': train on meta.expert.text (the filtered teacher trajectory; rows without "
+            "one are skipped, so SFT sees exactly the trajectories RL injects). 'direct': train on "
+            "'<answer>GOLD</answer>' with no reasoning (the tiny tier's weak base, DESIGN 7)."
         },
     )
     max_train_samples: int | None = field(
@@ -107,7 +110,7 @@ class SFTScriptArguments:
 
 
 # --------------------------------------------------------------------------------------------------
-# Parsing
+# Parsing: TRL's TrlParser, plus key=value overrides, close-match hints and errors that name the file
 # --------------------------------------------------------------------------------------------------
 
 
@@ -166,96 +169,46 @@ def overrides_to_dict(argv: Sequence[str]) -> dict[str, str | list[str]]:
     return out
 
 
-def _field_types(cls) -> dict[str, Any]:
-    import typing
+class RecipeParser(TrlParser):
+    """``TrlParser`` with the errors a recipe user needs: no prefix matching (``learning_rat`` is a typo,
+    not ``learning_rate``), and argparse's usage-and-exit turned into a :class:`UserError`."""
 
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception:  # a forward reference we cannot resolve: fall back to the raw annotations
-        hints = {}
-    return {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(cls) if f.init}
+    def __init__(self, dataclass_types: Sequence[type]):
+        super().__init__(dataclass_types, allow_abbrev=False, exit_on_error=False)
 
+    def error(self, message: str):
+        raise UserError(message)
 
-def _base_types(tp: Any) -> list[Any]:
-    import types
-    import typing
+    def set_defaults_with_config(self, **config: Any) -> list[str]:
+        # argparse converts string defaults only: YAML numbers and booleans go through the field's type as
+        # their command-line spelling would (``warmup_steps: 20`` -> 20.0, ``seed: 1.5`` -> an error).
+        scalars = (bool, int, float)
+        config = {k: str(v) if isinstance(v, scalars) else v for k, v in config.items()}
+        return super().set_defaults_with_config(**config)
 
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return [t for arg in typing.get_args(tp) for t in _base_types(arg)]
-    return [tp]
+    def check_keys(self, mapping: dict[str, Any], source: str) -> None:
+        """Fail on the first key that no dataclass field takes, naming ``source`` and the closest fields."""
+        fields = sorted({action.dest for action in self._actions if action.option_strings})
+        unknown = sorted(set(mapping) - set(fields))
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, fields, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            owners = ", ".join(cls.__name__ for cls in self.dataclass_types)
+            raise UserError(
+                f"{source}: unknown key '{key}' (not a field of {owners}).{hint}"
+                + (f" Other unknown keys: {unknown[1:]}" if len(unknown) > 1 else "")
+            )
 
-
-def coerce(value: Any, tp: Any, key: str, where: str) -> Any:
-    """Convert a YAML or command-line value to a field's annotated type (``1e-4`` -> float, "true" -> bool).
-
-    YAML 1.1 reads ``1e-4`` as a string, and the command line gives strings only, so every value goes
-    through here; values of the right type pass unchanged.
-    """
-    import typing
-
-    bases = _base_types(tp)
-    # "none" is a real value of some fields (report_to, scale_rewards): null only where no string fits
-    nullish = value in ("null", "None", "~") or (value == "none" and str not in bases)
-    if value is None or nullish:
-        if type(None) in bases or any(b is typing.Any for b in bases):
-            return None
-        raise UserError(f"{where}: '{key}' cannot be null")
-    errors = []
-    for base in [b for b in bases if b is not type(None)]:
-        origin = typing.get_origin(base) or base
-        try:
-            if base is typing.Any:
-                return value
-            if origin is bool:
-                if isinstance(value, bool):
-                    return value
-                if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
-                    return True
-                if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
-                    return False
-                raise ValueError("not a boolean (true/false)")
-            if origin is int:
-                if isinstance(value, bool):
-                    raise ValueError("a boolean is not an integer")
-                if isinstance(value, int):
-                    return value
-                if isinstance(value, float) and value.is_integer():
-                    return int(value)
-                if isinstance(value, str):
-                    return int(value)
-                raise ValueError("not an integer")
-            if origin is float:
-                if isinstance(value, bool):
-                    raise ValueError("a boolean is not a number")
-                return float(value)
-            if origin is str:
-                if isinstance(value, (dict, list)):
-                    raise ValueError("expected a string")
-                return str(value)
-            if origin in (list, tuple):
-                (item_type,) = typing.get_args(base)[:1] or (typing.Any,)
-                if isinstance(value, str):
-                    value = [v for v in value.split(",") if v != ""] if value else []
-                if not isinstance(value, list | tuple):
-                    value = [value]
-                return [coerce(v, item_type, key, where) for v in value]
-            if origin is dict:
-                if isinstance(value, str):
-                    value = yaml.safe_load(value)
-                if not isinstance(value, dict):
-                    raise ValueError("expected a mapping")
-                return value
-            if typing.get_origin(base) is typing.Literal:
-                if value in typing.get_args(base):
-                    return value
-                raise ValueError(f"must be one of {typing.get_args(base)}")
-            if isinstance(base, type) and isinstance(value, base):
-                return value
-            return base(value)  # enums and other simple types
-        except (TypeError, ValueError) as err:
-            errors.append(str(err))
-    raise UserError(f"{where}: '{key}' = {value!r} has the wrong type ({'; '.join(errors) or tp})")
+    def to_args(self, overrides: dict[str, str | list[str]]) -> list[str]:
+        """Overrides as argparse tokens; a list field also takes ``a,b`` (one shell word)."""
+        args = []
+        for key, value in overrides.items():
+            values = value if isinstance(value, list) else [value]
+            if self._option_string_actions[f"--{key}"].nargs == "+":
+                values = [part for item in values for part in item.split(",") if part]
+            args += [f"--{key}", *values]
+        return args
 
 
 def parse_recipe(
@@ -263,48 +216,31 @@ def parse_recipe(
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Parse ``--config RECIPE`` plus overrides into one instance per dataclass type.
 
-    Returns the instances and the merged raw mapping (recipe + overrides, for the run record). A key
-    shared by several dataclasses goes to each of them, as in TrlParser.
+    ``TrlParser`` reads the recipe, sets its ``env:`` variables, converts the values and lets the command
+    line win. What this adds: ``key=value`` overrides, errors that name the file and the closest valid
+    key, and the merged raw mapping (recipe + overrides) it returns for the run record.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     config_path, rest = split_config_arg(argv)
-    recipe = load_recipe(config_path) if config_path else {}
-    env = recipe.pop("env", None) or {}
-    if not isinstance(env, dict):
+    recipe = load_recipe(config_path) if config_path else {}  # TrlParser's own read names no file
+    if not isinstance(recipe.get("env") or {}, dict):
         raise UserError(f"{config_path}: 'env' must be a mapping of environment variables")
     overrides = overrides_to_dict(rest)
-
-    types = {cls: _field_types(cls) for cls in dataclass_types}
-    known = {name for fields in types.values() for name in fields}
-    for source, mapping in ((config_path, recipe), ("command line", overrides)):
-        unknown = sorted(set(mapping) - known)
-        if unknown:
-            key = unknown[0]
-            close = difflib.get_close_matches(key, sorted(known), n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            owners = ", ".join(cls.__name__ for cls in dataclass_types)
-            raise UserError(
-                f"{source}: unknown key '{key}' (not a field of {owners}).{hint}"
-                + (f" Other unknown keys: {unknown[1:]}" if len(unknown) > 1 else "")
-            )
-
-    for key, value in env.items():
-        os.environ[str(key)] = str(value)
-    merged = {**recipe, **overrides}
-    instances = []
-    for cls in dataclass_types:
-        kwargs = {}
-        for key, value in merged.items():
-            if key in types[cls]:
-                where = "command line" if key in overrides else str(config_path)
-                kwargs[key] = coerce(value, types[cls][key], key, where)
-        try:
-            instances.append(cls(**kwargs))
-        except UserError:
-            raise
-        except (TypeError, ValueError) as err:
-            raise UserError(f"{config_path or 'command line'}: invalid {cls.__name__}: {err}") from None
-    return tuple(instances), merged
+    parser = RecipeParser(dataclass_types)
+    parser.check_keys({k: v for k, v in recipe.items() if k != "env"}, str(config_path))
+    parser.check_keys(overrides, "command line")
+    args = (["--config", config_path] if config_path else []) + parser.to_args(overrides)
+    try:
+        instances = parser.parse_args_and_config(args)
+    except argparse.ArgumentError as err:  # a value argparse could not convert to the field's type
+        key = (err.argument_name or "").split("/")[0].removeprefix("--")
+        where = "command line" if key in overrides else str(config_path)
+        value = overrides.get(key, recipe.get(key))
+        raise UserError(f"{where}: '{key}' = {value!r} has the wrong type ({err.message})") from None
+    except (TypeError, ValueError) as err:  # a dataclass's own validation
+        raise UserError(f"{config_path or 'command line'}: {err}") from None
+    recipe.pop("env", None)
+    return tuple(instances), {**recipe, **overrides}
 
 
 def save_run_record(

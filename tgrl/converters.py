@@ -98,8 +98,8 @@ def snapshot_from_hub(repo_id: str, revision: str | None, cache_dir: Path | None
         )
     except Exception as err:  # network, auth, offline mode
         raise UserError(
-            f"could not download {repo_id} from the hub ({type(err).__name__}: {err}). Fix: on a machine with "
-            "hub access run this again, or download the files and pass --input"
+            f"could not download {repo_id} from the hub ({type(err).__name__}: {err}). "
+            "Fix: on a machine with hub access run this again, or download the files and pass --input"
         ) from None
 
 
@@ -336,7 +336,8 @@ class Conversion:
         for split, rows in self.records.items():
             if not rows:
                 raise UserError(
-                    f"{self.name} {split}: no row could be converted (skipped: {dict(self.skipped.get(split, {}))}). "
+                    f"{self.name} {split}: no row could be converted "
+                    f"(skipped: {dict(self.skipped.get(split, {}))}). "
                     "Fix: check --input points at the dataset files"
                 )
             path = self.out / f"{split}.jsonl"

@@ -128,7 +128,8 @@ class ConsoleSummaryCallback(TrainerCallback):
 
 
 def quiet_console(trainer, every: int = 10) -> None:
-    """Swap the per-step dict printing (PrinterCallback / ProgressCallback) for :class:`ConsoleSummaryCallback`."""
+    """Swap the per-step dict printing (PrinterCallback / ProgressCallback) for
+    :class:`ConsoleSummaryCallback`."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)

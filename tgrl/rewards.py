@@ -29,29 +29,22 @@ Matching rules (``answers_match(pred, gold, choices, answer_type)``), in order:
   on short, shallow inputs that look like mathematics (never on plain words: sympy would read
   "seat" and "east" as the same product of symbols).
 
-Safety: this module never evals or execs text and never calls sympify/parse_expr on it (math-verify's
-LaTeX parser is an ANTLR grammar; the only text it hands to sympy's evaluator is a lexer-checked
-number token). Answers over ``MAX_ANSWER_CHARS`` score 0, numbers with more than
-``MAX_NUMBER_DIGITS`` digits are not numbers, and math-verify only sees inputs that pass
-:func:`_prepare_for_math_verify` (length, nesting depth, exponent, factorial bounds). Then it runs
-under a deadline of ``MV_TIME_BUDGET_SECONDS`` (0.5 s) per :func:`answers_match` call, enforced by a
-``sys.settrace`` hook that works in any thread (math-verify's own timeouts are disabled: they use
-whole-second ``signal.alarm``, which fails outside the main thread). A cold math-verify (its regexes,
-sympy's simplify/polys/sets caches) needs 1-2 s on its first comparison, several times that budget, so
-:func:`warm_up` pays it once, unbounded, outside any per-sample budget: at reward-function construction
-(:func:`get_reward_funcs`) and before the data-prep scorers (teacher builder, filter F1) start. Then the
-bound holds from the first call. Code that calls :func:`answers_match` without either pays the warm-up
-lazily on its first math-verify use (never counted against the per-call budget, so no answer scores 0
-for being early).
+The module reads top to bottom as the pipeline: extraction (completion text -> answer string),
+normalisation, matching (choices, lists, golds, :func:`answers_match`), then the TRL reward functions.
+Numbers are read by :mod:`tgrl.number_parsing` (exact fractions, no sympy); LaTeX expressions go to
+:mod:`tgrl.bounded_math_verify` (math-verify under a per-call deadline, warmed up by :func:`warm_up`).
+
+Safety: nothing here evals or execs text or calls sympify/parse_expr on it. Answers over
+``MAX_ANSWER_CHARS`` score 0, numbers with more than ``MAX_NUMBER_DIGITS`` digits are not numbers, and
+math-verify only sees short, shallow inputs, for at most ``MV_TIME_BUDGET_SECONDS`` (0.5 s) per
+:func:`answers_match` call, in any thread (:mod:`tgrl.bounded_math_verify`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -59,10 +52,9 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
-import math_verify.grader
-import math_verify.parser
-from math_verify import LatexExtractionConfig, parse, verify
-
+from tgrl import bounded_math_verify
+from tgrl.bounded_math_verify import MV_TIME_BUDGET_SECONDS, Budget, math_verify_equal, warm_up
+from tgrl.number_parsing import numbers_close, parse_number
 from tgrl.prompts import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 
 __all__ = [
@@ -82,6 +74,7 @@ __all__ = [
     "format_reward",
     "get_reward_funcs",
     "score_completion",
+    "warm_up",
 ]
 
 logger = logging.getLogger(__name__)
@@ -89,27 +82,10 @@ logger = logging.getLogger(__name__)
 ANSWER_TYPES = ("choice", "number", "text", "expression")
 
 MAX_ANSWER_CHARS = 1000  # an extracted answer longer than this scores 0 (no answer is that long)
-MAX_NUMBER_DIGITS = 100  # more digits than this is not a number we compare (and int() would choke)
-MAX_DECIMAL_EXPONENT = 1000  # |k| in 1e{k} / 10^{k}
-RELATIVE_TOLERANCE = Fraction(1, 10**6)
 MAX_LIST_ITEMS = 50
 FALLBACK_TAIL_CHARS = 2000  # the plain-text fallback only looks at the end of a completion
 BOXED_SCAN_CHARS = 4000  # brace matching after \boxed stops here
 MAX_BOXED_TRIES = 3
-
-# math-verify limits. Python-level sympy work is interrupted by the deadline tracer, but a
-# C-level big-integer operation is not interruptible at all, hence the pre-checks everywhere.
-MV_MAX_CHARS = 300
-MV_MAX_DEPTH = 10
-MV_MAX_CARETS = 4
-MV_MAX_POWER_PRODUCT = 1000  # with <= 30-digit bases: results of at most ~30,000 digits
-MV_TIME_BUDGET_SECONDS = 0.5  # per answers_match call: parsing the gold (cached), the prediction, verify
-_MV_CONFIG = [LatexExtractionConfig()]
-
-# We pass timeout=None to math-verify (see module docstring); silence its one-time warning that
-# says the caller must bound the time itself, which we do.
-math_verify.parser.TIMEOUT_WARNING_SHOWN = True
-math_verify.grader.TIMEOUT_WARNING_SHOWN = True
 
 UNPARSEABLE_GOLD_COUNTS: Counter[str] = Counter()
 """How many rows :func:`accuracy_reward` scored ``None``, by reason (read ``sum(...values())``)."""
@@ -328,124 +304,6 @@ def _yes_no(text: str) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Numbers (our own parser: exact Fractions, no sympy)
-# --------------------------------------------------------------------------------------------------
-
-
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
-_DECIMAL = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+"
-_SCIENTIFIC = r"(?:\s*[eE](?P<exp>[+-]?\d{1,4})|\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*(?P<exp10>[+-]?\d{1,4})\s*\}?)?"
-_CURRENCY_PREFIX_RE = re.compile(r"^([+-]?)\s*(?:\$|€|£|¥|₹|us\$|usd\s)\s*", re.IGNORECASE)
-_NUMBER_FORMS = (
-    re.compile(
-        rf"^(?P<sign>[+-]?)\s*\\frac\s*\{{\s*(?P<num>[+-]?(?:{_DECIMAL}))\s*\}}\s*\{{\s*(?P<den>[+-]?(?:{_DECIMAL}))\s*\}}(?P<tail>.*)$",
-        re.DOTALL,
-    ),
-    re.compile(r"^(?P<sign>[+-]?)\s*\\frac(?P<num>\d)(?P<den>\d)(?P<tail>.*)$", re.DOTALL),
-    re.compile(rf"^(?P<sign>[+-]?)\s*(?P<num>{_DECIMAL})\s*/\s*(?P<den>{_DECIMAL})(?P<tail>.*)$", re.DOTALL),
-    re.compile(rf"^(?P<sign>[+-]?)\s*(?P<num>{_DECIMAL}){_SCIENTIFIC}(?P<tail>.*)$", re.DOTALL),
-    re.compile(r"^(?P<sign>[+-]?)\s*10\s*\^\s*\{?\s*(?P<exp10>[+-]?\d{1,4})\s*\}?(?P<tail>.*)$", re.DOTALL),
-)
-
-_UNITS = _words(
-    "mm cm dm m km in inch inches ft feet foot yd yard yards mi mile miles meter meters metre metres "
-    "centimeter centimeters centimetre centimetres millimeter millimeters kilometer kilometers "
-    "mg g kg gram grams kilogram kilograms lb lbs pound pounds oz ounce ounces ton tons tonne tonnes "
-    "ms s sec secs second seconds min mins minute minutes h hr hrs hour hours day days week weeks "
-    "month months year years yr yrs ml l liter liters litre litres gal gallon gallons "
-    "deg degree degrees rad radian radians unit units mph kph kmh km/h m/s newton newtons joule "
-    "joules kj watt watts kw kwh volt volts amp amps ampere amperes ohm ohms hz khz mhz ghz pa "
-    "kpa atm kelvin celsius fahrenheit dollar dollars cent cents yuan rmb euro euros usd "
-    "percent pct people persons students times"
-)
-_UNIT_ALTERNATION = "|".join(re.escape(u) for u in sorted(_UNITS, key=lambda unit: (-len(unit), unit)))
-_POWER = r"(?:\s*\^\s*\{?\s*[23]\s*\}?)?"
-_KNOWN_UNIT_TAIL_RE = re.compile(
-    rf"(?i)^\s*(?:(?:square|sq\.?|cubic|cu\.?)\s*)?(?:{_UNIT_ALTERNATION}){_POWER}"
-    rf"(?:\s*/\s*(?:{_UNIT_ALTERNATION}){_POWER})?\s*$"
-)
-_WORDS_TAIL_RE = re.compile(rf"^\s+([A-Za-z]{{2,}}(?:\s+[A-Za-z]{{2,}}){{0,3}}){_POWER}\s*$")
-# Words after a number that change its meaning: never drop them as if they were units.
-_MEANINGFUL_WORDS = _words(
-    "pi sqrt log ln sin cos tan exp times cdot div over plus minus and or to by of not less more than "
-    "hundred hundreds thousand thousands million millions billion billions trillion dozen dozens "
-    "half halves third thirds quarter quarters squared cubed power"
-)
-_DEGREE_RE = re.compile(r"(?:\^\s*\{?\s*\\circ\s*\}?|\\circ|°|\\degree)(?:\s*[CF](?![A-Za-z]))?")
-_PERCENT_RE = re.compile(r"\\?%")
-
-
-def _unit_tail_ok(tail: str) -> bool:
-    tail = _DEGREE_RE.sub(" ", tail)
-    tail = _PERCENT_RE.sub(" ", tail)
-    if not tail.strip():
-        return True
-    if _KNOWN_UNIT_TAIL_RE.match(tail):
-        return True
-    words = _WORDS_TAIL_RE.match(tail)
-    return bool(words) and not any(w.lower() in _MEANINGFUL_WORDS for w in words.group(1).split())
-
-
-def _decimal_fraction(text: str) -> Fraction | None:
-    text = text.replace(",", "")
-    if sum(c.isdigit() for c in text) > MAX_NUMBER_DIGITS:
-        return None
-    try:
-        return Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def _parse_number(text: str) -> Fraction | None:
-    """An exact value for a plain number, fraction or scientific number, with currency, degree,
-    percent and unit decorations removed (units are dropped, not converted); else ``None``.
-
-    Example:
-        >>> _parse_number("1,234.5 cm^2"), _parse_number("\\\\frac{3}{4}"), _parse_number("50%")
-        (Fraction(2469, 2), Fraction(3, 4), Fraction(50, 1))
-    """
-    text = _CURRENCY_PREFIX_RE.sub(r"\1", text.strip())
-    if not text or len(text) > MAX_ANSWER_CHARS:
-        return None
-    for form in _NUMBER_FORMS:
-        match = form.match(text)
-        if not match or not _unit_tail_ok(match.group("tail")):
-            continue
-        groups = match.groupdict()
-        if groups.get("num") is None:
-            value: Fraction | None = Fraction(1)
-        else:
-            value = _decimal_fraction(groups["num"])
-        if value is None:
-            return None
-        if groups.get("den") is not None:
-            denominator = _decimal_fraction(groups["den"])
-            if not denominator:
-                return None
-            value /= denominator
-        exponent = groups.get("exp") or groups.get("exp10")
-        if exponent is not None:
-            power = int(exponent)
-            if abs(power) > MAX_DECIMAL_EXPONENT:
-                return None
-            value *= Fraction(10) ** power
-        return -value if groups["sign"] == "-" else value
-    return None
-
-
-def _numbers_close(gold: Fraction, pred: Fraction) -> bool:
-    """Exact for two integers; otherwise relative tolerance 1e-6."""
-    if gold == pred:
-        return True
-    if gold.denominator == 1 and pred.denominator == 1:
-        return False
-    return abs(gold - pred) <= RELATIVE_TOLERANCE * max(abs(gold), abs(pred))
-
-
-# --------------------------------------------------------------------------------------------------
 # Multiple choice
 # --------------------------------------------------------------------------------------------------
 
@@ -485,8 +343,8 @@ def _cheap_equal(a: str, b: str) -> bool:
     """Text, yes/no or number equality (no math-verify): used to map answers onto choice texts."""
     if _text_key(a) == _text_key(b):
         return True
-    number_a, number_b = _parse_number(a), _parse_number(b)
-    return number_a is not None and number_b is not None and _numbers_close(number_a, number_b)
+    number_a, number_b = parse_number(a), parse_number(b)
+    return number_a is not None and number_b is not None and numbers_close(number_a, number_b)
 
 
 def _choice_letters(text: str, choices: tuple[str, ...] | None, uppercase_only: bool) -> frozenset[str]:
@@ -554,232 +412,6 @@ def _encloses_whole(text: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# math-verify, bounded
-# --------------------------------------------------------------------------------------------------
-
-
-class _Timeout(BaseException):
-    """Raised by our deadline tracer; a BaseException so ``except Exception`` (math-verify wraps every
-    step in one) cannot swallow it. (sympy, latex2sympy2 and antlr4 have no bare ``except:``.)
-
-    A generator that the garbage collector finalises after the deadline gets it in its finalizer,
-    where Python prints "Exception ignored" (a PytestUnraisableExceptionWarning in the adversarial
-    tests); harmless: the next traced event raises again and the call still ends as timed out."""
-
-
-def _call_with_deadline(function: Callable[[], Any], seconds: float) -> tuple[bool, Any]:
-    """Run ``function``; stop it once ``seconds`` have passed. Returns (finished, result).
-
-    Why a trace function and not an alarm: ``sys.settrace`` is per thread, so this works the same in
-    the main thread and in a trainer's or scorer's thread pool, needs no signal handler (nothing to
-    clash with pytest-timeout or math-verify's own ``signal.alarm``) and allows sub-second limits.
-    It checks the clock on Python calls and lines, which covers sympy; a single long C-level
-    operation (a huge integer power) cannot be interrupted, which is why
-    :func:`_prepare_for_math_verify` rejects those inputs beforehand.
-    """
-    deadline = time.monotonic() + seconds
-    calls = [0]
-
-    def on_event(frame: Any, event: str, arg: Any) -> Callable:
-        calls[0] += 1
-        if calls[0] % 64 == 0 and time.monotonic() > deadline:
-            raise _Timeout
-        return on_event  # also trace lines: pure-Python loops (multinomial expansion) are interrupted
-
-    previous_tracer = sys.gettrace()
-    sys.settrace(on_event)
-    try:
-        return True, function()
-    except _Timeout:
-        return False, None
-    finally:
-        sys.settrace(previous_tracer)
-
-
-_FUNCTION_WORD_RE = re.compile(r"(?<![\\A-Za-z])(sqrt|pi|sin|cos|tan|log|ln|exp|infty)(?![A-Za-z])")
-_PLAIN_SQRT_RE = re.compile(r"(?<!\\)\bsqrt\s*\(([^()]{1,50})\)")
-_EXPONENT_TOO_BIG_RE = re.compile(r"\^\s*\{?\s*[+-]?\d{3,}")
-_LONG_DIGIT_RUN_RE = re.compile(r"\d{31,}")
-_WORD_RE = re.compile(r"[A-Za-z]{3,}")
-_LATEX_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
-_FACTORIAL_OK_RE = re.compile(r"(?<!\d)\d{1,2}!")
-_SCIENTIFIC_NOTATION_RE = re.compile(r"\d\s*[eE]\s*[+-]?\d")
-
-
-def _operand_end(text: str, start: int) -> int:
-    """Index just past the exponent operand that begins at ``start``: a bracket group, a LaTeX
-    command, a digit run, or one character."""
-    if start >= len(text):
-        return start
-    if text[start] in "{(":
-        depth = 0
-        for j in range(start, len(text)):
-            if text[j] in "([{":
-                depth += 1
-            elif text[j] in ")]}":
-                depth -= 1
-                if depth == 0:
-                    return j + 1
-        return len(text)
-    match = re.compile(r"\\[A-Za-z]+|\d+|.", re.DOTALL).match(text, start)
-    return match.end() if match else start + 1
-
-
-def _powers_or_nesting_unsafe(text: str) -> bool:
-    """Bracket depth over ``MV_MAX_DEPTH``, a power inside an exponent (``10^{10^{10}}``), a chained
-    power (``9^9^9``: which way it associates is up to the parser), or exponents whose product
-    exceeds ``MV_MAX_POWER_PRODUCT``: results sympy would compute digit by digit in C code that no
-    deadline can interrupt."""
-    depth = 0
-    power_product = 1
-    exponent_ends: list[int] = []  # operand ends of the powers seen so far
-    i = 0
-    while i < len(text):
-        char = text[i]
-        if char in "([{":
-            depth += 1
-            if depth > MV_MAX_DEPTH:
-                return True
-        elif char in ")]}":
-            depth -= 1
-        elif char == "^":
-            if exponent_ends and (i < exponent_ends[-1] or not text[exponent_ends[-1] : i].strip()):
-                return True
-            start = i + 1
-            while start < len(text) and text[start] == " ":
-                start += 1
-            end = _operand_end(text, start)
-            operand = text[start:end]
-            if "^" in operand:
-                return True
-            power_product *= max([1, *(int(run) for run in re.findall(r"\d{1,3}", operand))])
-            if power_product > MV_MAX_POWER_PRODUCT:
-                return True
-            exponent_ends.append(end)
-        i += 1
-    return False
-
-
-def _prepare_for_math_verify(text: str) -> str | None:
-    """The LaTeX string handed to math-verify, or ``None`` when the input is not safe or not maths.
-
-    Rejected: long strings, deep nesting, nested or 3+-digit exponents, 31+-digit numbers, "**",
-    factorials of 3+-digit numbers, and anything with a word of 3+ letters outside a LaTeX command
-    (plain words are not maths: sympy would read "east" and "seat" as the same product), and
-    scientific notation too large for our own number parser (1e999999).
-    """
-    text = _PLAIN_SQRT_RE.sub(r"\\sqrt{\1}", text)
-    text = _FUNCTION_WORD_RE.sub(r"\\\1", text).replace("\n", " ").strip()
-    if not text or len(text) > MV_MAX_CHARS:
-        return None
-    if "**" in text or text.count("^") > MV_MAX_CARETS or "$" in text:
-        return None
-    if _EXPONENT_TOO_BIG_RE.search(text) or _LONG_DIGIT_RUN_RE.search(text):
-        return None
-    if "!" in text and text.count("!") != len(_FACTORIAL_OK_RE.findall(text)):
-        return None
-    if _SCIENTIFIC_NOTATION_RE.search(text):
-        return None
-    if _WORD_RE.search(_LATEX_COMMAND_RE.sub(" ", text)):
-        return None
-    if _powers_or_nesting_unsafe(text):
-        return None
-    return text
-
-
-def _mv_parse(latex: str) -> list:
-    return parse(f"${latex}$", extraction_config=_MV_CONFIG, parsing_timeout=None)
-
-
-_mv_warmed_up = threading.Event()
-
-
-_MV_WARM_UP_PAIRS = (  # one of each kind of sympy work a comparison can need (measured: issue 11, item 10)
-    ("\\sqrt{2}+\\frac{1}{2}x^2", "2^{1/2}+0.5x^{2}"),
-    ("(x+1)^2", "x^2+2x+1"),
-    ("(x+2)(x-3)", "x^2-x-6"),  # products of sums: expansion (cold: ~0.5 s on its own)
-    ("\\frac{x^2-1}{x+1}", "x-1"),  # rational functions: cancel
-    ("y=2x+1", "y=1+2x"),
-    ("[1,2)", "\\{1,2\\}"),
-    ("\\sin(\\pi/3)", "\\frac{\\sqrt{3}}{2}"),
-    ("\\frac{\\pi}{4}", "\\pi/4"),
-    ("2\\sqrt{3}", "\\sqrt{12}"),
-    ("e^{\\ln 2}", "2"),
-    ("(1,2)", "(1,2)"),
-)
-
-
-def warm_up() -> None:
-    """Warm math-verify up now (once per process, idempotent): call it before the first timed comparison."""
-    _warm_up_math_verify()
-
-
-def _warm_up_math_verify() -> None:
-    """On first use math-verify compiles its large regexes and sympy imports and caches whole
-    subsystems (simplify, polys, sets): several times the per-call budget. Do that once per process,
-    unbounded, on fixed inputs (~0.5 s), so a correct answer never scores 0 just for being early."""
-    if _mv_warmed_up.is_set():
-        return
-    for gold, pred in _MV_WARM_UP_PAIRS:
-        verify(_mv_parse(gold), _mv_parse(pred), timeout_seconds=None)
-    _mv_warmed_up.set()
-
-
-_mv_gold_cache: dict[str, tuple] = {}
-_MV_GOLD_CACHE_SIZE = 4096
-
-
-def _mv_parse_gold(latex: str, budget: _Budget) -> tuple:
-    """Golds repeat for every rollout of a group: parse each once (empty when it cannot be parsed).
-    A parse cut short by the budget is not cached: a slow moment of the machine must not stick."""
-    if not latex:
-        return ()
-    _warm_up_math_verify()
-    cached = _mv_gold_cache.get(latex)
-    if cached is not None:
-        return cached
-    finished, parsed = _call_with_deadline(lambda: _mv_parse(latex), budget.remaining())
-    if not finished:
-        return ()
-    if len(_mv_gold_cache) >= _MV_GOLD_CACHE_SIZE:
-        _mv_gold_cache.clear()
-    _mv_gold_cache[latex] = tuple(parsed)
-    return _mv_gold_cache[latex]
-
-
-class _Budget:
-    """Time math-verify may still spend within one :func:`answers_match` call; the clock starts at
-    first use (after the one-time warm-up), so cheap rules never eat into it."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.deadline: float | None = None
-
-    def remaining(self) -> float:
-        if self.deadline is None:
-            self.deadline = time.monotonic() + self.seconds
-        return self.deadline - time.monotonic()
-
-
-def _math_verify_equal(gold_text: str, pred_text: str, budget: _Budget) -> bool:
-    gold_latex = _prepare_for_math_verify(gold_text)
-    pred_latex = _prepare_for_math_verify(pred_text)
-    if gold_latex is None or pred_latex is None:
-        return False
-    gold_parsed = _mv_parse_gold(gold_latex, budget)
-    remaining = budget.remaining()
-    if not gold_parsed or remaining <= 0.01:
-        return False
-
-    def parse_and_verify() -> bool:
-        pred_parsed = _mv_parse(pred_latex)
-        return bool(pred_parsed) and verify(list(gold_parsed), pred_parsed, timeout_seconds=None)
-
-    finished, equal = _call_with_deadline(parse_and_verify, remaining)
-    return bool(finished and equal)
-
-
-# --------------------------------------------------------------------------------------------------
 # Gold answers and the comparison
 # --------------------------------------------------------------------------------------------------
 
@@ -836,12 +468,8 @@ def _parse_gold_cached(gold: str, choices: tuple[str, ...] | None, answer_type: 
         # A lone capital letter is read as an option letter even without choices ("(B)" == "B"): converted
         # sets (ViRL39K) keep lettered answers typed "text" when their options cannot be parsed out.
         letters = _choice_letters(text, None, uppercase_only=True)
-    number = _parse_number(text)
-    if (
-        answer_type == "number"
-        and number is None
-        and not _mv_parse_gold(_prepare_for_math_verify(text) or "", _Budget(MV_TIME_BUDGET_SECONDS))
-    ):
+    number = parse_number(text)
+    if answer_type == "number" and number is None and not bounded_math_verify.parses(text):
         return "number answer is not a number"
     split = _split_list(text) if number is None else None
     return _Gold(
@@ -857,23 +485,23 @@ def _parse_gold_cached(gold: str, choices: tuple[str, ...] | None, answer_type: 
 
 
 def _scalar_match(
-    pred: str, gold_text: str, gold_number: Fraction | None, use_math: bool, budget: _Budget
+    pred: str, gold_text: str, gold_number: Fraction | None, use_math: bool, budget: Budget
 ) -> bool:
     if _text_key(pred) == _text_key(gold_text):
         return True
     if gold_number is not None:
-        pred_number = _parse_number(pred)
+        pred_number = parse_number(pred)
         if pred_number is not None:
-            return _numbers_close(gold_number, pred_number)
-    return use_math and _math_verify_equal(gold_text, pred, budget)
+            return numbers_close(gold_number, pred_number)
+    return use_math and math_verify_equal(gold_text, pred, budget)
 
 
-def _lists_match(pred_items: list[str], gold: _Gold, budget: _Budget) -> bool:
+def _lists_match(pred_items: list[str], gold: _Gold, budget: Budget) -> bool:
     assert gold.items is not None
     if len(pred_items) != len(gold.items):
         return False
     use_math = gold.answer_type != "text"
-    gold_numbers = [_parse_number(g) for g in gold.items]
+    gold_numbers = [parse_number(g) for g in gold.items]
     if gold.ordered:
         return all(
             _scalar_match(p, g, n, use_math, budget)
@@ -892,13 +520,13 @@ def _lists_match(pred_items: list[str], gold: _Gold, budget: _Budget) -> bool:
 
 
 def _match(pred: str, gold: _Gold) -> bool:
-    budget = _Budget(MV_TIME_BUDGET_SECONDS)
+    budget = Budget(MV_TIME_BUDGET_SECONDS)
     if gold.letters:
         pred_letters = _choice_letters(pred, gold.choices, uppercase_only=False)
         if pred_letters or not gold.choices:
             return bool(pred_letters & gold.letters)
         # Neither a letter nor a choice text verbatim: maybe an equivalent expression of the option.
-        return any(_math_verify_equal(gold.choices[_letter_index(x)], pred, budget) for x in gold.letters)
+        return any(math_verify_equal(gold.choices[_letter_index(x)], pred, budget) for x in gold.letters)
     if gold.yes_no is not None:
         return _yes_no(pred) == gold.yes_no
     if gold.items is not None:
@@ -908,7 +536,7 @@ def _match(pred: str, gold: _Gold) -> bool:
         if split is not None:
             return _lists_match(split[0], gold, budget)
         use_math = gold.answer_type != "text"
-        return use_math and _math_verify_equal(gold.text, pred, budget)
+        return use_math and math_verify_equal(gold.text, pred, budget)
     return _scalar_match(pred, gold.text, gold.number, gold.answer_type != "text", budget)
 
 
@@ -1062,7 +690,8 @@ def get_reward_funcs(names: Sequence[str]) -> list[RewardFunc]:
     unknown = [name for name in names if name not in REWARD_FUNCS]
     if unknown:
         raise ValueError(
-            f"unknown reward function(s) {', '.join(map(repr, unknown))}; valid names: {', '.join(REWARD_FUNCS)}"
+            f"unknown reward function(s) {', '.join(map(repr, unknown))}; "
+            f"valid names: {', '.join(REWARD_FUNCS)}"
         )
     if "accuracy" in names:
         warm_up()  # here, not inside the first reward call: that call keeps its per-sample time bound

@@ -35,8 +35,8 @@ def expert_text(problem: Problem) -> str:
         return ""
     if not isinstance(expert, dict) or not isinstance(expert.get("text"), str):
         raise UserError(
-            f"problem {problem.id}: meta.expert must be null or an object with a 'text' string, got {expert!r}. "
-            "Fix: rebuild the training set with data_prep/build_teacher_trajectories.py"
+            f"problem {problem.id}: meta.expert must be null or an object with a 'text' string, "
+            f"got {expert!r}. Fix: rebuild the training set with data_prep/build_teacher_trajectories.py"
         )
     return expert["text"]
 
@@ -154,8 +154,9 @@ def check_prompt_budget(
         row, pid, n_prompt, per_image = too_long[0]
         raise UserError(
             f"{source}: row {row} (id {pid!r}), field 'images': {len(per_image)} image(s) = {sum(per_image)} "
-            f"image tokens ({'+'.join(map(str, per_image))}); the prompt is {n_prompt} tokens, + max_completion_length "
-            f"{max_completion_length} = {n_prompt + max_completion_length} > vllm_max_model_length {max_model_len}; "
+            f"image tokens ({'+'.join(map(str, per_image))}); the prompt is {n_prompt} tokens, "
+            f"+ max_completion_length {max_completion_length} = {n_prompt + max_completion_length} "
+            f"> vllm_max_model_length {max_model_len}; "
             f"{len(too_long)} row(s) in all (ids {[t[1] for t in too_long[:10]]}). Fix: lower max_pixels (an "
             f"image is at most max_pixels/{factor * factor} tokens), raise vllm_max_model_length, or remove "
             "those rows from the training file"

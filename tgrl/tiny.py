@@ -37,7 +37,10 @@ QWEN_SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 # Qwen2's pre-tokenizer split (digits are single tokens, as in the real tokenizer).
-QWEN_PRETOKENIZE_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+QWEN_PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 CHAT_TEMPLATE_PATH = Path(__file__).with_name("qwen2_5_vl_chat_template.jinja")
 
 

@@ -77,7 +77,8 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "trl.trainer.utils:split_pixel_values_by_grid": ("batch",),
 }
 
-# vLLM generation object whose ``generate`` the image-token check wraps (tgrl.trainer.check_vllm_prompt_lengths).
+# vLLM generation object whose ``generate`` the image-token check wraps
+# (tgrl.trainer.check_vllm_prompt_lengths).
 VLLM_GENERATE = (
     "trl.generation.vllm_generation:VLLMGeneration",
     ("prompts", "images", "num_generations", "profiler"),
@@ -180,8 +181,9 @@ def contract_problems() -> list[str]:
 
 
 def check_trl_version(version: str | None = None) -> None:
-    """Fail (clearly) on a TRL major.minor other than :data:`TESTED_TRL`, unless ``TGRL_ALLOW_UNTESTED_TRL=1``;
-    with the override, warn, and still fail if a private name tgrl relies on moved."""
+    """Fail (clearly) on a TRL major.minor other than :data:`TESTED_TRL`, unless
+    ``TGRL_ALLOW_UNTESTED_TRL=1``; with the override, warn, and still fail if a private name tgrl relies
+    on moved."""
     if version is None:
         import trl
 
@@ -192,8 +194,9 @@ def check_trl_version(version: str | None = None) -> None:
         raise UserError(
             f"tgrl's TGRLTrainer was written and tested against TRL {TESTED_TRL}.x; the installed TRL is "
             f"{version}. It overrides GRPOTrainer methods, most of them private ({', '.join(METHODS)}), that "
-            f"TRL may rename or re-sign in any minor release, which would silently turn TGRL into plain GRPO. Fix: install "
-            f"trl=={TESTED_TRL}.0 (requirements-cpu.txt / environment.yml), or, after `pytest "
+            "TRL may rename or re-sign in any minor release, which would silently turn TGRL into "
+            f"plain GRPO. Fix: install trl=={TESTED_TRL}.0 (requirements-cpu.txt / environment.yml), "
+            "or, after `pytest "
             f"tests/test_trl_compat.py tests/test_trainer.py` passes with your TRL, set {OVERRIDE_ENV}=1"
         )
     problems = contract_problems()
@@ -204,8 +207,8 @@ def check_trl_version(version: str | None = None) -> None:
             + f". Fix: install trl=={TESTED_TRL}.0, or port tgrl/trainer.py and tgrl/trl_compat.py"
         )
     warnings.warn(
-        f"running TGRLTrainer on untested TRL {version} ({OVERRIDE_ENV}=1; tested: {TESTED_TRL}.x). The private "
-        "names it relies on exist with the expected parameters; their behaviour is not verified",
+        f"running TGRLTrainer on untested TRL {version} ({OVERRIDE_ENV}=1; tested: {TESTED_TRL}.x). "
+        "The private names it relies on exist with the expected parameters; their behaviour is not verified",
         stacklevel=2,
     )
 
@@ -218,6 +221,6 @@ def check_trainer_attributes(trainer: Any) -> None:
         missing.append("vllm_generation")
     if missing:
         raise UserError(
-            f"GRPOTrainer no longer sets {missing} (TGRLTrainer reads them). Fix: install trl=={TESTED_TRL}.0, "
-            "or port tgrl/trainer.py"
+            f"GRPOTrainer no longer sets {missing} (TGRLTrainer reads them). "
+            f"Fix: install trl=={TESTED_TRL}.0, or port tgrl/trainer.py"
         )

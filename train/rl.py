@@ -3,7 +3,7 @@
     python train/rl.py --config train/recipes/tiny/tgrl.yaml                      # CPU, tiny tier
     python train/rl.py --config train/recipes/tiny/tgrl.yaml seed=1 output_dir=checkpoints/tiny_tgrl_s1
     accelerate launch --config_file train/accelerate/zero2.yaml train/rl.py \
-        --config train/recipes/7b/tgrl.yaml                                        # 8 GPUs (scripts/run_tgrl_7b.sh)
+        --config train/recipes/7b/tgrl.yaml                          # 8 GPUs (scripts/run_tgrl_7b.sh)
 
 GRPO is the same trainer with ``inject_mode: never`` (tgrl/trainer.py). Writes to ``output_dir``:
 checkpoints (``checkpoint-N``, with optimizer and RNG state), ``metrics.jsonl`` (one line per logged
@@ -14,12 +14,9 @@ the final model + processor. ``resume_from_checkpoint: auto`` continues from the
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tgrl.config import RLScriptArguments, load_policy, parse_recipe, train_and_save  # noqa: E402
-from tgrl.utils import UserError, cli, set_torch_threads  # noqa: E402
+from tgrl.config import RLScriptArguments, load_policy, parse_recipe, train_and_save
+from tgrl.utils import UserError, cli, set_torch_threads
 
 
 @cli

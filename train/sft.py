@@ -2,7 +2,8 @@
 
     python train/sft.py --config train/recipes/tiny/sft.yaml               # SFT on teacher trajectories
     python train/sft.py --config train/recipes/tiny/base_direct_sft.yaml   # tiny weak base (DESIGN 7)
-    accelerate launch --config_file train/accelerate/zero2.yaml train/sft.py --config train/recipes/7b/sft.yaml
+    accelerate launch --config_file train/accelerate/zero2.yaml train/sft.py \
+        --config train/recipes/7b/sft.yaml
 
 TRL's SFTTrainer on prompt-completion rows (tgrl/rl_data.py): the prompt (system + user turn with the
 images) is masked out of the loss by ``completion_only_loss``, so only the assistant turn, its
@@ -14,12 +15,9 @@ SFT-then-RL = the GRPO recipe with ``model_name_or_path`` set to this script's `
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tgrl.config import SFTScriptArguments, load_policy, parse_recipe, train_and_save  # noqa: E402
-from tgrl.utils import UserError, cli, set_torch_threads  # noqa: E402
+from tgrl.config import SFTScriptArguments, load_policy, parse_recipe, train_and_save
+from tgrl.utils import UserError, cli, set_torch_threads
 
 
 @cli

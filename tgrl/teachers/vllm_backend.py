@@ -64,8 +64,9 @@ def engine_kwargs(
         kwargs["max_num_seqs"] = max_num_seqs
     if (min_pixels is None) != (max_pixels is None):
         raise UserError(
-            f"give both min_pixels and max_pixels or neither (got {min_pixels}, {max_pixels}): vLLM's processor "
-            "takes them as one size={shortest_edge, longest_edge}. Fix: --min-pixels and --max-pixels "
+            f"give both min_pixels and max_pixels or neither (got {min_pixels}, {max_pixels}): "
+            "vLLM's processor takes them as one size={shortest_edge, longest_edge}. "
+            "Fix: --min-pixels and --max-pixels "
             "(tgrl.pixels.DEFAULT_BUDGET: 262144 and 1003520)"
         )
     if min_pixels is not None:
@@ -170,7 +171,10 @@ class VLLMTeacher(Teacher):
 
         n_images, limit = len(images), self.options.max_images_per_prompt
         if n_images > limit:
-            return f"{n_images} images > max_images_per_prompt {limit} (fix: --max-images-per-prompt, then --retry-skipped)"
+            return (
+                f"{n_images} images > max_images_per_prompt {limit} "
+                "(fix: --max-images-per-prompt, then --retry-skipped)"
+            )
         if self.options.max_model_len is None:
             return None
         choices = list(job.input.choices) if job.input.choices else None
@@ -179,8 +183,9 @@ class VLLMTeacher(Teacher):
         )
         if n_prompt >= self.options.max_model_len:
             return (
-                f"prompt of {n_prompt} tokens ({n_images} image(s): {'+'.join(map(str, per_image))} image tokens) "
-                f">= max_model_len {self.options.max_model_len} (fix: lower --max-pixels or raise --max-model-len: "
+                f"prompt of {n_prompt} tokens ({n_images} image(s): "
+                f"{'+'.join(map(str, per_image))} image tokens) >= max_model_len "
+                f"{self.options.max_model_len} (fix: lower --max-pixels or raise --max-model-len: "
                 "other settings start a new run)"
             )
         return None

@@ -1,0 +1,257 @@
+"""Training curves (PNG) from the trainer's metrics JSONL (eval/plot_training.py): one figure per run and
+overlays across runs.
+
+Why these curves: for GRPO-style training the loss is a poor health signal (STYLE.md, "confusing training
+signals"); reward, accuracy, length and entropy are what to watch, and TGRL's claim is about visual
+evidence, so the expert-token probability, the visual dependency of expert vs on-policy tokens and the fact
+accuracy of on-policy traces are plotted too.
+
+Input: one JSON object per logged step with a `step` key and flat metric keys. The trainer's exact key names
+are not fixed, so every panel lists candidate keys in PANELS below (first one present in a run wins, a
+leading "train/" is ignored); adjust them there. Panels without data in any run are skipped. If a step is
+logged twice (a resumed run), the later line wins.
+
+Output (in --out): <run>.png for each run (label = the run directory's name), overlay.png with every
+method in every panel, and overlay_<panel>.png per panel for embedding one curve in a document. In the
+overlays, runs that differ only in a trailing seed suffix (``tgrl_s0``, ``tgrl_s1``, ...) are one method:
+one colour, the mean of the seeds' smoothed curves, and a band from their minimum to their maximum.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on CPU boxes and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+# panel title -> {series label -> candidate keys, first present wins}. Edit here when the trainer's names
+# change.
+PANELS: dict[str, dict[str, list[str]]] = {
+    "reward": {
+        "reward": ["reward", "rewards/mean", "reward/mean"],
+    },
+    "accuracy": {
+        "on-policy": [
+            "accuracy/on_policy",
+            "acc/on_policy",
+            "rewards/accuracy_reward/mean",
+            "rewards/accuracy/mean",
+            "accuracy",
+        ],
+        "expert": ["accuracy/expert", "acc/expert"],
+    },
+    "completion length": {
+        "length": ["completions/mean_length", "completion_length", "response_length", "length/mean"],
+    },
+    "entropy": {
+        "entropy": ["entropy", "entropy/mean", "policy_entropy"],
+    },
+    "expert-token probability": {
+        "mean p": ["expert/p_mean", "expert_token_prob", "expert/prob_mean", "p_expert/mean"],
+        "share p<0.01": ["expert/p_below_0.01", "expert/frac_p_below_0.01"],
+    },
+    "visual dependency s_t": {
+        "expert tokens": ["vis_dep/expert", "vis_dep_expert", "s_t/expert"],
+        "on-policy tokens": ["vis_dep/on_policy", "vis_dep_on_policy", "s_t/on_policy"],
+    },
+    "fact accuracy": {
+        "on-policy traces": ["fact_accuracy", "fact_acc", "facts/accuracy", "fact_acc/on_policy"],
+    },
+}
+
+
+class InputError(Exception):
+    """A problem in a metrics file: one line on stderr, exit status 2."""
+
+
+def load_metrics(path: Path) -> dict[int, dict[str, float]]:
+    """step -> {key: value} with numeric values only; a step logged twice keeps its later line."""
+    if not path.is_file():
+        raise InputError(f"{path}: metrics file not found")
+    steps: dict[int, dict[str, float]] = {}
+    with path.open(encoding="utf-8") as f:
+        for line_no, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                d = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path} line {line_no}: not valid JSON ({e.msg})") from None
+            if not isinstance(d, dict):
+                raise InputError(f"{path} line {line_no}: expected a JSON object")
+            step = d.get("step")
+            if isinstance(step, bool) or not isinstance(step, int | float):
+                continue  # e.g. a final summary line without a step: not a curve point
+            vals = {}
+            for k, v in d.items():
+                if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+                    vals[k.removeprefix("train/")] = float(v)
+            steps[int(step)] = vals
+    return steps
+
+
+def series(steps: dict[int, dict[str, float]], candidates: list[str]) -> tuple[list[int], list[float]] | None:
+    """The first candidate key present in this run, as (steps, values)."""
+    for key in candidates:
+        xs = [s for s in sorted(steps) if key in steps[s]]
+        if xs:
+            return xs, [steps[s][key] for s in xs]
+    return None
+
+
+def smooth(ys: list[float], window: int) -> list[float]:
+    """Trailing moving average (window 1 = raw); the first points average over what exists so far."""
+    if window <= 1:
+        return ys
+    out, acc = [], 0.0
+    for i, y in enumerate(ys):
+        acc += y
+        if i >= window:
+            acc -= ys[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def save_atomic(fig, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+
+
+def draw(ax, xs: list[int], ys: list[float], window: int, **kw) -> None:
+    if window > 1:
+        ax.plot(xs, ys, alpha=0.2, linewidth=0.8, color=kw.get("color"))
+    ax.plot(xs, smooth(ys, window), linewidth=1.5, **kw)
+
+
+def grid_axes(n: int, title: str):
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.2 * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return fig, list(axes.flat[:n])
+
+
+def run_labels(paths: list[Path]) -> list[str]:
+    """The run directory's name; parent dirs are added when two runs would share a label."""
+    labels = [p.parent.name or p.stem for p in paths]
+    for i, p in enumerate(paths):
+        if labels.count(labels[i]) > 1:
+            labels[i] = f"{p.parent.parent.name}/{p.parent.name}"
+    return labels
+
+
+SEED_SUFFIX = re.compile(r"_s(?:eed)?\d+$")
+
+
+def method_of(run: str) -> str:
+    """``tgrl_s2`` -> ``tgrl``: the overlays draw the seeds of one method as one curve and band."""
+    return SEED_SUFFIX.sub("", run)
+
+
+def seed_band(
+    curves: list[tuple[list[int], list[float]]],
+) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Mean, min and max over seeds at the steps every seed logged (resumed or shorter runs may
+    miss some)."""
+    common = sorted(set.intersection(*(set(xs) for xs, _ in curves)))
+    at = [dict(zip(xs, ys, strict=True)) for xs, ys in curves]
+    cols = [[a[x] for a in at] for x in common]
+    return common, [sum(c) / len(c) for c in cols], [min(c) for c in cols], [max(c) for c in cols]
+
+
+def plot_runs(runs: dict[str, dict[int, dict[str, float]]], out: Path, window: int) -> list[Path]:
+    """One figure per run and the overlays (``overlay.png`` and one per panel) into ``out``; returns the
+    files written. A run without any known key gets a warning and no figure."""
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = f" (moving average over {window} steps)" if window > 1 else ""
+
+    # which (panel, series) exist in which run
+    found = {
+        run: {
+            p: {s: hit for s, keys in sers.items() if (hit := series(steps, keys))}
+            for p, sers in PANELS.items()
+        }
+        for run, steps in runs.items()
+    }
+    written = []
+    for run, panels in found.items():
+        present = [p for p in PANELS if panels[p]]
+        if not present:
+            print(
+                f"warning: {run}: none of the known metric keys found (see PANELS in {__file__})",
+                file=sys.stderr,
+            )
+            continue
+        fig, axes = grid_axes(len(present), run + suffix)
+        for ax, p in zip(axes, present, strict=True):
+            for i, (s, (xs, ys)) in enumerate(panels[p].items()):
+                draw(ax, xs, ys, window, label=s, color=f"C{i}")
+            ax.set_title(p)
+            ax.set_xlabel("step")
+            if len(panels[p]) > 1:
+                ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', run)}.png"
+        save_atomic(fig, path)
+        written.append(path)
+
+    # overlays: colour = method (its seeds averaged, min-max band), line style = series within a panel
+    present = [p for p in PANELS if any(found[r][p] for r in found)]
+    styles = ["-", "--", ":", "-."]
+    methods: dict[str, list[str]] = {}
+    for run in found:
+        methods.setdefault(method_of(run), []).append(run)
+
+    def overlay(ax, p: str) -> None:
+        for i, (method, members) in enumerate(methods.items()):
+            color = f"C{i % 10}"
+            for j, s in enumerate(PANELS[p]):
+                curves = [
+                    (xs, smooth(ys, window))
+                    for run in members
+                    if (hit := found[run][p].get(s))
+                    for xs, ys in [hit]
+                ]
+                if not curves:
+                    continue
+                xs, mean, lo, hi = seed_band(curves)
+                seeds = f" ({len(curves)} seeds)" if len(curves) > 1 else ""
+                label = method + seeds + ("" if len(PANELS[p]) == 1 else f": {s}")
+                ax.plot(xs, mean, linewidth=1.5, color=color, linestyle=styles[j % len(styles)], label=label)
+                if len(curves) > 1:
+                    ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
+        ax.set_title(p)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+
+    if present:
+        fig, axes = grid_axes(len(present), "all methods, mean and min-max over seeds" + suffix)
+        for ax, p in zip(axes, present, strict=True):
+            overlay(ax, p)
+        fig.tight_layout()
+        save_atomic(fig, out / "overlay.png")
+        written.append(out / "overlay.png")
+        for p in present:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            overlay(ax, p)
+            fig.tight_layout()
+            path = out / f"overlay_{re.sub(r'[^A-Za-z0-9]+', '_', p).strip('_')}.png"
+            save_atomic(fig, path)
+            written.append(path)
+    return written
