@@ -2,6 +2,10 @@
 
     python eval/plot_training.py --metrics checkpoints/tiny_grpo_s1/metrics.jsonl \
         checkpoints/tiny_tgrl_s1/metrics.jsonl --out results/tiny/plots --smooth 25
+    python eval/plot_training.py --runs-json results/tiny/runs.json --out results/tiny/plots --smooth 20
+
+``--runs-json`` (written by scripts/run_protocol.py) lists the runs with their method and figure group:
+one overlay set per group (the main methods apart from the ablations).
 
 Output (in --out): <run>.png for each run (label = the run directory's name), overlay.png with every
 method in every panel, and overlay_<panel>.png per panel. The panels, the candidate metric keys and how
@@ -11,6 +15,7 @@ seeds are grouped: tgrl/evaluation/plots.py.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -19,7 +24,10 @@ from tgrl.evaluation.plots import InputError, load_metrics, plot_runs, run_label
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="PNG training curves from metrics JSONL files.")
-    ap.add_argument("--metrics", nargs="+", required=True, help="<run>/metrics.jsonl, one or more")
+    ap.add_argument("--metrics", nargs="+", default=[], help="<run>/metrics.jsonl, one or more")
+    ap.add_argument(
+        "--runs-json", help="runs.json of scripts/run_protocol.py: [{name, method, group, checkpoint}, ...]"
+    )
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--smooth", type=int, default=1, help="moving-average window in logged steps (1 = raw)")
     return ap
@@ -27,13 +35,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    groups = None
     try:
         paths = [Path(p) for p in args.metrics]
         runs = {label: load_metrics(p) for label, p in zip(run_labels(paths), paths, strict=True)}
-    except InputError as e:
+        if args.runs_json:
+            listed = json.loads(Path(args.runs_json).read_text())
+            groups = {}
+            for run in listed:
+                metrics = Path(run["checkpoint"]) / "metrics.jsonl"
+                if metrics.is_file():  # SFT runs log no RL metrics
+                    runs[run["name"]] = load_metrics(metrics)
+                    groups.setdefault(run["group"], [])
+                    if run["method"] not in groups[run["group"]]:
+                        groups[run["group"]].append(run["method"])
+    except (InputError, OSError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for path in plot_runs(runs, Path(args.out), args.smooth):
+    if not runs:
+        print("error: no runs: give --metrics or --runs-json", file=sys.stderr)
+        return 2
+    for path in plot_runs(runs, Path(args.out), args.smooth, groups):
         print(path)
     return 0
 

@@ -7,7 +7,8 @@
 For every held-out problem the oracle teacher writes its grounded trajectory (no wrong facts); the checkpoint
 scores it by teacher forcing in the trainer's token layout. Rows (``decoding: teacher_forced``):
 ``expert_fact_p`` (mean p of the tokens stating the scene's counts: the content the reasoning should carry
-from the image), ``expert_low_p`` / ``expert_low_share`` (tokens with p < 0.5), ``expert_mean_p`` (all tokens).
+from the image), ``expert_low_p`` / ``expert_low_share`` (tokens with p < 0.5), ``expert_mean_p`` (all
+tokens).
 Comparable across every method, the weak base included (the start of every run). Idempotent: a row set
 is keyed by checkpoint, data and its hash, so a rerun adds nothing.
 """

@@ -28,7 +28,8 @@ def close(a, b, tol=1e-6):
     )
 
 
-# --------------------------------------------------------------------------------------------------- masked_mean
+# ---------------------------------------------------------------------------------------------------
+# masked_mean
 
 
 def test_masked_mean_values_and_empty():
@@ -39,7 +40,8 @@ def test_masked_mean_values_and_empty():
     assert masked_mean(x, torch.zeros_like(m)).item() == 0.0
 
 
-# --------------------------------------------------------------------------------------------------- advantages
+# ---------------------------------------------------------------------------------------------------
+# advantages
 
 
 def test_group_advantages_luffy_example_unbiased_std():
@@ -95,7 +97,8 @@ def test_group_advantages_nan_reward_is_excluded_and_zero():
     assert not torch.isnan(group_advantages(T([float("nan")] * 2), 2)).any()
 
 
-# --------------------------------------------------------------------------------------------------- visual dependency
+# ---------------------------------------------------------------------------------------------------
+# visual dependency
 
 
 def test_visual_dependency_values_clamps_mask_and_no_grad():
@@ -108,7 +111,8 @@ def test_visual_dependency_values_clamps_mask_and_no_grad():
     assert not d.requires_grad and not s.requires_grad
 
 
-# --------------------------------------------------------------------------------------------------- token weights
+# --------------------------------------------------------------------------------------------------- token
+# weights
 
 
 def test_weights_none_and_p_min_zeroing():
@@ -200,7 +204,8 @@ def test_weights_empty_rows_errors_and_no_grad():
         expert_token_weights("entropy_topk", p=p, mask=mask)
 
 
-# --------------------------------------------------------------------------------------------------- ratio term
+# --------------------------------------------------------------------------------------------------- ratio
+# term
 
 
 @pytest.mark.parametrize("scheme", EXPERT_RATIOS)
@@ -236,7 +241,8 @@ def test_expert_ratio_term_errors():
         expert_ratio_term(torch.zeros(2), "teacher_is")
 
 
-# --------------------------------------------------------------------------------------------------- on-policy loss
+# ---------------------------------------------------------------------------------------------------
+# on-policy loss
 
 
 def test_onpolicy_token_loss_clip_values_stats_and_grad():
@@ -259,7 +265,8 @@ def test_onpolicy_token_loss_clip_values_stats_and_grad():
     assert close(l1, [[-1.28, -1.28, -0.5, -0.5, -1.0]], tol=1e-6)
 
 
-# --------------------------------------------------------------------------------------------------- tgrl_loss
+# ---------------------------------------------------------------------------------------------------
+# tgrl_loss
 
 
 def _batch():
@@ -419,7 +426,8 @@ def test_tgrl_loss_errors():
         tgrl_loss(logp, old, adv, mask, loss_agg="seq_mean_token_sum_norm")
 
 
-# --------------------------------------------------------------------------------------------------- expert-term strength
+# ---------------------------------------------------------------------------------------------------
+# expert-term strength
 
 
 def test_separate_normaliser_hand_values():

@@ -91,7 +91,8 @@ def load_protocol(path: str | Path) -> Protocol:
     sizes = {name: len(spec.get("grid") or []) for name, spec in methods.items()}
     if len(set(sizes.values())) != 1 or 0 in sizes.values():
         raise UserError(
-            f"{where}: every method needs a tuning grid of the same, non-zero size (fair protocol); got {sizes}"
+            f"{where}: every method needs a tuning grid of the same, non-zero size (fair protocol); got "
+            f"{sizes}"
         )
     budget = int(raw["budget_steps"])
     for name, spec in methods.items():
@@ -213,7 +214,8 @@ def budget_of(protocol: Protocol, run: RunSpec) -> dict[str, int]:
 
 
 def tuning_table(protocol: Protocol, rows: list[dict[str, Any]], selected: dict[str, int]) -> tuple[str, str]:
-    """(Markdown, CSV) of every grid entry's validation scores, the selected entry marked; from summary rows."""
+    """(Markdown, CSV) of every grid entry's validation scores, the selected entry marked; from summary
+    rows."""
     by_run: dict[str, dict[str, float]] = {}
     for row in rows:
         if row.get("task") == SELECTION_TASK:
@@ -292,7 +294,8 @@ def reading(rows: Iterable[dict[str, Any]], methods: Iterable[str] = ("grpo", "t
         else "Every method shown rose on diff and cmp. "
     )
     second += (
-        "Where to look: the training curves (expert content-token p, expert share of the update, fact accuracy) "
+        "Where to look: the training curves (expert content-token p, expert share of the update, fact "
+        "accuracy) "
         "show whether the expert term moved the policy."
     )
     return first + "\n" + second

@@ -321,7 +321,9 @@ def aggregate(
         if num_tokens is None:
             return per_token.sum() / tokens.sum().clamp(min=1)
         count = torch.as_tensor(num_tokens, dtype=per_token.dtype, device=per_token.device)
-        return per_token.sum() / torch.where(count > 0, count, torch.ones_like(count))  # as given (TRL's value)
+        return per_token.sum() / torch.where(
+            count > 0, count, torch.ones_like(count)
+        )  # as given (TRL's value)
     if loss_agg == "seq_mean_token_mean":
         return masked_mean(masked_mean(per_token, tokens, dim=1), rows)
     if max_len is None or max_len < 1:

@@ -90,7 +90,8 @@ class TGRLConfig(GRPOConfig):
     inject_mode: str = field(
         default="always",
         metadata={
-            "help": "DESIGN 5.3. 'always': every group with an expert trajectory gets it in its last n_exp slots "
+            "help": "DESIGN 5.3. 'always': every group with an expert trajectory gets it in its last "
+            "n_exp slots "
             "(LUFFY); 'on_fail': only when at most inject_gate on-policy rollouts are correct (HPT / BREAD "
             "gate); 'never': no expert = GRPO."
         },
@@ -101,14 +102,16 @@ class TGRLConfig(GRPOConfig):
     n_exp: int = field(
         default=1,
         metadata={
-            "help": "Expert slots per group; n_on = num_generations - n_exp rollouts are generated (LUFFY 7+1). "
+            "help": "Expert slots per group; n_on = num_generations - n_exp rollouts are generated "
+            "(LUFFY 7+1). "
             "Slots beyond the number of stored trajectories repeat them."
         },
     )
     adv_group: str = field(
         default="mixed",
         metadata={
-            "help": "DESIGN 5.3. 'mixed': mean/std over the whole group incl. the expert (LUFFY paper and code); "
+            "help": "DESIGN 5.3. 'mixed': mean/std over the whole group incl. the expert (LUFFY paper "
+            "and code); "
             "'on_only': mean/std from on-policy members, applied to all (LUFFY grpo_split, CalibRL)."
         },
     )
@@ -124,9 +127,11 @@ class TGRLConfig(GRPOConfig):
     expert_loss_norm: str = field(
         default="joint",
         metadata={
-            "help": "DESIGN 5.5 expert-term strength. 'joint': one token mean over on-policy and expert tokens "
+            "help": "DESIGN 5.5 expert-term strength. 'joint': one token mean over on-policy and expert "
+            "tokens "
             "(LUFFY's 1/Z; an expert token's pull shrinks with the expert share of tokens, ~1/8 at 7+1); "
-            "'separate': each term averaged over its own tokens, then summed (CHORD's (1-mu) L_RL + mu L_SFT, "
+            "'separate': each term averaged over its own tokens, then summed (CHORD's (1-mu) L_RL + mu "
+            "L_SFT, "
             "SRFT). Tiny-tier value chosen on validation (REPRODUCE.md, tiny tuning table)."
         },
     )
@@ -140,7 +145,8 @@ class TGRLConfig(GRPOConfig):
     expert_coef_schedule: str = field(
         default="constant",
         metadata={
-            "help": "'constant', or after expert_coef_warmup_steps of linear warm-up a 'linear' / 'cosine' decay "
+            "help": "'constant', or after expert_coef_warmup_steps of linear warm-up a 'linear' / "
+            "'cosine' decay "
             "to expert_coef_end at max_steps (CHORD: warm-up, then decay of mu toward a small valley; the "
             "guidance anneals so train and test prompts match, ALGORITHMS 3)."
         },
@@ -155,7 +161,8 @@ class TGRLConfig(GRPOConfig):
     teacher_is_cap: float = field(
         default=3.0,
         metadata={
-            "help": "expert_ratio 'teacher_is': p / pi_teacher is clipped at this value (no gradient above it), so "
+            "help": "expert_ratio 'teacher_is': p / pi_teacher is clipped at this value (no gradient "
+            "above it), so "
             "one token the teacher sampled at low probability cannot blow the loss up. Default: TRL's "
             "vllm_importance_sampling_cap (truncated IS)."
         },
@@ -163,7 +170,8 @@ class TGRLConfig(GRPOConfig):
     expert_neg_p_floor: float = field(
         default=1e-3,
         metadata={
-            "help": "expert_ratio 'sft' with a negative advantage (a wrong expert: no-filter ablation, truncated "
+            "help": "expert_ratio 'sft' with a negative advantage (a wrong expert: no-filter ablation, "
+            "truncated "
             "experts) is unlikelihood -|A| log p, unbounded: below this p_theta the token gets no more "
             "gradient (ours; the PPO clip bounds on-policy tokens the same way). 0 = no floor."
         },
@@ -194,8 +202,10 @@ class TGRLConfig(GRPOConfig):
     p_min: float | None = field(
         default=None,
         metadata={
-            "help": "DESIGN 5.5: expert tokens with pi_old < p_min get w = 0 (counted; ours). None = by ratio: "
-            "1e-4 for 'shaped' / 'raw_p' (their gradient there is ~0 anyway), 0 for 'sft' / 'teacher_is' (the "
+            "help": "DESIGN 5.5: expert tokens with pi_old < p_min get w = 0 (counted; ours). None = by "
+            "ratio: "
+            "1e-4 for 'shaped' / 'raw_p' (their gradient there is ~0 anyway), 0 for 'sft' / 'teacher_is' "
+            "(the "
             "lowest-probability expert tokens are the ones imitation exists for). Resolved at start and "
             "recorded in the run config."
         },
@@ -214,22 +224,26 @@ class TGRLConfig(GRPOConfig):
     online_group_filter: bool = field(
         default=False,
         metadata={
-            "help": "DESIGN 5.2 (DAPO dynamic sampling without refill): groups whose rewards all tie are masked "
+            "help": "DESIGN 5.2 (DAPO dynamic sampling without refill): groups whose rewards all tie are "
+            "masked "
             "out of the loss and its normaliser; the count is logged as groups/dropped."
         },
     )
     expert_overlong: str = field(
         default="error",
         metadata={
-            "help": "An expert trajectory longer than max_completion_length (+ end-of-turn): 'error' (filter F2 "
-            "should have rejected it; never truncate silently), 'truncate' (keep the first tokens, no end-of-turn; "
+            "help": "An expert trajectory longer than max_completion_length (+ end-of-turn): 'error' "
+            "(filter F2 "
+            "should have rejected it; never truncate silently), 'truncate' (keep the first tokens, no "
+            "end-of-turn; "
             "for the w/o-F2 ablation), 'drop' (that prompt trains as a plain GRPO group)."
         },
     )
     vis_dep_diag_every: int = field(
         default=0,
         metadata={
-            "help": "Every N steps also run the perturbed-image pass on on-policy rollouts, to log vis_dep/on_policy "
+            "help": "Every N steps also run the perturbed-image pass on on-policy rollouts, to log "
+            "vis_dep/on_policy "
             "(the 'visual evidence in reasoning' diagnostic, DESIGN 5.6). 0 = never (the pass then runs on "
             "expert sequences only, unless on-policy weighting needs it)."
         },
@@ -377,7 +391,8 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         self._acc_index = names.index(accuracy_reward.__name__) if accuracy_reward.__name__ in names else None
         if args.inject_mode == "on_fail" and self._acc_index is None:
             raise ValueError(
-                "inject_mode 'on_fail' needs the 'accuracy' reward function (the gate counts correct rollouts)"
+                "inject_mode 'on_fail' needs the 'accuracy' reward function (the gate counts correct "
+                "rollouts)"
             )
         if args.inject_mode != "never" and train_dataset is not None:
             self._check_expert_texts(train_dataset)
@@ -428,7 +443,8 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
                     continue
                 if len(tokens) > limit and self.args.expert_overlong == "error":
                     raise ValueError(
-                        f"row {row_id}: expert trajectory has {len(tokens) + 1} tokens with end-of-turn, more "
+                        f"row {row_id}: expert trajectory has {len(tokens) + 1} tokens with end-of-turn, "
+                        f"more "
                         f"than max_completion_length={self.max_completion_length}. Fix: filter with the same "
                         "max length (F2), or set expert_overlong: truncate / drop"
                     )
@@ -445,7 +461,8 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         return tuple(fact_token_positions(self._tokenizer, text))
 
     def _expert_fact_mask(self, inputs, exp_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) bool: the fact tokens of expert rows whose problem has ground-truth facts (synthetic scenes)."""
+        """(B, T) bool: the fact tokens of expert rows whose problem has ground-truth facts (synthetic
+        scenes)."""
         fact_mask = torch.zeros_like(exp_mask)
         for i in exp_mask.any(1).nonzero().flatten().tolist():
             if inputs[i].get("facts"):
@@ -517,7 +534,8 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             got = "no dataset rows" if rows is None else f"{len(rows)} dataset rows"
             raise RuntimeError(
                 f"TGRL cannot place expert trajectories: {got} for {len(prompt_ids)} prompts in "
-                "_generate_single_turn (the trainer was written against TRL 1.16, which passes one prompt per "
+                "_generate_single_turn (the trainer was written against TRL 1.16, which passes one prompt "
+                "per "
                 "row of the generation batch). Training on would silently be plain GRPO. Fix: install the "
                 "pinned trl version, or set inject_mode: never to train GRPO on purpose"
             )
@@ -589,7 +607,8 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
-        # fit images into the pixel budget before any processor sees them: vLLM and trainer get the same pixels
+        # fit images into the pixel budget before any processor sees them: vLLM and trainer get the same
+        # pixels
         if self._pixel_fit is not None:
             fit_row_images(inputs, *self._pixel_fit)
         if not self.model.training:
@@ -840,7 +859,8 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             values = inputs[i].get("expert_teacher_logprobs")
             if not values:
                 raise ValueError(
-                    f"row {inputs[i].get('id')}: expert_ratio 'teacher_is' needs meta.expert.teacher_logprobs. "
+                    f"row {inputs[i].get('id')}: expert_ratio 'teacher_is' needs "
+                    f"meta.expert.teacher_logprobs. "
                     "Fix: run data_prep/score_teacher_logprobs.py and train on its output"
                 )
             n_tokens = len(self._full_expert_ids(inputs[i]["expert_text"]))
@@ -921,7 +941,8 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
     # THE LOSS
 
     def _compute_loss(self, model, inputs):
-        """DESIGN 5.5: PPO-clip on on-policy tokens, -A * w * f(pi_theta) on expert tokens (tgrl_loss_terms)."""
+        """DESIGN 5.5: PPO-clip on on-policy tokens, -A * w * f(pi_theta) on expert tokens
+        (tgrl_loss_terms)."""
         logps, entropies = self._policy_logps_and_entropies(model, inputs)
         completion_mask = inputs["completion_mask"]
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
@@ -1149,7 +1170,8 @@ def expert_coef_at(
     step: int, max_steps: int, peak: float, schedule: str = "constant", end: float = 0.0, warmup: int = 0
 ) -> float:
     """The expert term's scale at ``step`` (CHORD-style mu schedule): linear warm-up from 0 over ``warmup``
-    steps, then ``peak`` ('constant') or a 'linear' / 'cosine' decay from ``peak`` to ``end`` at ``max_steps``."""
+    steps, then ``peak`` ('constant') or a 'linear' / 'cosine' decay from ``peak`` to ``end`` at
+    ``max_steps``."""
     if schedule not in EXPERT_COEF_SCHEDULES:
         raise ValueError(
             f"expert_coef_schedule must be one of {list(EXPERT_COEF_SCHEDULES)}, got {schedule!r}"
@@ -1182,7 +1204,8 @@ def check_vllm_prompt_lengths(sent: list, returned: list | None) -> None:
                 f"vLLM expanded prompt {i} to {len(theirs)} tokens, the trainer's processor to {len(ours)}: "
                 "vLLM resized an image with other pixel bounds than the trainer's processor, so the rollout "
                 "does not belong to the prompt the loss scores. Fix: train through TGRLTrainer, which fits "
-                "every image into the processor's budget first (tgrl/pixels.py), and keep min_pixels/max_pixels "
+                "every image into the processor's budget first (tgrl/pixels.py), and keep "
+                "min_pixels/max_pixels "
                 "inside the checkpoint's own preprocessor_config.json bounds"
             )
 

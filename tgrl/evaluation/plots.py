@@ -26,6 +26,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -54,9 +55,13 @@ PANELS: dict[str, dict[str, list[str]]] = {
     "entropy": {
         "entropy": ["entropy", "entropy/mean", "policy_entropy"],
     },
-    "expert-token probability": {
-        "mean p": ["expert/p_mean", "expert_token_prob", "expert/prob_mean", "p_expert/mean"],
-        "share p<0.01": ["expert/p_below_0.01", "expert/frac_p_below_0.01"],
+    # docs/metrics.md: the expert's content tokens (p_mean is dominated by template tokens at p ~ 1)
+    "expert content-token p": {
+        "fact tokens": ["expert/p_fact"],
+        "tokens with p < 0.5": ["expert/p_low"],
+    },
+    "expert share of the update": {
+        "gradient-norm share": ["grad/expert_share"],
     },
     "visual dependency s_t": {
         "expert tokens": ["vis_dep/expert", "vis_dep_expert", "s_t/expert"],
@@ -124,7 +129,7 @@ def save_atomic(fig, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
         os.replace(tmp, path)
     finally:
         plt.close(fig)
@@ -147,6 +152,17 @@ def grid_axes(n: int, title: str):
     return fig, list(axes.flat[:n])
 
 
+def legend_below(fig, axes) -> None:
+    """One legend for the figure, below the panels (legends drawn inside the axes covered the curves)."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    if entries:
+        ncol = min(4, len(entries))
+        fig.legend(entries.values(), entries.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol)
+
+
 def run_labels(paths: list[Path]) -> list[str]:
     """The run directory's name; parent dirs are added when two runs would share a label."""
     labels = [p.parent.name or p.stem for p in paths]
@@ -156,11 +172,12 @@ def run_labels(paths: list[Path]) -> list[str]:
     return labels
 
 
-SEED_SUFFIX = re.compile(r"_s(?:eed)?\d+$")
+SEED_SUFFIX = re.compile(r"(?:_c\d+)?_s(?:eed)?\d+$")
 
 
 def method_of(run: str) -> str:
-    """``tgrl_s2`` -> ``tgrl``: the overlays draw the seeds of one method as one curve and band."""
+    """``tgrl_s2`` or ``tgrl_c2_s2`` (the protocol's config and seed) -> ``tgrl``: the overlays draw the
+    seeds of one method as one curve and band."""
     return SEED_SUFFIX.sub("", run)
 
 
@@ -175,9 +192,18 @@ def seed_band(
     return common, [sum(c) / len(c) for c in cols], [min(c) for c in cols], [max(c) for c in cols]
 
 
-def plot_runs(runs: dict[str, dict[int, dict[str, float]]], out: Path, window: int) -> list[Path]:
-    """One figure per run and the overlays (``overlay.png`` and one per panel) into ``out``; returns the
-    files written. A run without any known key gets a warning and no figure."""
+def plot_runs(
+    runs: dict[str, dict[int, dict[str, float]]],
+    out: Path,
+    window: int,
+    groups: dict[str, list[str]] | None = None,
+) -> list[Path]:
+    """One figure per run and the overlays into ``out``; returns the files written. A run without any
+    known key gets a warning and no figure.
+
+    ``groups`` (name -> methods) draws one overlay set per group, ``overlay_<name>.png`` and
+    ``overlay_<name>_<panel>.png`` (e.g. the main methods apart from the ablations, so neither figure
+    holds more curves than a reader can follow); None: one set over every method (``overlay.png``)."""
     out.mkdir(parents=True, exist_ok=True)
     suffix = f" (moving average over {window} steps)" if window > 1 else ""
 
@@ -204,9 +230,8 @@ def plot_runs(runs: dict[str, dict[int, dict[str, float]]], out: Path, window: i
                 draw(ax, xs, ys, window, label=s, color=f"C{i}")
             ax.set_title(p)
             ax.set_xlabel("step")
-            if len(panels[p]) > 1:
-                ax.legend(fontsize=8)
         fig.tight_layout()
+        legend_below(fig, [ax for ax, p in zip(axes, present, strict=True) if len(panels[p]) > 1])
         path = out / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', run)}.png"
         save_atomic(fig, path)
         written.append(path)
@@ -218,9 +243,9 @@ def plot_runs(runs: dict[str, dict[int, dict[str, float]]], out: Path, window: i
     for run in found:
         methods.setdefault(method_of(run), []).append(run)
 
-    def overlay(ax, p: str) -> None:
-        for i, (method, members) in enumerate(methods.items()):
-            color = f"C{i % 10}"
+    def overlay(ax, p: str, names: list[str]) -> None:
+        for i, method in enumerate(names):
+            members, color = methods[method], f"C{i % 10}"
             for j, s in enumerate(PANELS[p]):
                 curves = [
                     (xs, smooth(ys, window))
@@ -238,20 +263,28 @@ def plot_runs(runs: dict[str, dict[int, dict[str, float]]], out: Path, window: i
                     ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
         ax.set_title(p)
         ax.set_xlabel("step")
-        ax.legend(fontsize=7)
 
-    if present:
-        fig, axes = grid_axes(len(present), "all methods, mean and min-max over seeds" + suffix)
-        for ax, p in zip(axes, present, strict=True):
-            overlay(ax, p)
+    sets = groups or {"": list(methods)}
+    for group, wanted in sets.items():
+        names = [m for m in wanted if m in methods]
+        shown = [p for p in present if any(found[r][p] for m in names for r in methods[m])]
+        if not names or not shown:
+            continue
+        stem = f"overlay_{group}" if group else "overlay"
+        title = f"{group or 'all'} methods, mean and min-max over seeds" + suffix
+        fig, axes = grid_axes(len(shown), title)
+        for ax, p in zip(axes, shown, strict=True):
+            overlay(ax, p, names)
         fig.tight_layout()
-        save_atomic(fig, out / "overlay.png")
-        written.append(out / "overlay.png")
-        for p in present:
+        legend_below(fig, axes)
+        save_atomic(fig, out / f"{stem}.png")
+        written.append(out / f"{stem}.png")
+        for p in shown:
             fig, ax = plt.subplots(figsize=(6, 4))
-            overlay(ax, p)
+            overlay(ax, p, names)
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
             fig.tight_layout()
-            path = out / f"overlay_{re.sub(r'[^A-Za-z0-9]+', '_', p).strip('_')}.png"
+            path = out / f"{stem}_{re.sub(r'[^A-Za-z0-9]+', '_', p).strip('_')}.png"
             save_atomic(fig, path)
             written.append(path)
     return written

@@ -203,8 +203,10 @@ def load_tables(path: str) -> dict[str, dict]:
             if key not in t:
                 raise InputError(f"{path}: table {name!r} has no {key!r}")
         for c in t["columns"]:
-            if not {"task", "metric"} <= set(c) or c.get("fmt", "pct") not in ("pct", "raw"):
-                raise InputError(f"{path}: table {name!r}: column {c} needs task, metric and fmt pct|raw")
+            if not {"task", "metric"} <= set(c) or c.get("fmt", "pct") not in FORMATS:
+                raise InputError(
+                    f"{path}: table {name!r}: column {c} needs task, metric and fmt {'|'.join(FORMATS)}"
+                )
         for r in t["rows"]:
             if "method" not in r:
                 raise InputError(f"{path}: table {name!r}: row {r} has no 'method'")
@@ -310,8 +312,19 @@ def pick_reported(reported: list[dict[str, str]], sel: dict[str, Any], task: str
     )  # a copy: tables number sources separately
 
 
+# Column formats: pct (a fraction printed x100, one decimal), raw (three decimals), count (an integer with
+# thousands separators: steps, sequences), dec1 (one decimal: minutes).
+FORMATS = ("pct", "raw", "count", "dec1")
+
+
 def fmt_num(x: float, fmt: str, digits_pct: int = 1, digits_raw: int = 3) -> str:
-    return f"{x * 100:.{digits_pct}f}" if fmt == "pct" else f"{x:.{digits_raw}f}"
+    if fmt == "pct":
+        return f"{x * 100:.{digits_pct}f}"
+    if fmt == "count":
+        return f"{x:,.0f}"
+    if fmt == "dec1":
+        return f"{x:.1f}"
+    return f"{x:.{digits_raw}f}"
 
 
 @dataclass
@@ -338,14 +351,28 @@ class Table:
     n_by_col: list[str]
 
 
-def latest_per_run(rows: list[Row]) -> dict[tuple[str, str, str], Row]:
-    """The latest row of each (run, task, metric): the greatest time, then the later line."""
-    latest: dict[tuple[str, str, str], Row] = {}
+def latest_per_run(rows: list[Row]) -> dict[tuple[str, str, str, str], Row]:
+    """The latest row of each (run, task, metric, decoding): the greatest time, then the later line."""
+    latest: dict[tuple[str, str, str, str], Row] = {}
     for r in rows:
-        key = (r.record["run"], r.record["task"], r.record["metric"])
+        key = (r.record["run"], r.record["task"], r.record["metric"], str(r.record.get("decoding")))
         if key not in latest or r.order > latest[key].order:
             latest[key] = r
     return latest
+
+
+def column_hits(latest: dict[tuple[str, str, str, str], Row], column: dict) -> list[Row]:
+    """A column's rows, one per run (sorted by run): its task and metric, and its ``decoding`` when the
+    column names one (a table can show greedy and avg@k accuracy side by side); else the latest of any."""
+    per_run: dict[str, Row] = {}
+    for (run, task, metric, decoding), r in latest.items():
+        if task != column["task"] or metric != column["metric"]:
+            continue
+        if "decoding" in column and decoding != column["decoding"]:
+            continue
+        if run not in per_run or r.order > per_run[run].order:
+            per_run[run] = r
+    return [per_run[run] for run in sorted(per_run)]
 
 
 def gather_cells(rows: list[Row], columns: list[dict]) -> list[Cell | None]:
@@ -353,10 +380,7 @@ def gather_cells(rows: list[Row], columns: list[dict]) -> list[Cell | None]:
     latest = latest_per_run(rows)
     cells: list[Cell | None] = []
     for c in columns:
-        hits = sorted(
-            (r for (_, task, metric), r in latest.items() if task == c["task"] and metric == c["metric"]),
-            key=lambda r: r.record["run"],
-        )
+        hits = column_hits(latest, c)
         if c.get("fmt", "pct") == "pct":
             for r in hits:
                 if not 0.0 <= r.record["value"] <= 1.0:

@@ -20,25 +20,39 @@ from typing import Any
 from tgrl.evaluation.runner import append_locked, finished_keys
 from tgrl.utils import UserError, git_commit, package_versions, read_jsonl, sha256_file
 
-DIAGNOSTICS = {"vis_dep_expert": "vis_dep/expert", "vis_dep_on_policy": "vis_dep/on_policy"}
+# summary metric -> trainer key, averaged over the last ``tail`` share of the run (the run's end) ...
+DIAGNOSTICS = {
+    "vis_dep_expert": "vis_dep/expert",
+    "vis_dep_on_policy": "vis_dep/on_policy",
+    "expert_p_fact_end": "expert/p_fact",  # docs/metrics.md: does the expert term move the content tokens?
+    "expert_p_low_end": "expert/p_low",
+    "grad_expert_share": "grad/expert_share",
+}
+# ... and over the first ``tail`` share (the run's start), for "start -> end"
+START_DIAGNOSTICS = {"expert_p_fact_start": "expert/p_fact", "expert_p_low_start": "expert/p_low"}
 
 
 def tail_means(metrics_path: Path, tail: float) -> dict[str, tuple[float, int]]:
-    """Mean and count of each diagnostic over the last ``tail`` share of logged steps (NaN/absent skipped)."""
+    """Mean and count of each diagnostic over the last ``tail`` share of logged steps (DIAGNOSTICS) and
+    of START_DIAGNOSTICS over the first ``tail`` share (NaN/absent skipped)."""
     rows = [row for _, row in read_jsonl(metrics_path) if "step" in row]
     if not rows:
         raise UserError(f"{metrics_path}: no logged steps. Fix: train the run first (train/rl.py)")
     last_step = max(r["step"] for r in rows)
-    start = last_step * (1.0 - tail)
     out = {}
-    for name, key in DIAGNOSTICS.items():
-        values = [
-            float(r[key])
-            for r in rows
-            if r["step"] > start and isinstance(r.get(key), int | float) and math.isfinite(float(r[key]))
-        ]
-        if values:
-            out[name] = (sum(values) / len(values), len(values))
+    windows = [
+        (DIAGNOSTICS, lambda step: step > last_step * (1.0 - tail)),
+        (START_DIAGNOSTICS, lambda step: step <= last_step * tail),
+    ]
+    for names, inside in windows:
+        for name, key in names.items():
+            values = [
+                float(r[key])
+                for r in rows
+                if inside(r["step"]) and isinstance(r.get(key), int | float) and math.isfinite(float(r[key]))
+            ]
+            if values:
+                out[name] = (sum(values) / len(values), len(values))
     return out
 
 
