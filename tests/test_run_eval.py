@@ -97,6 +97,20 @@ def test_end_to_end_then_rerun_skips(tiny_checkpoint, synthetic_dir, tmp_path) -
     assert len(read_rows(summary)) == len(rows)
 
 
+def test_several_tasks_share_one_model_load(tiny_checkpoint, synthetic_dir, tmp_path) -> None:
+    """lmms-eval calls the model's clean() after every task; the second task must still find the model."""
+    summary = tmp_path / "summary.jsonl"
+    result = run(
+        "--model", str(tiny_checkpoint), "--out", str(tmp_path / "raw"), "--summary", str(summary),
+        "--jsonl", f"synthetic_test={synthetic_dir / 'test.jsonl'}",
+        "--jsonl", f"synthetic_train={synthetic_dir / 'train.jsonl'}",
+        "--suite", "tiny", "--limit", "4", "--max-new-tokens", "8", "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    tasks = {row["task"] for row in read_rows(summary)}
+    assert tasks == {"synthetic_test", "synthetic_train"}
+
+
 def test_errors_exit_nonzero_with_a_message(tiny_checkpoint, tmp_path) -> None:
     missing = run(
         "--model", str(tmp_path / "nope"), "--jsonl", "x.jsonl", "--summary", str(tmp_path / "s.jsonl")

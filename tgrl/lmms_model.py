@@ -189,6 +189,14 @@ class TGRLModel(lmms):
     # ----------------------------------------------------------------------------------------------
     # set-up
 
+    def clean(self) -> None:
+        """Keep the model loaded. lmms-eval's ``evaluate`` calls ``clean()`` after every task, and the base
+        class deletes every ``nn.Module`` attribute, so the second task of a run (one load serves all tasks,
+        tgrl.evaluation.runner) failed with "no attribute 'model'". The runner drops the model at the end."""
+        import gc
+
+        gc.collect()
+
     def _init_vllm(self, dtype: str, gpu_memory_utilization: float, max_model_len: int | None) -> None:
         from tgrl.modeling import load_processor, vision_token_ids
         from tgrl.teachers.vllm_backend import check_vllm_available, engine_kwargs
