@@ -172,6 +172,7 @@ def run_labels(paths: list[Path]) -> list[str]:
     return labels
 
 
+STYLE_NAMES = ("solid:", "dashed:", "dotted:", "dash-dot:")  # names of the overlay line styles, in order
 SEED_SUFFIX = re.compile(r"(?:_c\d+)?_s(?:eed)?\d+$")
 
 
@@ -257,11 +258,23 @@ def plot_runs(
                     continue
                 xs, mean, lo, hi = seed_band(curves)
                 seeds = f" ({len(curves)} seeds)" if len(curves) > 1 else ""
-                label = method + seeds + ("" if len(PANELS[p]) == 1 else f": {s}")
-                ax.plot(xs, mean, linewidth=1.5, color=color, linestyle=styles[j % len(styles)], label=label)
+                # the legend names methods (colour); a panel's line styles are named in its title
+                ax.plot(
+                    xs,
+                    mean,
+                    linewidth=1.5,
+                    color=color,
+                    linestyle=styles[j % len(styles)],
+                    label=method + seeds,
+                )
                 if len(curves) > 1:
                     ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
-        ax.set_title(p)
+        series_names = list(PANELS[p])
+        if len(series_names) > 1:
+            keys = ", ".join(f"{STYLE_NAMES[j % len(styles)]} {s}" for j, s in enumerate(series_names))
+            ax.set_title(f"{p}\n({keys})", fontsize=10)
+        else:
+            ax.set_title(p)
         ax.set_xlabel("step")
 
     sets = groups or {"": list(methods)}

@@ -313,8 +313,9 @@ def pick_reported(reported: list[dict[str, str]], sel: dict[str, Any], task: str
 
 
 # Column formats: pct (a fraction printed x100, one decimal), raw (three decimals), count (an integer with
-# thousands separators: steps, sequences), dec1 (one decimal: minutes).
+# thousands separators: steps, sequences), dec1 (one decimal: minutes); the last two print the mean only.
 FORMATS = ("pct", "raw", "count", "dec1")
+MEAN_ONLY = ("count", "dec1")  # budgets (equal by construction) and wall time: the mean, no spread
 
 
 def fmt_num(x: float, fmt: str, digits_pct: int = 1, digits_raw: int = 3) -> str:
@@ -509,6 +510,8 @@ def ours_text(cell: Cell | None, fmt: str, row_k: int, ci: bool) -> str:
     if cell is None:
         return DASH
     s = fmt_num(cell.mean, fmt)
+    if fmt in MEAN_ONLY:
+        return s if cell.k == row_k else f"{s} (k={cell.k})"
     if cell.std is not None:
         s += f" ± {fmt_num(cell.std, fmt)}"
     if ci and cell.ci95():
