@@ -1,29 +1,47 @@
 #!/usr/bin/env bash
-# Tiny-tier demo on CPU (make demo): the tiny Qwen2.5-VL checkpoint and the synthetic scenes with a sample,
-# then a short version of the mini-replication (scripts/reproduce_tiny.sh with QUICK=1: weak base, oracle
-# teacher + filtering, GRPO vs TGRL for one seed, lmms-eval on 1,000 held-out items, table + curves).
+# Tiny-tier demo on CPU (make demo): the short version of the mini-replication (scripts/reproduce_tiny.sh with
+# QUICK=1): scenes, the tiny Qwen2.5-VL, the weak base, oracle teacher + filtering, then GRPO and TGRL at the
+# configurations the full protocol selected on its validation split (results/tiny/selected.json), one seed,
+# scored on 1,000 held-out scenes. Ends with the table, two sentences that read it, and a sample: one test
+# scene answered by the weak base, GRPO and TGRL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+OUT=${OUT:-results/tiny_demo}
+WORK=${WORK:-checkpoints/tiny_demo}
+DATA=${DATA:-data/tiny}
 
-echo "== 1. tiny Qwen2.5-VL checkpoint (tokenizer + processor + model built from code)"
-$PY data_prep/build_tiny_model.py --out checkpoints/tiny-init --size S --seed 0
-echo "== 2. synthetic visual-reasoning scenes"
-$PY data_prep/make_synthetic.py --out data/synthetic --n-train 3000 --n-test 1000 --seed 0
-echo "== 3. a sample: prompt as the model sees it, gold answer, and the untrained model's reply"
-$PY - <<'PY'
+echo "== 1. mini-replication, short version (GRPO vs TGRL, one seed): QUICK=1 scripts/reproduce_tiny.sh"
+QUICK=1 OUT=$OUT WORK=$WORK DATA=$DATA bash scripts/reproduce_tiny.sh
+
+echo
+echo "== 2. a held-out scene: the prompt, the gold answer, and each model's reply"
+$PY - "$DATA/synthetic/test.jsonl" "$WORK" "$OUT/runs.json" <<'PY'
+import json
+import sys
+from pathlib import Path
+
 from tgrl.data import load_problems
 from tgrl.modeling import encode_prompts, generate_texts, load_model_and_processor
-problem = load_problems("data/synthetic/test.jsonl", limit=1)[0]
-model, processor = load_model_and_processor("checkpoints/tiny-init")
-batch = encode_prompts(processor, [problem.question], [problem.load_images()])
-print("prompt:", processor.tokenizer.decode(batch["input_ids"][0]))
-print("image :", problem.image_paths[0], "| gold answer:", problem.answer, "| meta counts:", problem.meta["counts"])
-print("reply :", generate_texts(model, processor, [problem.question], [problem.load_images()], max_new_tokens=16)[0][0])
+
+data, work, runs_file = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+problems = [p for p in load_problems(data, limit=12) if p.meta["qtype"] == "diff"][:2]
+runs = {r["method"]: Path(r["checkpoint"]) for r in json.loads(runs_file.read_text()) if r["group"] == "main"}
+models = {"weak base": work / "base", **{m.upper(): path for m, path in runs.items()}}
+for problem in problems:
+    counts = problem.meta["counts"]
+    print(f"question: {problem.question}  (image {problem.image_paths[0]}: red {counts['red']}, blue {counts['blue']})")
+    print(f"gold answer: {problem.answer}")
+    for name, path in models.items():
+        model, processor = load_model_and_processor(path)
+        reply = generate_texts(model, processor, [problem.question], [problem.load_images()], max_new_tokens=48)
+        print(f"  {name:9s} {reply[0][0]}")
+    print()
+model, processor = load_model_and_processor(work / "base")
+batch = encode_prompts(processor, [problems[0].question], [problems[0].load_images()])
+print("the prompt as the model sees it:", processor.tokenizer.decode(batch["input_ids"][0]))
 PY
-echo "== 4. mini-replication, short version (GRPO vs TGRL, one seed): scripts/reproduce_tiny.sh QUICK=1"
-QUICK=1 bash scripts/reproduce_tiny.sh
 echo
-echo "outputs: checkpoints/tiny-init (model), data/synthetic (scenes), results/tiny_demo/tables (table),"
-echo "         results/tiny_demo/plots (training curves), checkpoints/tiny_demo (runs, logs)"
+echo "outputs: $OUT/tables (tables, reading.txt), $OUT/plots (training curves: overlay_main.png first),"
+echo "         $WORK (checkpoints, logs); the full protocol: make reproduce (REPRODUCE.md section 5)"
