@@ -40,7 +40,10 @@ def two_runs(tmp_path: Path) -> list[Path]:
             "accuracy/on_policy": 0.35 + 0.01 * s,
             "accuracy/expert": 1.0,
             "completion_length": 24.0,
-            "expert/p_mean": 0.2 + 0.02 * s,
+            "expert/p_mean": 0.85,  # not plotted: template tokens at p ~ 1 dominate it
+            "expert/p_fact": 0.2 + 0.02 * s,
+            "expert/p_low": 0.1 + 0.01 * s,
+            "grad/expert_share": 0.3,
             "vis_dep/expert": 0.4,
             "vis_dep/on_policy": 0.2 + 0.005 * s,
             "fact_accuracy": 0.17 + 0.001 * s,
@@ -97,7 +100,8 @@ def test_pngs_per_run_and_overlays(tmp_path: Path, two_runs: list[Path], monkeyp
         "overlay_reward.png",
         "overlay_visual_dependency_s_t.png",
         "overlay_fact_accuracy.png",
-        "overlay_expert_token_probability.png",
+        "overlay_expert_content_token_p.png",
+        "overlay_expert_share_of_the_update.png",
     ]
     for name in expected:
         data = (out / name).read_bytes()
@@ -105,7 +109,7 @@ def test_pngs_per_run_and_overlays(tmp_path: Path, two_runs: list[Path], monkeyp
     assert not list(out.glob(".*"))  # no temp files left behind
     # every panel of every figure has its curves drawn (a blank panel would still be a valid PNG)
     assert set(ink) == {path.name for path in out.glob("*.png")}
-    assert (len(ink["tiny_grpo_s1.png"]), len(ink["tiny_tgrl_s1.png"]), len(ink["overlay.png"])) == (5, 6, 7)
+    assert (len(ink["tiny_grpo_s1.png"]), len(ink["tiny_tgrl_s1.png"]), len(ink["overlay.png"])) == (5, 7, 8)
     for name, per_axes in ink.items():
         assert min(per_axes) > 100, (name, per_axes)
 
@@ -116,7 +120,7 @@ def test_candidate_keys_and_resume_semantics(two_runs: list[Path]) -> None:
     assert "note" not in steps[1]
     xs, ys = pt.series(steps, pt.PANELS["visual dependency s_t"]["on-policy tokens"])
     assert xs[:2] == [1, 2] and ys[0] == pytest.approx(0.205)
-    assert pt.series(pt.load_metrics(two_runs[0]), pt.PANELS["expert-token probability"]["mean p"]) is None
+    assert pt.series(pt.load_metrics(two_runs[0]), pt.PANELS["expert content-token p"]["fact tokens"]) is None
 
 
 def test_smoothing() -> None:

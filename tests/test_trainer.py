@@ -237,12 +237,30 @@ def test_token_weights_only_on_expert_rows(tgrl_batch):
     assert 0.0 <= metrics["expert/w_zeroed"][-1] <= 1.0 and p_min == 1e-4
 
 
-def test_loss_and_grads_finite_with_experts(tgrl_batch):
+def test_loss_with_experts_equals_a_hand_computation(tgrl_batch):
+    """The trainer's loss on a real batch, recomputed by hand in plain Python from the same per-token
+    log-probs: PPO-clip on on-policy tokens (pi_old = pi_theta here, so rho = 1: -A per token), the
+    shaped expert term -A w p / (p + gamma) on expert tokens, one token mean over the generation batch."""
     trainer, _, out = tgrl_batch
     trainer.current_gradient_accumulation_steps = 1
     loss, grads = loss_and_grads(trainer, out)
-    assert torch.isfinite(loss)
     assert grads and all(torch.isfinite(g).all() for g in grads.values())
+    logps = completion_logps(trainer, out).tolist()
+    mask, is_expert = out["completion_mask"].tolist(), out["is_expert"].tolist()
+    adv, w = out["advantages"].tolist(), out["expert_weights"].tolist()
+    gamma, total, count = trainer.args.expert_gamma, 0.0, 0
+    for i, row in enumerate(logps):
+        for t, logp in enumerate(row):
+            if not mask[i][t]:
+                continue
+            count += 1
+            if is_expert[i]:
+                p = math.exp(logp)
+                total += -adv[i] * w[i][t] * p / (p + gamma)
+            else:
+                total += -adv[i]
+    assert is_expert.count(True) >= 1 and count == out["num_items_in_batch"].item()
+    assert loss.item() == pytest.approx(total / count, rel=1e-4, abs=1e-6)
     assert trainer._metrics["train"]["loss/expert"]
 
 
