@@ -169,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--oracle-n", type=int, default=1000, help="problems per oracle teacher run (<= --n-train)"
     )
     ap.add_argument("--hf-n", type=int, default=64, help="problems per hf teacher run")
-    ap.add_argument("--k", type=int, default=4, help="teacher samples per problem (DESIGN 5.1)")
+    ap.add_argument(
+        "--k", type=int, default=4, help="teacher samples per problem (docs/design.md#51-teachers)"
+    )
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--out", help="write all measurements as one JSON file")
     return ap

@@ -1,4 +1,5 @@
-"""Sample K expert trajectories per problem from a teacher (DESIGN 5.1): append-only, resumable, shardable.
+"""Sample K expert trajectories per problem from a teacher (docs/design.md#51-teachers): append-only,
+resumable, shardable.
 
     # tiny tier (synthetic scenes, programmatic teacher; ~10 s for 3000 problems x 4)
     python data_prep/build_teacher_trajectories.py --data data/synthetic/train.jsonl \\
@@ -15,7 +16,7 @@
 
 Every flag can also come from ``--config file.yaml`` (keys = flag names; flags override the file).
 
-Output (``OUT/``): ``trajectories.jsonl``, one record per (id, sample_idx) (DESIGN 4)::
+Output (``OUT/``): ``trajectories.jsonl``, one record per (id, sample_idx) (docs/design.md#42-trajectories)::
 
     {"id", "teacher", "sample_idx", "text", "reward", "kept": null, "reject_reason": null,
      "n_tokens", "mean_logprob": null, "finish_reason", "gen": {"temperature", "top_p", "max_tokens", "seed"}}
@@ -147,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     required(parser.add_argument("--data", type=Path, help="problem JSONL (schema: tgrl.data)"))
     required(parser.add_argument("--out", type=Path, help="output folder"))
     required(parser.add_argument("--backend", choices=sorted(TEACHER_BACKENDS), help="teacher backend"))
-    parser.add_argument("--k", type=int, default=4, help="samples per problem (DESIGN 5.1: 4)")
+    parser.add_argument(
+        "--k", type=int, default=4, help="samples per problem (docs/design.md#51-teachers: 4)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)

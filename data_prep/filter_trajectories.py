@@ -1,4 +1,4 @@
-"""Filter teacher trajectories (F1-F4, DESIGN 5.2) into the TGRL training set.
+"""Filter teacher trajectories (F1-F4, docs/design.md#52-filtering) into the TGRL training set.
 
     python data_prep/filter_trajectories.py --data data/synthetic/train.jsonl \\
         --trajectories data/teacher/oracle/trajectories.jsonl --policy checkpoints/tiny-init \\

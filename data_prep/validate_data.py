@@ -1,4 +1,5 @@
-"""Validate problem JSONL files against the schema (DESIGN section 4) before spending compute on them.
+"""Validate problem JSONL files against the schema (docs/design.md#41-problems) before spending compute on
+them.
 
     python data_prep/validate_data.py data/synthetic/train.jsonl [more.jsonl ...] [--no-images]
 

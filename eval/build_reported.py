@@ -1,11 +1,11 @@
-"""Build eval/reported.csv (the numbers our tables compare against) from the shared reference CSV.
+"""Build eval/reported.csv (the numbers our tables compare against) from a reference CSV of published numbers.
 
 Why a script and not a hand-made file: every reported value must be traceable to a published source, and
 the reference CSV (collected for this project, 681 rows with a source each) is occasionally corrected. This
 script is the documented *selection* and *name mapping*; it never invents or edits a number. Run it again
 when the reference changes:
 
-    python eval/build_reported.py --reference ../shared/reference/reported_numbers.csv --out eval/reported.csv
+    python eval/build_reported.py --reference PATH/TO/reported_numbers.csv --out eval/reported.csv
 
 Selection (everything else in the reference is dropped):
   1. base Qwen2.5-VL-7B-Instruct / 3B-Instruct rows, under any protocol (method -> `base`);
@@ -17,9 +17,9 @@ Selection (everything else in the reference is dropped):
      TGRL paper's tables are not public to us. Rows with method `tgrl` that already carry a value in the
      existing output file are kept as they are (so numbers filled in from the paper survive a rebuild).
 
-Protocol families (BENCHMARKS.md section 2): A paper-native greedy (+LLM or rule extraction), B VLMEvalKit /
-OpenCompass (GPT-4o-mini judge; MathVerse vision-only, WeMath strict, DynaMath worst), C PAPO/VPPO avg@8 at
-T=1.0 with exact match on the verifiable subset, D NoisyRollout suite; empty = not known.
+Protocol families (docs/design.md#92-protocol-families): A paper-native greedy (+LLM or rule extraction),
+B VLMEvalKit / OpenCompass (GPT-4o-mini judge; MathVerse vision-only, WeMath strict, DynaMath worst), C
+PAPO/VPPO avg@8 at T=1.0 with exact match on the verifiable subset, D NoisyRollout suite; empty = not known.
 """
 
 from __future__ import annotations
@@ -177,12 +177,20 @@ def map_task(row: dict[str, str]) -> tuple[str, str, str] | None:
             "acc_unspecified",
             "source does not say aAcc or the mean of aAcc/fAcc/qAcc",
         )
-    # BENCHMARKS.md 3.2 reads LASER's VLMEvalKit numbers as MathVerse vision-only and WeMath strict score
-    # (VLMEvalKit's defaults); the reference CSV row only says "testmini"/"acc".
+    # docs/design.md#93-reported-numbers reads LASER's VLMEvalKit numbers as MathVerse vision-only and WeMath
+    # strict score (VLMEvalKit's defaults); the reference CSV row only says "testmini"/"acc".
     if "LASER README" in source and bench == "MathVerse":
-        return "mathverse_testmini_vision_only", "acc", "split per BENCHMARKS.md 3.2 (VLMEvalKit default)"
+        return (
+            "mathverse_testmini_vision_only",
+            "acc",
+            "split per docs/design.md#93-reported-numbers (VLMEvalKit default)",
+        )
     if "LASER README" in source and bench == "WeMath":
-        return "wemath_testmini", "strict", "strict score per BENCHMARKS.md 3.2 (VLMEvalKit default)"
+        return (
+            "wemath_testmini",
+            "strict",
+            "strict score per docs/design.md#93-reported-numbers (VLMEvalKit default)",
+        )
     hit = SPLIT_MAP.get((bench, split))
     if hit is None:
         return None
@@ -232,7 +240,11 @@ def tgrl_rows(tables_path: Path) -> list[dict[str, str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", default=str(REPO.parent / "shared/reference/reported_numbers.csv"))
+    ap.add_argument(
+        "--reference",
+        required=True,
+        help="the collected reference CSV (not in the repository; every row names its source)",
+    )
     ap.add_argument(
         "--tables", default=str(REPO / "eval/tables.yaml"), help="TGRL rows follow its `main` table"
     )

@@ -3,7 +3,7 @@
     python eval/summarize_training.py --run-dir checkpoints/tiny_tgrl_s0 --run tgrl_s0 --method tgrl \
         --seed 0 --summary results/tiny/summary.jsonl
 
-The visual-dependency diagnostic (mean s_t on expert vs on-policy tokens, DESIGN 5.4/5.6) is measured
+The visual-dependency diagnostic of docs/design.md#58-diagnostics (mean s_t, expert vs on-policy) is measured
 by the trainer, not by evaluation: this script averages the logged values over the last ``--tail``
 share of training and writes them as summary rows (``metric: vis_dep_expert`` / ``vis_dep_on_policy``,
 ``decoding: training``), next to the evaluation rows of the same run. Idempotent: the rows carry a

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU tier: expert trajectories for the 7B runs (DESIGN 5.1, 5.2, 8): teacher -> (merge shards) -> filter.
+# GPU tier: expert trajectories for the 7B runs: teacher -> (merge shards) -> filter (docs/design.md#51-teachers,
+# docs/design.md#52-filtering, docs/design.md#81-launch).
 #
 #   bash scripts/build_teacher_7b.sh                                   # vLLM offline, Qwen2.5-VL-72B-Instruct, TP 8
 #   TEACHER_URL=http://node:8000/v1 bash scripts/build_teacher_7b.sh    # any OpenAI-compatible endpoint
@@ -34,7 +35,7 @@ MAX_MODEL_LEN=${MAX_MODEL_LEN:-8192}
 # large image becomes up to 16,384 tokens under the checkpoint's own bounds, more than MAX_MODEL_LEN.
 MIN_PIXELS=${MIN_PIXELS:-262144}
 MAX_PIXELS=${MAX_PIXELS:-1003520}
-K=${K:-4}                               # DESIGN 5.1: 4 expert samples per prompt
+K=${K:-4}                               # docs/design.md#51-teachers: 4 expert samples per prompt
 TEMPERATURE=${TEMPERATURE:-1.0}
 TOP_P=${TOP_P:-1.0}
 MAX_TOKENS=${MAX_TOKENS:-4096}          # teacher budget; longer traces are rejected by F2, never cut

@@ -1,4 +1,5 @@
-"""tgrl.perturb: pixel-space and patch-space perturbations agree and are deterministic (DESIGN 5.4)."""
+"""tgrl.perturb: pixel-space and patch-space perturbations agree and are deterministic
+(docs/design.md#54-token-quantities)."""
 
 import numpy as np
 import pytest

@@ -17,7 +17,8 @@ from tests.helpers import write_expert_set
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "train" / "recipes"
 SFT_RECIPES = {"sft", "base_direct_sft"}
-# Keys a table may vary between its rows (DESIGN 6); everything else must be identical to tgrl.yaml.
+# Keys a table may vary between its rows (docs/design.md#6-baselines-and-ablations); everything else must be
+# identical to tgrl.yaml.
 ROW_KEYS = {
     "grpo": {"inject_mode"},
     "sft_rl": {"inject_mode", "model_name_or_path"},
@@ -131,7 +132,7 @@ def test_luffy_vl_follows_luffy_and_the_ablation_is_its_own_run():
         assert {k for k in tgrl if tgrl[k] != ablation[k]} - RUN_KEYS == {"expert_token_weight"}
 
 
-# 7B recipes against the published consensus (BENCHMARKS.md section 7; issue 11, item 15)
+# 7B recipes against the published consensus (docs/anchors.md#11-published-7b-recipes; issue 11, item 15)
 LUFFY_ROLLOUT_BATCH, LUFFY_UPDATE_BATCH, LUFFY_STEPS = 128, 64, 500  # prompts, prompts, rollout batches
 REFERENCE_GPUS = 8  # the 7B recipes are written for one 8-GPU node (the launcher rescales for others)
 

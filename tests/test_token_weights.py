@@ -1,4 +1,4 @@
-"""tgrl.token_weights against hand-computed values (DESIGN 5.3-5.5)."""
+"""tgrl.token_weights against hand-computed values (docs/design.md#5-the-tgrl-algorithm)."""
 
 import math
 
@@ -45,7 +45,7 @@ def test_masked_mean_values_and_empty():
 
 
 def test_group_advantages_luffy_example_unbiased_std():
-    # 7 on-policy wrong + expert right (reference/ALGORITHMS.md 1.2): mean 1/8, unbiased std sqrt(1/8)
+    # 7 on-policy wrong + expert right (docs/anchors.md#2-luffy): mean 1/8, unbiased std sqrt(1/8)
     r = T([0.0] * 7 + [1.0])
     eps = 1e-4
     std = math.sqrt((7 * (1 / 8) ** 2 + (7 / 8) ** 2) / 7)
@@ -224,7 +224,7 @@ def test_expert_ratio_term_values_and_gradient(scheme):
     }[scheme]
     assert close(f, expected_f, tol=1e-6)
     (-A * w * f).sum().backward()
-    # closed forms of d(-A w f)/dlogp (reference/ALGORITHMS.md 4.8)
+    # closed forms of d(-A w f)/dlogp (docs/anchors.md#10-gradient-weights)
     expected_grad = {
         "shaped": -A * w * gamma * p / (p + gamma) ** 2,
         "raw_p": -A * w * p,

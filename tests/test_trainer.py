@@ -533,7 +533,8 @@ def test_injection_without_aligned_rows_is_an_error_not_grpo(tgrl_batch):
 
 
 def test_on_fail_gate_counts_on_policy_rollouts_only(tgrl_batch):
-    """DESIGN 5.3: the slot about to be replaced is not an on-policy rollout; its text must not count."""
+    """docs/design.md#53-groups: the slot about to be replaced is not an on-policy rollout; its text must not
+    count."""
     trainer, batch, _ = tgrl_batch
     rows = list(batch[:G])
     tok = trainer._tokenizer

@@ -38,7 +38,7 @@ class Measured:
 
 def bench_env() -> dict[str, str]:
     """Environment of every measured process: one torch thread (two threads stall at random on these
-    2-core machines, ENV_FACTS), offline hub, unbuffered output for the logs."""
+    2-core machines, docs/environment.md#5-cpu-threads), offline hub, unbuffered output for the logs."""
     env = dict(os.environ)
     env.update(
         OMP_NUM_THREADS="1",

@@ -11,7 +11,7 @@ after ``--config`` as ``key=value`` or ``--key value`` and win over the file. A 
 ``TrlParser`` does the reading, the ``env:`` mapping, the type conversion and the precedence. The thin
 layer here adds what a recipe user needs on top: ``key=value`` overrides, no prefix matching, and
 errors that name the file and the closest key (a typo must never fall back to a library default,
-STYLE.md), raised as :class:`UserError` so scripts exit without a traceback.
+docs/design.md#101-errors), raised as :class:`UserError` so scripts exit without a traceback.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ class RLScriptArguments:
     train_file: str = field(
         default="data/synthetic/train.jsonl",
         metadata={
-            "help": "Problem JSONL (DESIGN 4). Rows whose meta.expert holds a filtered teacher trajectory "
+            "help": "Problem JSONL (docs/design.md#41-problems). Rows whose meta.expert holds a filtered "
+            "teacher trajectory "
             "get it injected into their group; rows without one (null/absent) train as plain GRPO groups."
         },
     )
@@ -76,7 +77,7 @@ class RLScriptArguments:
         default=False,
         metadata={
             "help": "Freeze the vision encoder (and its merger). NoisyRollout / MM-Eureka freeze it at 7B; "
-            "EasyR1's default trains it (BENCHMARKS.md section 7)."
+            "EasyR1's default trains it (docs/anchors.md#11-published-7b-recipes)."
         },
     )
 
@@ -87,14 +88,15 @@ class SFTScriptArguments:
 
     method: str = field(default="sft", metadata={"help": "Run label in results tables (sft, base)."})
     train_file: str = field(
-        default="data/synthetic/train.jsonl", metadata={"help": "Problem JSONL (DESIGN 4)."}
+        default="data/synthetic/train.jsonl", metadata={"help": "Problem JSONL (docs/design.md#41-problems)."}
     )
     sft_target: str = field(
         default="expert",
         metadata={
             "help": "'expert': train on meta.expert.text (the filtered teacher trajectory; rows without "
             "one are skipped, so SFT sees exactly the trajectories RL injects). 'direct': train on "
-            "'<answer>GOLD</answer>' with no reasoning (the tiny tier's weak base, DESIGN 7)."
+            "'<answer>GOLD</answer>' with no reasoning (the tiny tier's weak base, "
+            "docs/tiny_tier.md#6-weak-base)."
         },
     )
     max_train_samples: int | None = field(

@@ -1,5 +1,5 @@
 """Shared machinery of the dataset converters (``data_prep/convert_<name>.py``): public RLVR sets -> our
-problem schema (DESIGN 4).
+problem schema (docs/design.md#41-problems).
 
 Why shared: every converter must read the same storage forms (a local parquet/JSON copy, or the
 dataset id through the hub), store images the same way, and count every row it cannot convert by

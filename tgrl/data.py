@@ -1,4 +1,5 @@
-"""Problem and trajectory records (DESIGN section 4): loading with validation that names file, line, field.
+"""Problem and trajectory records (docs/design.md#4-data): loading with validation that names file, line,
+field.
 
 A problem record (one JSONL line; image paths relative to the JSONL file):
 
@@ -127,7 +128,7 @@ def validate_record(
                 line,
                 name,
                 "missing required field",
-                f"add '{name}' to every row (schema: DESIGN.md section 4)",
+                f"add '{name}' to every row (schema: docs/design.md#41-problems)",
             )
     if not isinstance(row["id"], str) or not row["id"].strip():
         raise DataError(

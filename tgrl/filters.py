@@ -1,4 +1,5 @@
-"""Trajectory filtering (DESIGN 5.2): from K teacher samples per problem to at most one expert trajectory.
+"""Trajectory filtering (docs/design.md#52-filtering): from K teacher samples per problem to at most one
+expert trajectory.
 
 Rules, each switchable for ablations (:class:`FilterConfig`), applied in this order:
 
@@ -50,8 +51,8 @@ FILTER_STEPS = ("safety", "f1_correct", "f2_format_length", "f4_visual_dependenc
 
 @dataclass
 class FilterConfig:
-    """Switches and thresholds of F1-F4 (DESIGN 5.2). ``max_completion_tokens`` must equal the
-    trainer's rollout ``max_completion_length``."""
+    """Switches and thresholds of F1-F4 (docs/design.md#52-filtering). ``max_completion_tokens`` must equal
+    the trainer's rollout ``max_completion_length``."""
 
     f1_correct: bool = True
     f2_format_length: bool = True

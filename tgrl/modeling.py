@@ -14,7 +14,7 @@ from tgrl.prompts import build_messages
 from tgrl.utils import UserError
 
 # Special tokens a policy must never emit: a sampled <|image_pad|> makes the next forward fail with
-# "Image features and image tokens do not match" (ENV_FACTS.md, generation pitfall).
+# "Image features and image tokens do not match" (docs/environment.md#8-generation-pitfall).
 VISION_SPECIAL_TOKENS = (
     "<|vision_start|>",
     "<|vision_end|>",

@@ -1,7 +1,8 @@
-"""Image perturbations for visual dependency (DESIGN 5.4) and trajectory filter F4 (DESIGN 5.2).
+"""Image perturbations for visual dependency (docs/design.md#54-token-quantities) and trajectory filter F4
+(docs/design.md#52-filtering).
 
 Visual dependency compares a token's log-prob under the clean image I and a perturbed image I~
-(VPPO-style, reference/ALGORITHMS.md 4.1). Two entry points produce the same I~:
+(VPPO-style, docs/anchors.md#3-vppo). Two entry points produce the same I~:
 
 * :func:`perturb_image` works on a PIL image (data prep, F4, anything that still holds pixels);
 * :func:`perturb_pixel_values` works on the Qwen2-VL / Qwen2.5-VL processor output the trainer already
@@ -28,7 +29,7 @@ from PIL import Image
 
 MODES = ("patch_blackening", "noise", "full_mask")
 
-# VPPO's gaussian-noise alternative uses std 189 on the 0-255 scale (reference/ALGORITHMS.md 4.1).
+# VPPO's gaussian-noise alternative uses std 189 on the 0-255 scale (docs/anchors.md#3-vppo).
 DEFAULT_NOISE_STD = 189 / 255
 
 

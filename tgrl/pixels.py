@@ -48,7 +48,8 @@ class PixelBudget:
         return {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels}
 
 
-# GPU tier (Qwen2.5-VL-7B): min 262,144 = 512 x 512 (BENCHMARKS.md section 7: EasyR1 / NoisyRollout / PAPO),
+# GPU tier (Qwen2.5-VL-7B): min 262,144 = 512 x 512 (EasyR1 / NoisyRollout / PAPO,
+# docs/anchors.md#11-published-7b-recipes),
 # max 1,003,520 = 1,280 image tokens x 28 x 28 (NoisyRollout's 1e6; keeps 5 images + 2,048 response tokens
 # close to vllm_max_model_length 8,192).
 DEFAULT_BUDGET = PixelBudget(min_pixels=262_144, max_pixels=1_003_520)

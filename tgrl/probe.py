@@ -2,8 +2,8 @@
 
 Why: the tiny experiment has to show whether the expert term moves the policy toward the expert's
 *content*, not only its template. The trainer logs p of the expert's tokens during training
-(``expert/p_fact`` and friends, DESIGN 5.6), but a method without experts (GRPO, SFT) logs nothing
-comparable. Here any checkpoint scores the same held-out expert trajectories in the trainer's token
+(``expert/p_fact`` and friends, docs/design.md#58-diagnostics), but a method without experts (GRPO, SFT) logs
+nothing comparable. Here any checkpoint scores the same held-out expert trajectories in the trainer's token
 layout (the project prompt, then the completion's tokens and the end-of-turn token), so "expert
 content-token p" can be compared across methods and against the weak base (the start of every run).
 
@@ -70,7 +70,8 @@ def completion_logps(
         for key in ("pixel_values", "image_grid_thw"):
             if key in batch:
                 kwargs[key] = batch[key].to(model.device)
-        if "mm_token_type_ids" in batch:  # Qwen2.5-VL needs it for 3-D positions (ENV_FACTS)
+        # Qwen2.5-VL needs it for 3-D positions (docs/environment.md#9-qwen25-vl-inputs)
+        if "mm_token_type_ids" in batch:
             zeros = torch.zeros_like(target_ids)
             kwargs["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], zeros], dim=1).to(
                 model.device
@@ -98,7 +99,8 @@ class ContentTokenStats:
 
 
 def content_token_stats(tokenizer, texts: Sequence[str], logps: Sequence[torch.Tensor]) -> ContentTokenStats:
-    """Pool :func:`completion_logps` output into the content-token statistics of DESIGN 5.6."""
+    """Pool :func:`completion_logps` output into the content-token statistics of
+    docs/design.md#58-diagnostics."""
     fact, every = [], []
     for text, row in zip(texts, logps, strict=True):
         p = row.exp()

@@ -1,6 +1,7 @@
 """The fair comparison protocol of the tiny mini-replication: which runs, which one is selected, budgets.
 
-Rules (DESIGN 7, REPRODUCE.md section 5), all encoded in one YAML file (train/tiny_protocol.yaml):
+Rules (docs/tiny_tier.md#7-fair-protocol, REPRODUCE.md section 5), all encoded in one YAML file
+(train/tiny_protocol.yaml):
 
 * every method starts from the same weak base and gets the same budget of optimizer steps, counted the
   same way: an SFT step and an RL step both count 1, and SFT-then-RL spends part of the budget on SFT;

@@ -4,8 +4,8 @@ Why one module: RL rewards, trajectory filter F1 and the evaluation scorers must
 same way, or training optimises something other than what we report. So :func:`answers_match` is
 the single comparison, and everything else (rewards, :func:`score_completion`) calls it.
 
-Output format (DESIGN section 4): ``<think> ... </think>`` then ``<answer> ... </answer>``; the tag
-constants come from :mod:`tgrl.prompts`. :func:`extract_answer` also reads ``\\boxed{...}`` and a
+Output format (docs/design.md#43-output-format): ``<think> ... </think>`` then ``<answer> ... </answer>``; the
+tag constants come from :mod:`tgrl.prompts`. :func:`extract_answer` also reads ``\\boxed{...}`` and a
 plain-text fallback.
 
 Matching rules (``answers_match(pred, gold, choices, answer_type)``), in order:

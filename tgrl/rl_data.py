@@ -1,4 +1,4 @@
-"""Problems (DESIGN 4) -> the rows TRL's GRPOTrainer and SFTTrainer read.
+"""Problems (docs/design.md#4-data) -> the rows TRL's GRPOTrainer and SFTTrainer read.
 
 RL row (one per problem; TRL repeats it ``num_generations`` times and passes every column to the
 reward functions as a keyword argument):
@@ -70,7 +70,7 @@ def rl_row(problem: Problem) -> dict[str, Any]:
 
 
 def direct_answer(problem: Problem) -> str:
-    """The tiny tier's weak-base target: the answer alone, no reasoning (DESIGN 7)."""
+    """The tiny tier's weak-base target: the answer alone, no reasoning (docs/tiny_tier.md#6-weak-base)."""
     return f"{ANSWER_OPEN}{problem.answer}{ANSWER_CLOSE}"
 
 

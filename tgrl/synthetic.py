@@ -1,7 +1,7 @@
-"""Procedurally generated visual-reasoning scenes for the tiny tier (DESIGN section 7).
+"""Procedurally generated visual-reasoning scenes for the tiny tier (docs/tiny_tier.md#2-the-task).
 
 The design is the one measured to be learnable by a ~0.65M-parameter Qwen2.5-VL on a 2-core CPU in
-minutes (shared/reference/TINY_LEARNABILITY.md): 56x56 images, a 4x4 grid of 14-px cells (one cell is
+minutes (docs/tiny_tier.md#3-why-this-task): 56x56 images, a 4x4 grid of 14-px cells (one cell is
 one ViT patch), 1-9 red or blue objects (circle or square: shape is a distractor), and three question
 types rotating evenly:
 

@@ -1,4 +1,5 @@
-"""Build the tiny-tier Qwen2.5-VL checkpoint from code: tokenizer, processor and model (DESIGN section 7).
+"""Build the tiny-tier Qwen2.5-VL checkpoint from code: tokenizer, processor and model
+(docs/tiny_tier.md#4-model-and-tokenizer).
 
 Everything is the standard Hugging Face stack: a byte-level BPE tokenizer trained with ``tokenizers``
 on text this repo generates (Qwen special tokens in Qwen order, the Qwen2.5-VL chat template), wrapped
@@ -7,7 +8,7 @@ config. The saved folder loads with ``AutoProcessor`` / ``AutoModelForImageTextT
 import, so the tiny run and the 7B run go through identical classes.
 
 The default size ("S", ~0.65M parameters) is the one measured to learn the synthetic task in minutes
-(shared/reference/TINY_LEARNABILITY.md).
+(docs/tiny_tier.md#3-why-this-task).
 """
 
 from __future__ import annotations

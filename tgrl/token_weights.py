@@ -1,4 +1,5 @@
-"""Token quantities, token weights and the TGRL loss as pure tensor functions (DESIGN 5.3-5.5).
+"""Token quantities, token weights and the TGRL loss as pure tensor functions
+(docs/design.md#5-the-tgrl-algorithm).
 
 The trainer (tgrl.trainer) gathers log-probs and masks and calls these; nothing here knows about
 models, TRL or configs, so each piece is tested against hand-computed values. Conventions:
@@ -8,7 +9,7 @@ models, TRL or configs, so each piece is tested against hand-computed values. Co
   they neither change the loss nor leak NaN into gradients, and they stay out of every normaliser.
 * ``p`` is a probability, ``logp`` a log-probability of the sampled / expert token.
 * losses are to be *minimised*; every token loss has the form ``-A * (weight) * (term)``.
-* quantities DESIGN marks as stop-gradient (s_t, w_t, u_t, p_t of pi_old) are computed under
+* stop-gradient quantities (s_t, w_t, u_t, p_t of pi_old) are computed under
   ``torch.no_grad`` or detached; the policy terms keep their gradient.
 """
 
@@ -50,13 +51,14 @@ def group_advantages(
     eps: float = 1e-4,
     on_policy_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """A_i = (r_i - mean_G r) / (std_G r + eps) over consecutive groups of ``group_size`` (DESIGN 5.3).
+    """A_i = (r_i - mean_G r) / (std_G r + eps) over consecutive groups of ``group_size``
+    (docs/design.md#53-groups).
 
     Matches TRL GRPOTrainer (scale_rewards="group") so that TGRL with guidance off is GRPO: the std
     is the *unbiased* one (Bessel, like torch.std / trl nanstd), and ``eps`` defaults to TRL's 1e-4
-    (DESIGN writes 1e-6; the difference is < 3e-4 relative, but the GRPO-equivalence test needs TRL's
-    value). NaN rewards (unscorable) are left out of mean/std and get A = 0, as in TRL.
-    ``std_norm=False`` gives A = r - mean (Dr.GRPO / LUFFY's train.sh).
+    (verl, LUFFY's code, uses 1e-6, docs/design.md#11-deviations; the difference is < 3e-4 relative, but the
+    GRPO-equivalence test needs TRL's value). NaN rewards (unscorable) are left out of mean/std and get A = 0,
+    as in TRL. ``std_norm=False`` gives A = r - mean (Dr.GRPO / LUFFY's train.sh).
 
     ``on_policy_mask`` (N,) bool selects ``adv_group="on_only"``: mean and std come from the on-policy
     members only and are applied to every member (expert included; LUFFY's grpo_split). If those
@@ -92,7 +94,7 @@ def group_advantages(
 def visual_dependency(
     logp_clean: torch.Tensor, logp_perturbed: torch.Tensor, mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """VPPO k3 visual dependency of each token (DESIGN 5.4), stop-gradient.
+    """VPPO k3 visual dependency of each token (docs/design.md#54-token-quantities), stop-gradient.
 
     d_t = clamp(log p(y_t|I~) - log p(y_t|I), -20, 20);  s_t = clamp(exp(d_t) - d_t - 1, 0, 10).
     s_t >= 0 is large where the token depends on the image. Both are 0 at masked positions.
@@ -132,11 +134,12 @@ def expert_token_weights(
     trust_tau: float = 0.1,
     p_min: float = 1e-4,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Stop-gradient token weights w_t for expert (or on-policy, as u_t) tokens (DESIGN 5.5).
+    """Stop-gradient token weights w_t for expert (or on-policy, as u_t) tokens
+    (docs/design.md#56-token-weights).
 
-    ``p`` is pi_old of each token (DESIGN 5.4). Tokens with p < ``p_min`` get w = 0 and are counted
-    ("zeroed"); every per-trajectory statistic below (min-max, top-k counts, the mean-1 normaliser)
-    runs over the *kept* tokens K = valid and p >= p_min, so zeroed tokens are removed, not
+    ``p`` is pi_old of each token (docs/design.md#54-token-quantities). Tokens with p < ``p_min`` get w = 0
+    and are counted ("zeroed"); every per-trajectory statistic below (min-max, top-k counts, the mean-1
+    normaliser) runs over the *kept* tokens K = valid and p >= p_min, so zeroed tokens are removed, not
     redistributed. Rows without kept tokens get all-zero weights. Schemes:
 
     * ``none``: w = 1 (LUFFY-VL).
@@ -220,7 +223,7 @@ def expert_ratio_term(
     teacher_is_cap: float = 3.0,
     neg_p_floor: float = 1e-3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The policy term f of the expert-token loss l_exp = -A * w * f (DESIGN 5.5), with gradient,
+    """The policy term f of the expert-token loss l_exp = -A * w * f (docs/design.md#55-loss), with gradient,
     and a bool mask of the tokens whose term was bounded (no gradient there).
 
     The teacher probability is taken as 1 and there is no ratio to pi_old and no clip (LUFFY):
@@ -266,7 +269,8 @@ def onpolicy_token_loss(
     eps_high: float = 0.2,
     clip: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Per-token on-policy loss (DESIGN 5.5), 0 at masked positions; same formula as TRL GRPOTrainer.
+    """Per-token on-policy loss (docs/design.md#55-loss), 0 at masked positions; same formula as TRL
+    GRPOTrainer.
 
     rho = exp(logp - old_logp); clip on: -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A);
     clip off (``on_policy_clip: false``, LUFFY train.sh): -rho A. ``advantages`` is (B,) or (B, T).
@@ -374,7 +378,8 @@ def tgrl_loss_terms(
     num_on_tokens: float | torch.Tensor | None = None,
     num_exp_tokens: float | torch.Tensor | None = None,
 ) -> LossTerms:
-    """The TGRL policy loss of one micro-batch (DESIGN 5.5), as its on-policy, expert and KL summands.
+    """The TGRL policy loss of one micro-batch (docs/design.md#55-loss), as its on-policy, expert and KL
+    summands.
 
     Per valid token: on-policy tokens l_on = u * onpolicy_token_loss; expert tokens
     l_exp = -A * w * f(p) with f = :func:`expert_ratio_term` (no ratio to pi_old, no clip, no KL),

@@ -1,6 +1,7 @@
 """TGRL: trajectory-guided RL for multimodal RLVR, as a small subclass of TRL's GRPOTrainer.
 
-Where to look (DESIGN section 5; the maths lives in tgrl/token_weights.py as pure tensor functions):
+Where to look (docs/design.md#5-the-tgrl-algorithm; the maths lives in tgrl/token_weights.py as pure tensor
+functions):
 
 * the expert slot of each group ......... TGRLTrainer._generate_single_turn
 * advantages (on_only), group filter ..... TGRLTrainer._adjust_advantages
@@ -49,7 +50,8 @@ from tgrl.token_weights import (
 from tgrl.trl_compat import check_trainer_attributes, check_trl_version
 from tgrl.utils import append_jsonl
 
-# DESIGN's `loss_agg` is TRL's `loss_type` (one switch, not two): how each maps onto tgrl_loss_terms.
+# The loss aggregation (docs/design.md#55-loss) is TRL's `loss_type` (one switch): how each maps onto
+# tgrl_loss_terms.
 LOSS_AGG = {
     "dapo": "token_mean",
     "bnpo": "token_mean",
@@ -76,21 +78,23 @@ _ROW_KEYS = {"pixel_values", "image_grid_thw", "mm_token_type_ids"}
 
 @dataclass
 class TGRLConfig(GRPOConfig):
-    """GRPOConfig plus the TGRL switches of DESIGN section 5 (all reconstructions: the paper's values
-    are unknown to us; each help string says where our default comes from).
+    """GRPOConfig plus the TGRL switches of docs/design.md#59-switches (all reconstructions: the paper's
+    values are unknown to us; each help string says where our default comes from).
 
-    Switches DESIGN names that TRL already has are TRL's own fields, not duplicates:
+    Switches that TRL already has are TRL's own fields, not duplicates:
     eps_low / eps_high = ``epsilon`` / ``epsilon_high``; KL (on on-policy tokens only) = ``beta``;
     entropy coefficient = ``entropy_coef``; ``adv_std_norm`` = ``scale_rewards`` ("group" on,
     "none" off); ``loss_agg`` = ``loss_type`` (dapo/bnpo: token mean; grpo: per-sequence token mean;
     dr_grpo: constant divisor). Advantages are TRL's (r - mean) / (std + 1e-4) over the group, expert
-    included ('mixed'); DESIGN writes 1e-6, TRL's value keeps GRPO bit-identical to stock GRPOTrainer.
+    included ('mixed'); verl (LUFFY) uses 1e-6, TRL's value keeps GRPO bit-identical to stock GRPOTrainer
+    (docs/design.md#11-deviations).
     """
 
     inject_mode: str = field(
         default="always",
         metadata={
-            "help": "DESIGN 5.3. 'always': every group with an expert trajectory gets it in its last "
+            "help": "docs/design.md#53-groups. 'always': every group with an expert trajectory gets it in "
+            "its last "
             "n_exp slots "
             "(LUFFY); 'on_fail': only when at most inject_gate on-policy rollouts are correct (HPT / BREAD "
             "gate); 'never': no expert = GRPO."
@@ -110,7 +114,8 @@ class TGRLConfig(GRPOConfig):
     adv_group: str = field(
         default="mixed",
         metadata={
-            "help": "DESIGN 5.3. 'mixed': mean/std over the whole group incl. the expert (LUFFY paper "
+            "help": "docs/design.md#53-groups. 'mixed': mean/std over the whole group incl. the expert "
+            "(LUFFY paper "
             "and code); "
             "'on_only': mean/std from on-policy members, applied to all (LUFFY grpo_split, CalibRL)."
         },
@@ -118,7 +123,8 @@ class TGRLConfig(GRPOConfig):
     expert_ratio: str = field(
         default="shaped",
         metadata={
-            "help": "DESIGN 5.5, f in l_exp = -A w f(pi_theta(y*)). 'shaped': p/(p+gamma) (LUFFY train.sh); "
+            "help": "docs/design.md#55-loss, f in l_exp = -A w f(pi_theta(y*)). 'shaped': p/(p+gamma) (LUFFY "
+            "train.sh); "
             "'raw_p': p (IS with pi_teacher=1); 'sft': log p; 'teacher_is': p/pi_teacher (needs stored "
             "per-token teacher log-probs, meta.expert.teacher_logprobs)."
         },
@@ -127,7 +133,8 @@ class TGRLConfig(GRPOConfig):
     expert_loss_norm: str = field(
         default="joint",
         metadata={
-            "help": "DESIGN 5.5 expert-term strength. 'joint': one token mean over on-policy and expert "
+            "help": "docs/design.md#57-expert-term-strength. 'joint': one token mean over on-policy and "
+            "expert "
             "tokens "
             "(LUFFY's 1/Z; an expert token's pull shrinks with the expert share of tokens, ~1/8 at 7+1); "
             "'separate': each term averaged over its own tokens, then summed (CHORD's (1-mu) L_RL + mu "
@@ -148,7 +155,7 @@ class TGRLConfig(GRPOConfig):
             "help": "'constant', or after expert_coef_warmup_steps of linear warm-up a 'linear' / "
             "'cosine' decay "
             "to expert_coef_end at max_steps (CHORD: warm-up, then decay of mu toward a small valley; the "
-            "guidance anneals so train and test prompts match, ALGORITHMS 3)."
+            "guidance anneals so train and test prompts match, docs/anchors.md#5-chord-and-srft)."
         },
     )
     expert_coef_end: float = field(
@@ -179,7 +186,8 @@ class TGRLConfig(GRPOConfig):
     expert_token_weight: str = field(
         default="vis_dep",
         metadata={
-            "help": "DESIGN 5.5 token reweighting w_t of expert tokens [abstract; formula ours]: 'vis_dep' "
+            "help": "docs/design.md#56-token-weights: token reweighting w_t of expert tokens [abstract; "
+            "formula ours]: 'vis_dep' "
             "(1 + alpha * min-max s_t, mean 1; VPPO-inspired), 'none' (LUFFY; the w/o-reweighting ablation), "
             "'vis_topk' (VPPO mask), "
             "'entropy_topk' (Prefix-RFT), 'chord_phi' (CHORD p(1-p)), 'trust_region' (TRAPO min(1, p/tau))."
@@ -202,7 +210,8 @@ class TGRLConfig(GRPOConfig):
     p_min: float | None = field(
         default=None,
         metadata={
-            "help": "DESIGN 5.5: expert tokens with pi_old < p_min get w = 0 (counted; ours). None = by "
+            "help": "docs/design.md#56-token-weights: expert tokens with pi_old < p_min get w = 0 (counted; "
+            "ours). None = by "
             "ratio: "
             "1e-4 for 'shaped' / 'raw_p' (their gradient there is ~0 anyway), 0 for 'sft' / 'teacher_is' "
             "(the "
@@ -212,19 +221,26 @@ class TGRLConfig(GRPOConfig):
     )
     perturb_mode: str = field(
         default="patch_blackening",
-        metadata={"help": "DESIGN 5.4 perturbed image I~: patch_blackening (VPPO), noise, full_mask."},
+        metadata={
+            "help": "docs/design.md#54-token-quantities perturbed image I~: patch_blackening (VPPO), noise, "
+            "full_mask."
+        },
     )
     perturb_prob: float = field(
         default=0.5, metadata={"help": "Per-14x14-patch blackening probability (VPPO black_prob 0.5)."}
     )
     on_policy_clip: bool = field(
         default=True,
-        metadata={"help": "PPO clip on on-policy tokens (DESIGN default on; LUFFY train.sh turns it off)."},
+        metadata={
+            "help": "PPO clip on on-policy tokens (default on, docs/design.md#55-loss; LUFFY train.sh turns "
+            "it off)."
+        },
     )
     online_group_filter: bool = field(
         default=False,
         metadata={
-            "help": "DESIGN 5.2 (DAPO dynamic sampling without refill): groups whose rewards all tie are "
+            "help": "docs/design.md#52-filtering (DAPO dynamic sampling without refill): groups whose "
+            "rewards all tie are "
             "masked "
             "out of the loss and its normaliser; the count is logged as groups/dropped."
         },
@@ -244,7 +260,8 @@ class TGRLConfig(GRPOConfig):
         metadata={
             "help": "Every N steps also run the perturbed-image pass on on-policy rollouts, to log "
             "vis_dep/on_policy "
-            "(the 'visual evidence in reasoning' diagnostic, DESIGN 5.6). 0 = never (the pass then runs on "
+            "(the 'visual evidence in reasoning' diagnostic, docs/design.md#58-diagnostics). 0 = never (the "
+            "pass then runs on "
             "expert sequences only, unless on-policy weighting needs it)."
         },
     )
@@ -253,7 +270,8 @@ class TGRLConfig(GRPOConfig):
         metadata={
             "help": "Every N steps measure the gradient norm of the on-policy and the expert term separately "
             "(two extra backward passes) and log grad/norm_on_policy, grad/norm_expert, grad/expert_share, "
-            "grad/cos (DESIGN 5.6: how much of the update the expert carries). 0 = never. Not with DeepSpeed."
+            "grad/cos (docs/design.md#58-diagnostics: how much of the update the expert carries). 0 = never. "
+            "Not with DeepSpeed."
         },
     )
     log_data_order: bool = field(
@@ -586,7 +604,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         )
         expert_slots = set(
             slots
-        )  # DESIGN 5.3: count the on-policy rollouts, not the slot about to be replaced
+        )  # docs/design.md#53-groups: count the on-policy rollouts, not the slot about to be replaced
         failing = {
             g
             for g in range(len(rows) // G)
@@ -702,7 +720,8 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
 
     def _forward_rows(self, model, out, rows: list[int], perturb: bool, compute_entropy: bool):
         """No-grad log-probs (and entropies) of completion tokens for the given local rows, with the
-        clean or the perturbed image (DESIGN 5.4). Returns (B, T) tensors, zero outside ``rows``."""
+        clean or the perturbed image (docs/design.md#54-token-quantities). Returns (B, T) tensors, zero
+        outside ``rows``."""
         idx = torch.tensor(rows, dtype=torch.long, device=out["completion_ids"].device)
         input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)[idx]
         attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)[idx]
@@ -754,7 +773,8 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
 
     @torch.no_grad()
     def _token_pass(self, out, inputs) -> None:
-        """Stop-gradient token quantities under pi_old (DESIGN 5.4): p_t, s_t, then w_t and u_t.
+        """Stop-gradient token quantities under pi_old (docs/design.md#54-token-quantities): p_t, s_t, then
+        w_t and u_t.
 
         Forwards run only on the rows that need them (expert rows; on-policy rows only for on-policy
         weighting or the periodic diagnostic). Every collective below depends on the config alone, never
@@ -891,7 +911,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         return value
 
     def _log_experience(self, out, inputs) -> None:
-        """DESIGN 5.6 metrics of one generation batch, over all ranks."""
+        """The docs/design.md#58-diagnostics metrics of one generation batch, over all ranks."""
         metrics, G = self._metrics["train"], self.num_generations
         rewards_per_func = self._last_rewards_per_func
         rewards = self._summed_rewards()
@@ -941,7 +961,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
     # THE LOSS
 
     def _compute_loss(self, model, inputs):
-        """DESIGN 5.5: PPO-clip on on-policy tokens, -A * w * f(pi_theta) on expert tokens
+        """docs/design.md#55-loss: PPO-clip on on-policy tokens, -A * w * f(pi_theta) on expert tokens
         (tgrl_loss_terms)."""
         logps, entropies = self._policy_logps_and_entropies(model, inputs)
         completion_mask = inputs["completion_mask"]
@@ -1053,8 +1073,9 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         return every > 0 and self.state.global_step % every == 0 and self.args.inject_mode != "never"
 
     def _log_grad_share(self, model, terms, scale: float) -> None:
-        """Gradient norms of the on-policy and the expert term on this micro-batch (DESIGN 5.6): two extra
-        backward passes over the retained graph; the main backward is unchanged."""
+        """Gradient norms of the on-policy and the expert term on this micro-batch
+        (docs/design.md#58-diagnostics): two extra backward passes over the retained graph; the main backward
+        is unchanged."""
         params = [p for p in model.parameters() if p.requires_grad]
 
         def flat_grad(term: torch.Tensor) -> torch.Tensor:
@@ -1148,10 +1169,10 @@ def plan_token_pass(
     diagnostic: bool,
     has_old_logps: bool,
 ) -> TokenPassPlan:
-    """The forwards the token pass needs (DESIGN 5.4): p_t on the rows that get token weights (expert rows
-    when guided, i.e. ``expert_weight`` is set; on-policy rows when ``onpolicy_weight`` is set), s_t where a
-    weight reads it or on every row on a ``diagnostic`` step, entropy only for 'entropy_topk'. Nothing
-    else is forwarded: a GRPO step without the diagnostic forwards no row."""
+    """The forwards the token pass needs (docs/design.md#54-token-quantities): p_t on the rows that get token
+    weights (expert rows when guided, i.e. ``expert_weight`` is set; on-policy rows when ``onpolicy_weight``
+    is set), s_t where a weight reads it or on every row on a ``diagnostic`` step, entropy only for
+    'entropy_topk'. Nothing else is forwarded: a GRPO step without the diagnostic forwards no row."""
     experts = [i for i, e in enumerate(is_expert) if e]
     on_policy = [i for i, e in enumerate(is_expert) if not e]
     p_rows = set(experts if expert_weight else []) | set(on_policy if onpolicy_weight else [])
@@ -1225,8 +1246,9 @@ def guard_vllm_prompt_lengths(vllm_generation) -> None:
 
 def vision_guard(generation_kwargs: dict | None, tokenizer, use_vllm: bool) -> dict:
     """Generation kwargs that forbid every vision special token in rollouts (a sampled <|image_pad|>
-    crashes the next forward, ENV_FACTS): HF ``suppress_tokens`` ids, or vLLM ``bad_words`` strings
-    (SamplingParams tokenizes them; JSON-safe for server mode). User entries are kept."""
+    crashes the next forward, docs/environment.md#8-generation-pitfall): HF ``suppress_tokens`` ids, or
+    vLLM ``bad_words`` strings (SamplingParams tokenizes them; JSON-safe for server mode). User entries are
+    kept."""
     kwargs = dict(generation_kwargs or {})
     if use_vllm:
         present = [

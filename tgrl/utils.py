@@ -244,7 +244,8 @@ def package_versions(
 def cpu_threads(device: str) -> int | None:
     """The thread count for :func:`set_torch_threads` of a job on ``device``: one on CPU unless the
     user chose (``TGRL_TORCH_THREADS`` / ``OMP_NUM_THREADS``; two threads stall at random on small
-    models, ENV_FACTS.md); ``None`` leaves the setting alone (GPU jobs, explicit choices)."""
+    models, docs/environment.md#5-cpu-threads); ``None`` leaves the setting alone (GPU jobs, explicit
+    choices)."""
     explicit = os.environ.get("TGRL_TORCH_THREADS") or os.environ.get("OMP_NUM_THREADS")
     return None if explicit or not device.startswith("cpu") else 1
 

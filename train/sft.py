@@ -1,7 +1,7 @@
 """SFT of a vision-language model on expert trajectories (or on direct answers: the tiny weak base).
 
     python train/sft.py --config train/recipes/tiny/sft.yaml               # SFT on teacher trajectories
-    python train/sft.py --config train/recipes/tiny/base_direct_sft.yaml   # tiny weak base (DESIGN 7)
+    python train/sft.py --config train/recipes/tiny/base_direct_sft.yaml   # docs/tiny_tier.md#6-weak-base
     accelerate launch --config_file train/accelerate/zero2.yaml train/sft.py \
         --config train/recipes/7b/sft.yaml
 

@@ -1,8 +1,8 @@
 """Training curves (PNG) from the trainer's metrics JSONL (eval/plot_training.py): one figure per run and
 overlays across runs.
 
-Why these curves: for GRPO-style training the loss is a poor health signal (STYLE.md, "confusing training
-signals"); reward, accuracy, length and entropy are what to watch, and TGRL's claim is about visual
+Why these curves: for GRPO-style training the loss is a poor health signal (docs/design.md#103-results);
+reward, accuracy, length and entropy are what to watch, and TGRL's claim is about visual
 evidence, so the expert-token probability, the visual dependency of expert vs on-policy tokens and the fact
 accuracy of on-policy traces are plotted too.
 

@@ -3,7 +3,7 @@
     python eval/make_tables.py --summary results/summary.jsonl --tables eval/tables.yaml \
         --reported eval/reported.csv --out results/tables [--table main]
 
-Why generated: a hand-typed table drifts from the results it claims to show (STYLE.md, "what to avoid").
+Why generated: a hand-typed table drifts from the results it claims to show (docs/design.md#103-results).
 Every number printed here is read from `results/summary.jsonl` (ours) or `eval/reported.csv` (published,
 each with its source); the only arithmetic is mean, std, a t-interval over seeds and ours - reported.
 

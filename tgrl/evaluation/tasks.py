@@ -185,7 +185,7 @@ def all_correct_rate(items: list[dict]) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
-# generic task: any JSONL file in the problem schema (DESIGN section 4)
+# generic task: any JSONL file in the problem schema (docs/design.md#41-problems)
 #
 # The runner (or `python eval/tasks/tgrl/utils.py FILE OUT_DIR NAME`) validates the file with
 # tgrl.data.load_problems and writes a normalised copy whose columns are all strings (absolute image

@@ -1,6 +1,6 @@
 """Training-time diagnostics as summary rows (eval/summarize_training.py), so the tables can show them.
 
-The visual-dependency diagnostic (mean s_t on expert vs on-policy tokens, DESIGN 5.4/5.6) is measured
+The visual-dependency diagnostic of docs/design.md#58-diagnostics (mean s_t, expert vs on-policy) is measured
 by the trainer, not by evaluation: :func:`summarize_run` averages the logged values over the last ``tail``
 share of training and appends them as summary rows (``metric: vis_dep_expert`` / ``vis_dep_on_policy``,
 ``decoding: training``), next to the evaluation rows of the same run. Idempotent: the rows carry a

@@ -1,4 +1,4 @@
-"""Expert-trajectory teachers (DESIGN 5.1): one interface, four backends selected by name.
+"""Expert-trajectory teachers (docs/design.md#51-teachers): one interface, four backends selected by name.
 
     from tgrl.teachers import make_teacher, SampleSettings
     teacher = make_teacher("oracle", SampleSettings(seed=0), {"wrong_fact_rate": 0.2})

@@ -5,8 +5,8 @@ same way, so a backend only turns *jobs* (a problem the teacher may see + the sa
 missing) into *samples* (text per (id, sample_idx)), and the builder does the bookkeeping.
 
 The teacher never sees the gold answer: :class:`TeacherInput` is built from a problem without its
-``answer`` field (DESIGN 5.1). Only the oracle reads ``meta`` (the scene ground truth, i.e. what a
-perfect eye would see in the image); model backends get the image and the prompt of
+``answer`` field (docs/design.md#51-teachers). Only the oracle reads ``meta`` (the scene ground truth, i.e.
+what a perfect eye would see in the image); model backends get the image and the prompt of
 :func:`tgrl.prompts.build_messages` only.
 """
 

@@ -3,7 +3,7 @@
 Traces state the question-independent visual facts in a fixed (canonical) colour order, then the
 computation, then the answer, e.g. ``<think>red 3, blue 5, 5-3=2</think><answer>2</answer>``. This
 form was measured to be learnable by a tiny model in minutes, while traces whose facts follow the
-question's colour order were not (DESIGN section 7, TINY_LEARNABILITY.md 2c).
+question's colour order were not (docs/tiny_tier.md#33-canonical-traces).
 
 Knobs: ``wrong_fact_rate`` makes a share of traces state a wrong count (and so, through the
 computation, usually a wrong answer: exercises filter F1); ``long_rate`` pads a share of traces with
