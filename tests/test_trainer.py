@@ -726,3 +726,33 @@ def test_probe_scores_expert_tokens_like_the_trainer(tgrl_batch):
         n = int(out["completion_mask"][row].sum())
         assert values.numel() == n
         assert torch.allclose(values, logps[row, :n], atol=1e-4)
+
+
+def test_probe_visual_dependency_is_the_trainers(tgrl_batch):
+    """One s_t definition: the evaluation-time pass (tgrl.probe, used by --visual-dependency and the
+    trajectory report) gives the trainer's token-pass s_t for the same expert text and perturbation
+    (full_mask: no random draw, so both sides see the same I~)."""
+    from tgrl.probe import Perturbation, completion_visual_dependency
+
+    trainer, batch, out = tgrl_batch
+    rows = out["is_expert"].nonzero().flatten().tolist()
+    mode, prob = trainer.args.perturb_mode, trainer.args.perturb_prob
+    trainer.args.perturb_mode, trainer.args.perturb_prob = "full_mask", 1.0
+    try:
+        trainer._token_pass(dict(out), batch)
+        s = trainer._last_token_quantities["s"]
+    finally:
+        trainer.args.perturb_mode, trainer.args.perturb_prob = mode, prob
+    probe = completion_visual_dependency(
+        trainer.model,
+        trainer.processing_class,
+        [batch[i]["prompt"][-1]["content"][-1]["text"] for i in rows],
+        [batch[i]["images"] for i in rows],
+        [batch[i]["expert_text"] for i in rows],
+        Perturbation("full_mask", 1.0),
+    )
+    for row, dep in zip(rows, probe, strict=True):
+        n = int(out["completion_mask"][row].sum())
+        assert dep.s.numel() == n and float(s[row, :n].max()) > 0
+        assert torch.allclose(dep.s, s[row, :n], atol=1e-3)
+
