@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -756,3 +757,28 @@ def test_probe_visual_dependency_is_the_trainers(tgrl_batch):
         assert dep.s.numel() == n and float(s[row, :n].max()) > 0
         assert torch.allclose(dep.s, s[row, :n], atol=1e-3)
 
+
+def test_completions_log_holds_the_token_pass_values(tgrl_batch):
+    """log_completions_every: one row per completion with its tokens, and s_t / w_t where the token pass
+    computed them (expert rows under vis_dep), for eval/report_trajectories.py."""
+    from tgrl.metrics import COMPLETIONS_FILE
+    from tgrl.utils import read_jsonl
+
+    trainer, batch, out = tgrl_batch
+    path = Path(trainer.args.output_dir) / COMPLETIONS_FILE
+    path.unlink(missing_ok=True)
+    trainer._token_pass(dict(out), batch)
+    trainer._log_completions(out, batch)
+    rows = [row for _, row in read_jsonl(path)]
+    assert len(rows) == out["completion_ids"].size(0)
+    w = trainer._last_token_quantities["w"]
+    for i, row in enumerate(rows):
+        n = int(out["completion_mask"][i].sum())
+        assert row["id"] == batch[i]["id"] and len(row["tokens"]) == n and row["step"] == 0
+        assert row["is_expert"] == bool(out["is_expert"][i])
+        if row["is_expert"]:
+            assert len(row["s"]) == len(row["w"]) == n
+            assert row["w"] == pytest.approx(w[i, :n].tolist(), abs=1e-4)
+            assert row["text"].startswith("<think>") and row["fact_accuracy"] is not None
+        else:
+            assert row["s"] is None and row["w"] is None
