@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -351,14 +352,12 @@ class TGRLModel(lmms):
         chunk_requests: list,
         contexts: list[str],
         visuals: list[list],
-        responses: list,
-        chunk,
+        responses: list[str | None],
+        chunk: list[int],
     ) -> None:
         """s_t of one generated batch (tgrl.grounding), kept per document in response order. A request
         repeated k times (avg@k) is k consecutive entries; lmms-eval's rank-padding copies are skipped.
         Row (doc_id, j)'s perturbed image is drawn from (seed, doc_id, j): independent of batching."""
-        import time
-
         from tgrl.grounding import score_texts
 
         started = time.perf_counter()
