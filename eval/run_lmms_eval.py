@@ -5,6 +5,7 @@
     python eval/run_lmms_eval.py --model Qwen/Qwen2.5-VL-7B-Instruct --suite paper --run base_7b --method base
     accelerate launch --num_processes 8 eval/run_lmms_eval.py --model CKPT --suite paper ...  # data parallel
     python eval/run_lmms_eval.py --list-checkpoints [--manifest runs.jsonl | --checkpoints-dir checkpoints]
+    python eval/run_lmms_eval.py --model CKPT --jsonl problems.jsonl --visual-dependency  # + grounding rows
 
 The runner writes raw lmms-eval outputs to ``OUT/<run>/<task>__<settings hash>/`` and appends one row per
 metric to the summary file; a rerun skips finished (checkpoint, task) pairs. What is recorded, how it
@@ -63,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpu-memory-utilization", dest="gpu_memory_utilization", type=float, help="vllm")
     g.add_argument("--max-model-len", dest="max_model_len", type=int, help="vllm")
     g.add_argument("--judge", help="LLM judge model name for responses the rules score 0 (off by default)")
+    g.add_argument(
+        "--visual-dependency",
+        dest="visual_dependency",
+        action="store_true",
+        default=None,
+        help="after generation, one clean and one perturbed-image teacher-forced pass per response (the "
+        "trainer's perturbation and s_t, docs/design.md#54-token-quantities; no sampling): adds vis_dep_reasoning, vis_dep_answer, "
+        "vis_dep_reasoning_share (and _correct / _incorrect) rows and per-token s_t in samples.jsonl. "
+        "hf backend only (batched; on GPU for 7B): with vllm the run stops with an error, because vLLM "
+        "cannot score a given response under a perturbed image. Off by default",
+    )
     m = p.add_argument_group("helpers for scripts/eval_all.sh")
     m.add_argument(
         "--list-checkpoints", action="store_true", help="print checkpoint<TAB>run<TAB>method<TAB>seed"

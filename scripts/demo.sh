@@ -2,8 +2,9 @@
 # Tiny-tier demo on CPU (make demo): the short version of the mini-replication (scripts/reproduce_tiny.sh with
 # QUICK=1): scenes, the tiny Qwen2.5-VL, the weak base, oracle teacher + filtering, then GRPO and TGRL at the
 # configurations the full protocol selected on its validation split (results/tiny/selected.json), one seed,
-# scored on 1,000 held-out scenes. Ends with the table, two sentences that read it, and a sample: one test
-# scene answered by the weak base, GRPO and TGRL.
+# scored on 1,000 held-out scenes. Ends with the table, two sentences that read it, a sample (one test scene
+# answered by the weak base, GRPO and TGRL) and the trajectory report: GRPO's and TGRL's reasoning on a few
+# test scenes, every token coloured by its visual dependency s_t (one HTML file, opens offline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -43,5 +44,29 @@ batch = encode_prompts(processor, [problems[0].question], [problems[0].load_imag
 print("the prompt as the model sees it:", processor.tokenizer.decode(batch["input_ids"][0]))
 PY
 echo
-echo "outputs: $OUT/tables (tables, reading.txt), $OUT/plots (training curves: overlay_main.png first),"
+echo "== 3. the trajectory report: GRPO's and TGRL's own reasoning on a few test scenes, tokens coloured by s_t"
+# the inputs: the results folders of the protocol's --visual-dependency evaluations of the main runs
+mapfile -t REPORT_INPUTS < <($PY - "$OUT/summary.jsonl" "$OUT/runs.json" <<'PY'
+import json
+import sys
+
+from tgrl.utils import read_jsonl
+
+runs = {r["name"]: r["method"] for r in json.load(open(sys.argv[2])) if r["group"] == "main"}
+folders = {
+    row["run"]: row["results_dir"]
+    for _, row in read_jsonl(sys.argv[1])
+    if row.get("run") in runs and row["metric"] == "vis_dep_reasoning" and row["task"] == "synthetic_test"
+}
+if len(folders) < len(runs):
+    sys.exit(f"no --visual-dependency evaluation for {sorted(set(runs) - set(folders))} in {sys.argv[1]}")
+for run, folder in sorted(folders.items()):
+    print("--input")
+    print(f"{runs[run].upper()}={folder}")
+PY
+)
+$PY eval/report_trajectories.py --out "$OUT/report.html" "${REPORT_INPUTS[@]}" --max-samples 16 --seed 0
+echo
+echo "outputs: $OUT/report.html (the trajectory report: open it in a browser, no network needed),"
+echo "         $OUT/tables (tables, reading.txt), $OUT/plots (training curves: overlay_main.png first),"
 echo "         $WORK (checkpoints, logs); the full protocol: make reproduce (REPRODUCE.md section 5)"

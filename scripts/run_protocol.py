@@ -12,7 +12,10 @@ finished evaluations a summary row; a rerun only does what is missing):
    the tuning table OUT/tables/tiny_tuning.{md,csv};
 3. final: the selected entries at every seed, the ablations (one key of TGRL's selected entry changed)
    and the weak base, scored once on the test and shifted splits (greedy, and avg@8 at T=1), with the
-   teacher-forced expert content-token probability and the training diagnostics.
+   teacher-forced expert content-token probability and the training diagnostics; plus, as an evaluation of
+   its own (its settings key differs only by --visual-dependency), the visual dependency s_t of each
+   checkpoint's own greedy reasoning on the test split (tgrl/grounding.py). Added to a finished protocol,
+   a rerun runs only that evaluation per checkpoint: every other key is already in the summary.
 
 Runs go JOBS at a time (each a single-threaded process); the first failure stops the scheduling and names
 its log.
@@ -111,6 +114,14 @@ class Runner:
         ident = ["--out", self.work / "eval", "--summary", self.summary, "--run", name, "--method", method]
         ident += ["--seed", seed]
         self.sh(log, PY, "eval/run_lmms_eval.py", "--model", checkpoint, "--suite", "tiny", *jsonl, *ident)
+        if "test" in splits:  # grounding of the checkpoint's own greedy reasoning: its own settings key,
+            # so the greedy rows above stay valid and are not recomputed (its acc rows repeat theirs: same
+            # greedy responses, the extra teacher-forced passes come after generation)
+            test = ["--jsonl", f"synthetic_test={self.data / 'synthetic' / 'test.jsonl'}"]
+            self.sh(
+                log, PY, "eval/run_lmms_eval.py", "--model", checkpoint, "--suite", "tiny", *test,
+                "--visual-dependency", *ident,
+            )  # fmt: skip
         if avg8:  # the objective RL optimises: mean accuracy of 8 samples at T=1 (the test split only)
             test = ["--jsonl", f"synthetic_test={self.data / 'synthetic' / 'test.jsonl'}"]
             self.sh(

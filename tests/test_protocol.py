@@ -155,3 +155,27 @@ def test_test_means_and_reading_come_from_the_rows():
     assert "tgrl: accuracy 60.0 -> 72.0 (+12.0)" in text and "grpo: accuracy 60.0 -> 59.0 (-1.0)" in text
     assert "Did not rise (under 2 points): grpo diff" in text
     assert len(text.splitlines()) == 2
+
+
+def test_grounding_is_an_evaluation_of_its_own(tmp_path, monkeypatch):
+    """The final evaluation adds --visual-dependency as a separate call on the test split only, after the
+    unchanged greedy call: added to a finished protocol, a rerun runs just that call per checkpoint."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_protocol", REPO / "scripts" / "run_protocol.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    runner = module.Runner(write(tmp_path), tmp_path / "work", tmp_path / "data", tmp_path / "out")
+    calls: list[list[str]] = []
+    monkeypatch.setattr(runner, "sh", lambda log, *cmd: calls.append([str(c) for c in cmd]))
+    runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", ["test", "shifted"], avg8=True)
+    evals = [c for c in calls if c[1].endswith("run_lmms_eval.py")]
+    greedy, grounding = evals[0], [c for c in evals if "--visual-dependency" in c]
+    assert "--visual-dependency" not in greedy and "--decoding" not in greedy
+    assert sum(a.startswith("synthetic_") for a in greedy) == 2  # test and shifted, as before
+    assert len(grounding) == 1 and [a for a in grounding[0] if a.startswith("synthetic_")] == [
+        f"synthetic_test={tmp_path / 'data' / 'synthetic' / 'test.jsonl'}"
+    ]
+    calls.clear()
+    runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", ["val"], avg8=False)  # tuning: no grounding
+    assert not any("--visual-dependency" in c for c in calls)

@@ -421,3 +421,39 @@ def test_mmmu_pro_overall_is_derived_from_both_settings(tmp_path: Path) -> None:
     spec = {"title": "t", "columns": [{"task": "mmmu_pro", "metric": "acc"}], "rows": [{"method": "grpo"}]}
     cell = mt.build_table("t", spec, rows, []).rows[0].cells[0]
     assert cell.runs == ["r1"] and cell.values == [pytest.approx(0.35)]
+
+
+def test_tiny_tables_show_grounding_columns_where_present(tmp_path: Path) -> None:
+    """The real tables.yaml: with --visual-dependency rows the tiny table gets its grounding columns for every
+    method that has them (values raw, share in percent); without them the columns are left out."""
+    methods = ["base", "sft", "grpo", "sft_rl", "luffy_vl", "tgrl"]
+    rows = []
+    for i, method in enumerate(methods):
+        common = {
+            "run": f"{method}_s0",
+            "method": method,
+            "seed": 0,
+            "task": "synthetic_test",
+            "suite": "tiny",
+        }
+        common.update(decoding="greedy", n=1000)
+        rows.append({**common, "metric": "acc", "value": 0.5})
+        rows.append({**common, "metric": "vis_dep_reasoning", "value": 0.1 * (i + 1)})
+        rows.append({**common, "metric": "vis_dep_reasoning_share", "value": 0.05 * (i + 1)})
+        rows.append({**common, "metric": "vis_dep_reasoning_correct", "value": 0.2})
+    summary = tmp_path / "summary.jsonl"
+    summary.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "with"
+    assert make_tables.main(["--summary", str(summary), "--out", str(out), "--table", "tiny"]) == 0
+    tiny = read_csv(out / "tiny.csv")
+    for i, method in enumerate(methods):
+        assert float(cell(tiny, method, "synthetic_test", "vis_dep_reasoning")["ours_mean"]) == pytest.approx(
+            0.1 * (i + 1)
+        )
+    assert "Reasoning s_t" in (out / "tiny.md").read_text() and "| 30.0" in (out / "tiny.md").read_text()
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps(r) + "\n" for r in rows if r["metric"] == "acc"))
+    out = tmp_path / "without"
+    assert make_tables.main(["--summary", str(plain), "--out", str(out), "--table", "tiny"]) == 0
+    assert not [r for r in read_csv(out / "tiny.csv") if r["metric"].startswith("vis_dep_")]
+    assert "Reasoning s_t, Grounded share, s_t (correct)" in (out / "tiny.md").read_text()  # noted

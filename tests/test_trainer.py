@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -745,3 +746,58 @@ def test_probe_scores_expert_tokens_like_the_trainer(tgrl_batch):
         n = int(out["completion_mask"][row].sum())
         assert values.numel() == n
         assert torch.allclose(values, logps[row, :n], atol=1e-4)
+
+
+def test_probe_visual_dependency_is_the_trainers(tgrl_batch):
+    """One s_t definition: the evaluation-time pass (tgrl.probe, used by --visual-dependency and the
+    trajectory report) gives the trainer's token-pass s_t for the same expert text and perturbation
+    (full_mask: no random draw, so both sides see the same I~)."""
+    from tgrl.probe import Perturbation, completion_visual_dependency
+
+    trainer, batch, out = tgrl_batch
+    rows = out["is_expert"].nonzero().flatten().tolist()
+    mode, prob = trainer.args.perturb_mode, trainer.args.perturb_prob
+    trainer.args.perturb_mode, trainer.args.perturb_prob = "full_mask", 1.0
+    try:
+        trainer._token_pass(dict(out), batch)
+        s = trainer._last_token_quantities["s"]
+    finally:
+        trainer.args.perturb_mode, trainer.args.perturb_prob = mode, prob
+    probe = completion_visual_dependency(
+        trainer.model,
+        trainer.processing_class,
+        [batch[i]["prompt"][-1]["content"][-1]["text"] for i in rows],
+        [batch[i]["images"] for i in rows],
+        [batch[i]["expert_text"] for i in rows],
+        Perturbation("full_mask", 1.0),
+    )
+    for row, dep in zip(rows, probe, strict=True):
+        n = int(out["completion_mask"][row].sum())
+        assert dep.s.numel() == n and float(s[row, :n].max()) > 0
+        assert torch.allclose(dep.s, s[row, :n], atol=1e-3)
+
+
+def test_completions_log_holds_the_token_pass_values(tgrl_batch):
+    """log_completions_every: one row per completion with its tokens, and s_t / w_t where the token pass
+    computed them (expert rows under vis_dep), for eval/report_trajectories.py."""
+    from tgrl.metrics import COMPLETIONS_FILE
+    from tgrl.utils import read_jsonl
+
+    trainer, batch, out = tgrl_batch
+    path = Path(trainer.args.output_dir) / COMPLETIONS_FILE
+    path.unlink(missing_ok=True)
+    trainer._token_pass(dict(out), batch)
+    trainer._log_completions(out, batch)
+    rows = [row for _, row in read_jsonl(path)]
+    assert len(rows) == out["completion_ids"].size(0)
+    w = trainer._last_token_quantities["w"]
+    for i, row in enumerate(rows):
+        n = int(out["completion_mask"][i].sum())
+        assert row["id"] == batch[i]["id"] and len(row["tokens"]) == n and row["step"] == 0
+        assert row["is_expert"] == bool(out["is_expert"][i])
+        if row["is_expert"]:
+            assert len(row["s"]) == len(row["w"]) == n
+            assert row["w"] == pytest.approx(w[i, :n].tolist(), abs=1e-4)
+            assert row["text"].startswith("<think>") and row["fact_accuracy"] is not None
+        else:
+            assert row["s"] is None and row["w"] is None

@@ -24,6 +24,14 @@ temperature of 0 means greedy decoding. What was actually used per task is kept 
 Backends: ``hf`` (transformers ``generate``, CPU or GPU, batched; several processes under ``accelerate
 launch`` split the documents: data parallel) and ``vllm`` (GPU only, imported lazily, tensor parallel
 inside one process).
+
+Visual dependency (``visual_dependency``, hf backend only): after each generated batch, the same batch of
+prompts and responses goes through one clean and one perturbed-image teacher-forced pass
+(:func:`tgrl.grounding.score_texts`: tgrl.probe, tgrl.perturb, the trainer's s_t). Per response the token
+s_t and its reasoning / answer summary are kept in :attr:`TGRLModel.grounding` (task -> doc_id -> one
+record per response, in response order) for the runner to score and log. The vllm backend refuses it:
+vLLM returns no log-probs of a given text under a changed image, and loading a second copy of a 7B model
+in transformers next to the engine would not fit beside it; evaluate with ``--backend hf`` instead.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +102,20 @@ def truncate_at_stops(text: str, until: list[str]) -> str:
     return text
 
 
+def _grounding_spec(value: bool | str | dict | None):
+    """None (off) or the :class:`tgrl.grounding.GroundingSpec` a constructor argument asks for; lmms-eval's
+    CLI passes ``visual_dependency=true`` as a string."""
+    if value in (None, False, "", "false", "False", "0", "none", "None"):
+        return None
+    from tgrl.grounding import GroundingSpec
+
+    if isinstance(value, dict):
+        return GroundingSpec.from_settings(value)
+    if value in (True, "true", "True", "1"):
+        return GroundingSpec()
+    raise UserError(f"visual_dependency={value!r}: use true or false")
+
+
 class TGRLModel(lmms):
     """lmms-eval model over :mod:`tgrl.modeling` (see the module docstring).
 
@@ -109,6 +132,8 @@ class TGRLModel(lmms):
             ``seed + i`` (vllm), so reruns with the same settings reproduce.
         tensor_parallel_size, gpu_memory_utilization, max_model_len, max_images_per_prompt: vLLM only.
         max_batch_size: accepted because lmms-eval passes it; unused.
+        visual_dependency: score s_t of every response (hf only; see the module docstring): True or
+            ``"true"`` for the defaults of :class:`tgrl.grounding.GroundingSpec`, or its settings dict.
     """
 
     is_simple = True
@@ -130,6 +155,7 @@ class TGRLModel(lmms):
         max_model_len: int | None = None,
         max_images_per_prompt: int = 8,
         max_batch_size: int | None = None,
+        visual_dependency: bool | str | dict | None = None,
     ) -> None:
         super().__init__()
         if backend not in BACKENDS:
@@ -148,6 +174,14 @@ class TGRLModel(lmms):
         self.max_images_per_prompt = int(max_images_per_prompt)
         self.generation_used: dict[str, dict[str, Any]] = {}
         self._task_batches: dict[str, int] = {}
+        self.grounding_spec = _grounding_spec(visual_dependency)
+        if self.grounding_spec is not None and backend != "hf":
+            raise UserError(
+                "visual dependency needs the hf backend: vLLM cannot score a given response under a "
+                "perturbed image. Fix: evaluate with --backend hf (batched, on GPU for 7B)"
+            )
+        self.grounding: dict[str, dict[int, list[dict[str, Any]]]] = {}
+        self.grounding_seconds: dict[str, float] = {}
 
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size > 1:
@@ -261,6 +295,8 @@ class TGRLModel(lmms):
         }
         if self.backend == "vllm":
             out["tensor_parallel_size"] = self.tensor_parallel_size
+        if self.grounding_spec is not None:
+            out["visual_dependency"] = self.grounding_spec.settings()
         return out
 
     # ----------------------------------------------------------------------------------------------
@@ -302,9 +338,57 @@ class TGRLModel(lmms):
                 texts = self._generate(task, contexts, visuals, gen)
                 for i, text in zip(chunk, texts, strict=True):
                     responses[i] = truncate_at_stops(text, gen["until"])
+                if self.grounding_spec is not None:
+                    self._score_grounding(
+                        task, [requests[i] for i in chunk], contexts, visuals, responses, chunk
+                    )
                 progress.update(len(chunk))
         progress.close()
         return [r if r is not None else "" for r in responses]
+
+    def _score_grounding(
+        self,
+        task: str,
+        chunk_requests: list,
+        contexts: list[str],
+        visuals: list[list],
+        responses: list[str | None],
+        chunk: list[int],
+    ) -> None:
+        """s_t of one generated batch (tgrl.grounding), kept per document in response order. A request
+        repeated k times (avg@k) is k consecutive entries; lmms-eval's rank-padding copies are skipped.
+        Row (doc_id, j)'s perturbed image is drawn from (seed, doc_id, j): independent of batching."""
+        from tgrl.grounding import score_texts
+
+        started = time.perf_counter()
+        per_doc = self.grounding.setdefault(task, {})
+        keep, keys = [], []
+        for pos, request in enumerate(chunk_requests):
+            if (getattr(request, "metadata", None) or {}).get("__padding_only__"):
+                continue
+            doc_id = int(request.args[3])
+            keep.append(pos)
+            keys.append((doc_id, len(per_doc.get(doc_id, [])) + sum(1 for k in keys if k[0] == doc_id)))
+        if keep:
+            records = score_texts(
+                self.model,
+                self.processor,
+                [contexts[p] for p in keep],
+                [visuals[p] for p in keep],
+                [responses[chunk[p]] or "" for p in keep],
+                self.grounding_spec,
+                self.seed,
+                row_keys=keys,
+                batch_size=self.batch_size_per_gpu,
+            )
+            for (doc_id, _), record in zip(keys, records, strict=True):
+                per_doc.setdefault(doc_id, []).append(record)
+        self.grounding_seconds[task] = self.grounding_seconds.get(task, 0.0) + time.perf_counter() - started
+
+    def pop_grounding(self, task: str) -> tuple[dict[int, list[dict[str, Any]]], float]:
+        """The grounding records of ``task`` (doc_id -> one record per response) and the seconds spent on
+        them, removed from the model (the runner takes them once per task)."""
+        return self.grounding.pop(task, {}), self.grounding_seconds.pop(task, 0.0)
 
     def _generate(self, task: str, contexts: list[str], visuals: list[list], gen: dict) -> list[str]:
         batch_index = self._task_batches.get(task, 0)

@@ -4,9 +4,9 @@ Always on (TensorBoard / W&B stay opt-in through ``report_to``), written by the 
 append-only and flushed every step (fsynced at every checkpoint and at the end: an fsync per step
 cost 10-15% of a tiny-tier step on a busy disk), so a killed run keeps its curve. A run that starts at
 step N (a resume from ``checkpoint-N``, or N = 0 for a fresh start into an old folder) first drops the rows
-of the steps it will redo, from ``metrics.jsonl`` and ``data_order.jsonl``: otherwise a run killed after
-step 41 and resumed from checkpoint 20 leaves 81 rows for 60 steps, and every reader but ours (pandas,
-W&B imports) sees the re-done steps twice.
+of the steps it will redo, from ``metrics.jsonl``, ``data_order.jsonl`` and ``completions.jsonl``:
+otherwise a run killed after step 41 and resumed from checkpoint 20 leaves 81 rows for 60 steps, and every
+reader but ours (pandas, W&B imports) sees the re-done steps twice.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tgrl.utils import append_jsonl, fsync_file, read_jsonl, write_jsonl
 
 METRICS_FILE = "metrics.jsonl"
 DATA_ORDER_FILE = "data_order.jsonl"  # written by TGRLTrainer when log_data_order is on
+COMPLETIONS_FILE = "completions.jsonl"  # written by TGRLTrainer every log_completions_every steps
 
 
 def _jsonable(value):
@@ -64,11 +65,14 @@ class JsonlMetricsCallback(TrainerCallback):
             self.path or Path(args.output_dir) / METRICS_FILE, lambda r: r.get("step", 0) <= start
         )
         # data-order rows: step = global_step when the batch was generated; the batch at `start` is redone
-        dropped_order = drop_rows(Path(args.output_dir) / DATA_ORDER_FILE, lambda r: r.get("step", 0) < start)
+        dropped_order = sum(
+            drop_rows(Path(args.output_dir) / name, lambda r: r.get("step", 0) < start)
+            for name in (DATA_ORDER_FILE, COMPLETIONS_FILE)
+        )
         if dropped or dropped_order:
             print(
                 f"[metrics] starting at step {start}: dropped {dropped} metrics rows and {dropped_order} "
-                f"data-order rows of steps this run redoes",
+                f"data-order / completion rows of steps this run redoes",
                 flush=True,
             )
 
@@ -84,6 +88,7 @@ class JsonlMetricsCallback(TrainerCallback):
         if state.is_world_process_zero:
             fsync_file(self.path or Path(args.output_dir) / METRICS_FILE)
             fsync_file(Path(args.output_dir) / DATA_ORDER_FILE)
+            fsync_file(Path(args.output_dir) / COMPLETIONS_FILE)
 
     def on_save(self, args, state, control, **kwargs):
         self._sync(args, state)

@@ -2,10 +2,14 @@
 
 Why: the tiny experiment has to show whether the expert term moves the policy toward the expert's
 *content*, not only its template. The trainer logs p of the expert's tokens during training
-(``expert/p_fact`` and friends, docs/design.md#58-diagnostics), but a method without experts (GRPO, SFT) logs
-nothing comparable. Here any checkpoint scores the same held-out expert trajectories in the trainer's token
+(``expert/p_fact`` and friends, docs/design.md#58-diagnostics), but a method without experts (GRPO, SFT) logs nothing
+comparable. Here any checkpoint scores the same held-out expert trajectories in the trainer's token
 layout (the project prompt, then the completion's tokens and the end-of-turn token), so "expert
 content-token p" can be compared across methods and against the weak base (the start of every run).
+
+The same pass with the perturbed image (:class:`Perturbation`, :func:`completion_visual_dependency`) gives
+the visual dependency s_t of any given text, with the trainer's perturbation and s_t definition: the
+evaluation runner and the trajectory report use it (tgrl.grounding).
 
 The content tokens of a synthetic-scene trace are the digits of its stated visual facts
 (:func:`tgrl.teachers.oracle.fact_spans`): the tokens the reasoning gets from the image.
@@ -16,10 +20,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from tgrl.modeling import encode_prompts
+from tgrl.perturb import perturb_pixel_values
 from tgrl.teachers.oracle import fact_spans
+from tgrl.token_weights import visual_dependency
 
 END_OF_TURN = "<|im_end|>"
 
@@ -42,7 +49,110 @@ def completion_ids(tokenizer, text: str) -> list[int]:
     ]
 
 
+@dataclass(frozen=True)
+class Perturbation:
+    """The perturbed image I~ of docs/design.md#54-token-quantities for a teacher-forced pass: the trainer's ``perturb_mode`` and
+    ``perturb_prob``, applied in patch space by :func:`tgrl.perturb.perturb_pixel_values` (as the trainer's
+    token pass does). ``seed`` with a row's key fixes that row's draw, so a row's I~ does not depend on
+    the batch it lands in."""
+
+    mode: str = "patch_blackening"
+    prob: float = 0.5
+    seed: int = 0
+
+
+def _perturb_rows(
+    processor, batch, n_images: Sequence[int], perturbation: Perturbation, keys: Sequence[Sequence[int]]
+) -> torch.Tensor:
+    """``batch["pixel_values"]`` with each row's images perturbed by its own generator
+    ``default_rng([seed, *key])``."""
+    image_processor = processor.image_processor
+    grid = batch["image_grid_thw"]
+    patches = [int(t * h * w) for t, h, w in grid.tolist()]
+    pieces, first_patch, first_image = [], 0, 0
+    for count, key in zip(n_images, keys, strict=True):
+        rows = sum(patches[first_image : first_image + count])
+        pixel_values = batch["pixel_values"][first_patch : first_patch + rows]
+        if count:
+            pixel_values = perturb_pixel_values(
+                pixel_values,
+                grid[first_image : first_image + count],
+                perturbation.mode,
+                perturbation.prob,
+                np.random.default_rng([perturbation.seed, *key]),
+                image_mean=image_processor.image_mean,
+                image_std=image_processor.image_std,
+                patch_size=image_processor.patch_size,
+                temporal_patch_size=image_processor.temporal_patch_size,
+                merge_size=image_processor.merge_size,
+            )
+        pieces.append(pixel_values)
+        first_patch, first_image = first_patch + rows, first_image + count
+    return torch.cat(pieces) if pieces else batch["pixel_values"]
+
+
+def _target_logps(model, kwargs: dict, target_ids: torch.Tensor) -> torch.Tensor:
+    """Log-probs of ``target_ids`` (the last ``width`` input tokens) under one forward. Only the
+    completion's logits are kept (``logits_to_keep``) and the softmax runs row by row, so a 7B model
+    with a 150k vocabulary and long completions does not materialise (B, T, V) in float32."""
+    width = target_ids.shape[1]
+    logits = model(**kwargs, logits_to_keep=width + 1).logits[:, :-1]
+    rows = [
+        torch.log_softmax(logits[i].float(), dim=-1).gather(-1, target_ids[i].unsqueeze(-1)).squeeze(-1)
+        for i in range(logits.shape[0])
+    ]
+    return torch.stack(rows)
+
+
 @torch.no_grad()
+def _teacher_forced(
+    model,
+    processor,
+    questions: Sequence[str],
+    images: Sequence[Sequence],
+    completions: Sequence[str],
+    passes: Sequence[Perturbation | None],
+    row_keys: Sequence[Sequence[int]] | None,
+    batch_size: int,
+) -> list[list[torch.Tensor]]:
+    """Per pass (None = the clean image), per row: the completion tokens' log-probs. The prompts are
+    encoded once per batch for all passes."""
+    tok = processor.tokenizer
+    if row_keys is None:
+        row_keys = [(i,) for i in range(len(questions))]
+    out: list[list[torch.Tensor]] = [[] for _ in passes]
+    for start in range(0, len(questions), batch_size):
+        stop = start + batch_size
+        batch = encode_prompts(processor, questions[start:stop], images[start:stop])
+        targets = [completion_ids(tok, text) for text in completions[start:stop]]
+        width = max(len(t) for t in targets)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        target_ids = torch.tensor([t + [pad] * (width - len(t)) for t in targets]).to(model.device)
+        target_mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in targets])
+        input_ids = torch.cat([batch["input_ids"].to(model.device), target_ids], dim=1)
+        attention = torch.cat([batch["attention_mask"], target_mask], dim=1).to(model.device)
+        kwargs = {"input_ids": input_ids, "attention_mask": attention}
+        if "image_grid_thw" in batch:
+            kwargs["image_grid_thw"] = batch["image_grid_thw"].to(model.device)
+        if "mm_token_type_ids" in batch:  # Qwen2.5-VL needs it for 3-D positions (docs/environment.md#9-qwen25-vl-inputs)
+            zeros = torch.zeros_like(target_ids.cpu())
+            kwargs["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], zeros], dim=1).to(
+                model.device
+            )
+        for j, perturbation in enumerate(passes):
+            if "pixel_values" in batch:
+                pixel_values = batch["pixel_values"]
+                if perturbation is not None:
+                    n_images = [len(ims) for ims in images[start:stop]]
+                    pixel_values = _perturb_rows(
+                        processor, batch, n_images, perturbation, row_keys[start:stop]
+                    )
+                kwargs["pixel_values"] = pixel_values.to(model.device)
+            logps = _target_logps(model, kwargs, target_ids)
+            out[j].extend(logps[i, : len(t)].cpu() for i, t in enumerate(targets))
+    return out
+
+
 def completion_logps(
     model,
     processor,
@@ -51,38 +161,47 @@ def completion_logps(
     completions: Sequence[str],
     *,
     batch_size: int = 32,
+    perturbation: Perturbation | None = None,
+    row_keys: Sequence[Sequence[int]] | None = None,
 ) -> list[torch.Tensor]:
     """Per-token log-probs (one 1-D tensor per row, over :func:`completion_ids`) of ``completions``
-    given (question, images) under the project prompt, by teacher forcing in batches."""
-    tok = processor.tokenizer
-    out: list[torch.Tensor] = []
-    for start in range(0, len(questions), batch_size):
-        stop = start + batch_size
-        batch = encode_prompts(processor, questions[start:stop], images[start:stop])
-        targets = [completion_ids(tok, text) for text in completions[start:stop]]
-        width = max(len(t) for t in targets)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        target_ids = torch.tensor([t + [pad] * (width - len(t)) for t in targets])
-        target_mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in targets])
-        input_ids = torch.cat([batch["input_ids"], target_ids], dim=1).to(model.device)
-        attention = torch.cat([batch["attention_mask"], target_mask], dim=1).to(model.device)
-        kwargs = {"input_ids": input_ids, "attention_mask": attention}
-        for key in ("pixel_values", "image_grid_thw"):
-            if key in batch:
-                kwargs[key] = batch[key].to(model.device)
-        # Qwen2.5-VL needs it for 3-D positions (docs/environment.md#9-qwen25-vl-inputs)
-        if "mm_token_type_ids" in batch:
-            zeros = torch.zeros_like(target_ids)
-            kwargs["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], zeros], dim=1).to(
-                model.device
-            )
-        logits = model(**kwargs).logits[:, -width - 1 : -1].float()
-        logps = (
-            torch.log_softmax(logits, dim=-1)
-            .gather(-1, target_ids.to(model.device).unsqueeze(-1))
-            .squeeze(-1)
-        )
-        out.extend(logps[i, : len(t)].cpu() for i, t in enumerate(targets))
+    given (question, images) under the project prompt, by teacher forcing in batches; with
+    ``perturbation``, under the perturbed images (row i drawn from ``row_keys[i]``, default ``(i,)``)."""
+    return _teacher_forced(
+        model, processor, questions, images, completions, [perturbation], row_keys, batch_size
+    )[0]
+
+
+@dataclass
+class TokenDependency:
+    """One completion's tokens (:func:`completion_ids` layout) under the clean and the perturbed image."""
+
+    logp: torch.Tensor  # log p(y_t | I), 1-D
+    logp_perturbed: torch.Tensor  # log p(y_t | I~)
+    s: torch.Tensor  # visual dependency s_t (tgrl.token_weights.visual_dependency)
+
+
+def completion_visual_dependency(
+    model,
+    processor,
+    questions: Sequence[str],
+    images: Sequence[Sequence],
+    completions: Sequence[str],
+    perturbation: Perturbation,
+    *,
+    batch_size: int = 32,
+    row_keys: Sequence[Sequence[int]] | None = None,
+) -> list[TokenDependency]:
+    """s_t of every completion token (docs/design.md#54-token-quantities) from one clean and one perturbed teacher-forced pass:
+    the trainer's perturbation and s_t definition applied to any given text (an evaluation response,
+    an expert trajectory, a logged rollout)."""
+    clean, perturbed = _teacher_forced(
+        model, processor, questions, images, completions, [None, perturbation], row_keys, batch_size
+    )
+    out = []
+    for a, b in zip(clean, perturbed, strict=True):
+        _, s = visual_dependency(a.unsqueeze(0), b.unsqueeze(0), torch.ones(1, a.numel(), dtype=torch.bool))
+        out.append(TokenDependency(a, b, s[0]))
     return out
 
 
@@ -99,8 +218,7 @@ class ContentTokenStats:
 
 
 def content_token_stats(tokenizer, texts: Sequence[str], logps: Sequence[torch.Tensor]) -> ContentTokenStats:
-    """Pool :func:`completion_logps` output into the content-token statistics of
-    docs/design.md#58-diagnostics."""
+    """Pool :func:`completion_logps` output into the content-token statistics of docs/design.md#58-diagnostics."""
     fact, every = [], []
     for text, row in zip(texts, logps, strict=True):
         p = row.exp()

@@ -29,7 +29,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import split_pixel_values_by_grid
 
-from tgrl.metrics import DATA_ORDER_FILE, JsonlMetricsCallback, quiet_console
+from tgrl.metrics import COMPLETIONS_FILE, DATA_ORDER_FILE, JsonlMetricsCallback, quiet_console
 from tgrl.modeling import VISION_SPECIAL_TOKENS, vision_token_ids
 from tgrl.perturb import MODES as PERTURB_MODES
 from tgrl.perturb import perturb_pixel_values
@@ -278,6 +278,14 @@ class TGRLConfig(GRPOConfig):
         default=True,
         metadata={
             "help": "Append the prompt ids of every generation batch to <output_dir>/data_order.jsonl."
+        },
+    )
+    log_completions_every: int = field(
+        default=0,
+        metadata={
+            "help": "Every N steps append every completion of the generation batch (text, tokens, reward, "
+            "accuracy, fact accuracy, advantage, is_expert, and the token s_t / w_t the token pass computed "
+            "that step) to <output_dir>/completions.jsonl, for eval/report_trajectories.py. 0 = never."
         },
     )
 
@@ -653,6 +661,9 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         self._token_pass(out, inputs)
         self._timing["token_pass"] = time.perf_counter() - token_start
         self._log_experience(out, inputs)
+        every = self.args.log_completions_every
+        if every > 0 and self.state.global_step % every == 0:
+            self._log_completions(out, inputs)
         seconds = time.perf_counter() - start
         self._experience_seconds += seconds
         metrics = self._metrics["train"]
@@ -665,6 +676,45 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
                 path = os.path.join(self.args.output_dir, DATA_ORDER_FILE)
                 append_jsonl(path, [{"step": self.state.global_step, "ids": ids}], fsync=False)
         return out
+
+    def _log_completions(self, out, inputs) -> None:
+        """Append this batch's completions to ``completions.jsonl`` (main process; every rank's rows): what
+        a person reads in the trajectory report. Token s_t / w_t are the values this step's token pass
+        used (None where it computed none: s_t only on the rows it perturbed, w_t only on expert rows)."""
+        tok = self._tokenizer
+        quantities = getattr(self, "_last_token_quantities", None) or {}
+        s, s_mask, w = quantities.get("s"), quantities.get("s_mask"), quantities.get("w")
+        n = out["completion_ids"].size(0)
+        local = self._process_slice(n)
+        rewards = self._summed_rewards()[local]
+        per_func = self._last_rewards_per_func[local]
+        rows = []
+        for i in range(n):
+            length = int(out["completion_mask"][i].sum())
+            ids = out["completion_ids"][i, :length].tolist()
+            text = completion_text(self._last_completions[i])
+            facts = inputs[i].get("facts") or ""
+            row = {
+                "step": self.state.global_step,
+                "id": inputs[i].get("id"),
+                "is_expert": bool(out["is_expert"][i]),
+                "text": text,
+                "tokens": [tok.decode([t]) for t in ids],
+                "reward": _finite(rewards[i].item()),
+                "accuracy": None if self._acc_index is None else _finite(per_func[i, self._acc_index].item()),
+                "fact_accuracy": _finite(_fact_accuracy(text, facts)) if facts else None,
+                "advantage": _finite(out["advantages"].reshape(n, -1)[i, 0].item()),
+                "s": None,
+                "w": None,
+            }
+            if s is not None and bool(s_mask[i].any()):
+                row["s"] = [round(v, 4) for v in s[i, :length].tolist()]
+            if w is not None and row["is_expert"]:
+                row["w"] = [round(v, 4) for v in w[i, :length].tolist()]
+            rows.append(row)
+        rows = gather_object(rows)
+        if self.accelerator.is_main_process:
+            append_jsonl(os.path.join(self.args.output_dir, COMPLETIONS_FILE), rows, fsync=False)
 
     def _process_slice(self, n_local: int) -> slice:
         rank = self.accelerator.process_index
@@ -784,6 +834,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
         guided = cfg.inject_mode != "never"
         weigh_on = cfg.onpolicy_token_weight != "none"
         diag = cfg.vis_dep_diag_every > 0 and self.state.global_step % cfg.vis_dep_diag_every == 0
+        self._last_token_quantities = {}  # this step's s_t / w_t for the completions log (none yet)
         if not (guided or weigh_on or diag):
             return
         extra = {
@@ -832,6 +883,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
                 )
                 s_mask[s_rows] = mask[s_rows]
                 _, s = visual_dependency(logp, logp_perturbed, s_mask)
+        self._last_token_quantities = {"s": s if s_rows else None, "s_mask": s_mask, "w": None}
         if s_for_exp or s_for_on or diag:
             self._log_mean("vis_dep/expert", s, s_mask & is_expert.unsqueeze(1))
             self._log_mean("vis_dep/on_policy", s, s_mask & ~is_expert.unsqueeze(1))
@@ -849,6 +901,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             exp_mask = mask & is_expert.unsqueeze(1)
             w, _ = expert_token_weights(cfg.expert_token_weight, mask=exp_mask, p=p, **weight_kwargs)
             out["expert_weights"] = w
+            self._last_token_quantities["w"] = w
             self._log_mean("expert/p_mean", p, exp_mask)
             self._log_mean("expert/p_below_0.01", (p < 0.01).float(), exp_mask)
             # the tokens that carry content: p_mean is dominated by template tokens at p ~ 1
@@ -1265,6 +1318,11 @@ def vision_guard(generation_kwargs: dict | None, tokenizer, use_vllm: bool) -> d
 @lru_cache(maxsize=4096)
 def _parse_facts(facts: str) -> dict:
     return json.loads(facts)
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: unscorable rewards are logged as null."""
+    return value if math.isfinite(value) else None
 
 
 def _fact_accuracy(text: str, facts: str) -> float:

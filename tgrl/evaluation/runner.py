@@ -24,8 +24,17 @@ lmms-eval or torch (a finished rerun takes about a second). --force redoes them.
 Settings (precedence: command line > --suite in eval/suites.yaml > defaults below): backend, dtype,
 batch_size, max_new_tokens, decoding (greedy | avg@k with --temperature/--top-p, lmms-eval ``repeats``),
 eval_seed, min_pixels, max_pixels, attn_implementation, tensor_parallel_size, gpu_memory_utilization,
-max_model_len, judge (an LLM judge model name; off by default). All of them go into ``settings`` and the
-key; the device and the process count are recorded too but are not part of the key.
+max_model_len, judge (an LLM judge model name; off by default), visual_dependency (off by default; when on,
+the perturbation and threshold of tgrl.grounding.GroundingSpec). All of them go into ``settings`` and the
+key (visual_dependency only when on); the device and the process count are recorded too but are not part
+of the key.
+
+Visual dependency (``--visual-dependency``, hf backend): the model scores s_t of every response it
+generated (tgrl.lmms_model, tgrl.grounding); per task the runner adds the rows ``vis_dep_reasoning``,
+``vis_dep_answer``, ``vis_dep_reasoning_share`` and each with ``_correct`` / ``_incorrect`` (mean s_t,
+not a fraction, except the share; definitions in tgrl/grounding.py), records ``grounding_seconds``
+(the part of ``eval_seconds`` the extra passes took) and writes each response's token s_t into
+``samples.jsonl`` (field ``grounding``: one record per response) for eval/report_trajectories.py.
 
 A run is three steps: :func:`plan_evaluation` (what is pending), :func:`run_plan` (one model load, one
 lmms-eval call per task) and :func:`record_task` (files and summary rows of one finished task).
@@ -81,9 +90,12 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "gpu_memory_utilization": 0.85,
     "max_model_len": None,
     "judge": None,
+    "visual_dependency": False,
 }
 # Recorded, not hashed: where the model ran does not define the protocol.
 UNHASHED_SETTINGS = ("device",)
+# Hashed only when switched on, so the keys of runs from before the setting existed stay valid.
+HASHED_WHEN_SET = ("visual_dependency",)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -149,11 +161,27 @@ def resolve_settings(overrides: dict[str, Any], suite: dict[str, Any] | None) ->
         raise UserError("batch_size and max_new_tokens must be >= 1")
     if settings["decoding"] != "greedy" and float(settings["temperature"]) <= 0:
         raise UserError("sampled decoding (avg@k) needs --temperature > 0")
+    if settings["visual_dependency"]:
+        if settings["backend"] != "hf":
+            raise UserError(
+                f"--visual-dependency needs the hf backend (got {settings['backend']}): vLLM cannot score a "
+                "given response under a perturbed image. Fix: add --backend hf (batched; on GPU for 7B)"
+            )
+        from tgrl.grounding import GroundingSpec
+
+        spec = settings["visual_dependency"]
+        settings["visual_dependency"] = (
+            GroundingSpec.from_settings(spec) if isinstance(spec, dict) else GroundingSpec()
+        ).settings()
     return settings
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
-    hashed = {k: v for k, v in settings.items() if k not in UNHASHED_SETTINGS}
+    hashed = {
+        k: v
+        for k, v in settings.items()
+        if k not in UNHASHED_SETTINGS and not (k in HASHED_WHEN_SET and not v)
+    }
     return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -402,6 +430,7 @@ def build_model(checkpoint: str, settings: dict[str, Any], device: str | None):
         tensor_parallel_size=settings["tensor_parallel_size"],
         gpu_memory_utilization=settings["gpu_memory_utilization"],
         max_model_len=settings["max_model_len"],
+        visual_dependency=settings["visual_dependency"] or None,
     )
 
 
@@ -596,8 +625,85 @@ def run_plan(plan: Plan, out: str | Path, device: str | None) -> None:
             traceback.print_exc()
             raise EvaluationFailed(explain_failure(err, plan.label.run, task)) from None
         seconds = round(time.time() - started, 2)
+        grounding = gather_grounding(lm, task["lmms_task"]) if plan.settings["visual_dependency"] else None
         if rank == 0:
-            record_task(plan, task, results, lm, provenance, run_dir, seconds)
+            record_task(plan, task, results, lm, provenance, run_dir, seconds, grounding)
+
+
+def gather_grounding(lm, lmms_task: str) -> tuple[dict[int, list[dict]], float]:
+    """The model's grounding records of one task (doc_id -> records) from every process (data parallel
+    splits the documents), and the seconds the extra passes took (the slowest process)."""
+    records, seconds = lm.pop_grounding(lmms_task)
+    if lm.world_size > 1:
+        import torch.distributed as dist
+
+        gathered: list = [None] * lm.world_size
+        dist.all_gather_object(gathered, (records, seconds))
+        records = {doc: recs for part, _ in gathered for doc, recs in part.items()}
+        seconds = max(sec for _, sec in gathered)
+    return records, seconds
+
+
+def response_correct(sample: dict, k: int, j: int, response: str, process_results) -> bool | None:
+    """Whether response ``j`` of a logged sample was scored correct (its task's ``acc``; None when the task
+    has no ``acc``). One response per document: the document's ``acc``. avg@k: the task's own
+    ``process_results`` on that response alone (what lmms-eval does for its per-response scores)."""
+    if "acc" not in sample:
+        return None
+    if k == 1:
+        return float(sample["acc"]) >= 1.0
+    if not callable(process_results):
+        return None
+    return float(process_results(sample["doc"], [[response]]).get("acc", 0.0)) >= 1.0
+
+
+def attach_grounding(
+    samples: list[dict], records: dict[int, list[dict]], lmms_task: str, process_results
+) -> list[tuple[dict, bool | None]]:
+    """Put each response's grounding record into its logged sample (field ``grounding``, plus ``correct``
+    per response) and return (record, correct) pairs for :func:`tgrl.grounding.task_metrics`. A sample
+    without its records is an internal error, not a silent gap in the metric."""
+    pairs = []
+    for sample in samples:
+        responses = responses_of_sample(sample)
+        found = records.get(int(sample["doc_id"]), [])
+        if len(found) != len(responses):
+            raise RuntimeError(
+                f"{lmms_task} doc {sample['doc_id']}: {len(responses)} responses but {len(found)} "
+                "visual-dependency records"
+            )
+        for j, (record, response) in enumerate(zip(found, responses, strict=True)):
+            record["correct"] = response_correct(sample, len(responses), j, response, process_results)
+            pairs.append((record, record["correct"]))
+        sample["grounding"] = found
+    return pairs
+
+
+def responses_of_sample(sample: dict) -> list[str]:
+    """The k responses of a logged sample (``filtered_resps`` is ``[[r1, ..., rk]]`` with our filter)."""
+    from tgrl.evaluation.tasks import responses_of
+
+    return responses_of(sample.get("filtered_resps") or sample.get("resps") or [])
+
+
+def grounding_rows(
+    pairs: list[tuple[dict, bool | None]], base: dict[str, Any], seconds: float
+) -> list[dict[str, Any]]:
+    """Summary rows of the grounding metrics (tgrl.grounding.task_metrics): mean s_t values (not fractions)
+    and the share above the threshold."""
+    from tgrl.grounding import task_metrics
+
+    return [
+        {
+            **base,
+            "metric": metric,
+            "value": float(value),
+            "n": n,
+            "unit": "share" if "_share" in metric else "s_t",
+            "grounding_seconds": round(seconds, 2),
+        }
+        for metric, (value, n) in task_metrics(pairs).items()
+    ]
 
 
 def record_task(
@@ -608,8 +714,10 @@ def record_task(
     provenance: dict[str, Any],
     run_dir: Path,
     seconds: float,
+    grounding: tuple[dict[int, list[dict]], float] | None = None,
 ) -> None:
-    """Write one finished task's ``results.json`` and ``samples.jsonl`` and append its summary rows."""
+    """Write one finished task's ``results.json`` and ``samples.jsonl`` and append its summary rows (with
+    ``grounding``, the model's visual-dependency records: their rows too, and the token s_t per sample)."""
     if results is None or task["lmms_task"] not in results.get("results", {}):
         raise RuntimeError(f"lmms-eval returned no results for {task['lmms_task']}")
     samples = results.get("samples", {}).get(task["lmms_task"], [])
@@ -642,6 +750,11 @@ def record_task(
     if task["jsonl"] is not None:
         base["settings"]["data"] = {"jsonl": str(task["jsonl"]), "sha256": task["data_sha256"]}
     rows = summary_rows(results["results"][task["lmms_task"]], samples, base, task["builtin"])
+    if grounding is not None:
+        records, grounding_seconds = grounding
+        config = results.get("configs", {}).get(task["lmms_task"]) or {}
+        pairs = attach_grounding(samples, records, task["lmms_task"], config.get("process_results"))
+        rows += grounding_rows(pairs, base, grounding_seconds)
     record = {
         "task": task["task"],
         "lmms_task": task["lmms_task"],
