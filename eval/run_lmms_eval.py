@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="after generation, one clean and one perturbed-image teacher-forced pass per response (the "
-        "trainer's perturbation and s_t, docs/design.md#54-token-quantities; no sampling): adds vis_dep_reasoning, vis_dep_answer, "
+        "trainer's perturbation and s_t, docs/design.md#54-token-quantities; no sampling): adds "
+        "vis_dep_reasoning, vis_dep_answer, "
         "vis_dep_reasoning_share (and _correct / _incorrect) rows and per-token s_t in samples.jsonl. "
         "hf backend only (batched; on GPU for 7B): with vllm the run stops with an error, because vLLM "
         "cannot score a given response under a perturbed image. Off by default",

@@ -5,7 +5,8 @@ training rollouts and expert slots (``vis_dep/*``, docs/metrics.md) and fact acc
 ground truth; this module measures s_t on any text a checkpoint wrote or is shown (an evaluation
 response on any benchmark, an expert trajectory, a logged rollout) with the trainer's own pieces: the
 teacher-forced pass of :mod:`tgrl.probe`, the perturbation of :mod:`tgrl.perturb` and the s_t of
-:func:`tgrl.token_weights.visual_dependency` (docs/design.md#54-token-quantities). No sampling: two forwards per text.
+:func:`tgrl.token_weights.visual_dependency` (docs/design.md#54-token-quantities). No sampling: two
+forwards per text.
 
 Regions of a response (character spans; a token belongs to a region when its characters overlap it):
 

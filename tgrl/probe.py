@@ -2,10 +2,10 @@
 
 Why: the tiny experiment has to show whether the expert term moves the policy toward the expert's
 *content*, not only its template. The trainer logs p of the expert's tokens during training
-(``expert/p_fact`` and friends, docs/design.md#58-diagnostics), but a method without experts (GRPO, SFT) logs nothing
-comparable. Here any checkpoint scores the same held-out expert trajectories in the trainer's token
-layout (the project prompt, then the completion's tokens and the end-of-turn token), so "expert
-content-token p" can be compared across methods and against the weak base (the start of every run).
+(``expert/p_fact`` and friends, docs/design.md#58-diagnostics), but a method without experts (GRPO,
+SFT) logs nothing comparable. Here any checkpoint scores the same held-out expert trajectories in the
+trainer's token layout (the project prompt, then the completion's tokens and the end-of-turn token), so
+"expert content-token p" can be compared across methods and against the weak base (the start of every run).
 
 The same pass with the perturbed image (:class:`Perturbation`, :func:`completion_visual_dependency`) gives
 the visual dependency s_t of any given text, with the trainer's perturbation and s_t definition: the
@@ -51,7 +51,8 @@ def completion_ids(tokenizer, text: str) -> list[int]:
 
 @dataclass(frozen=True)
 class Perturbation:
-    """The perturbed image I~ of docs/design.md#54-token-quantities for a teacher-forced pass: the trainer's ``perturb_mode`` and
+    """The perturbed image I~ of docs/design.md#54-token-quantities for a teacher-forced pass: the trainer's
+    ``perturb_mode`` and
     ``perturb_prob``, applied in patch space by :func:`tgrl.perturb.perturb_pixel_values` (as the trainer's
     token pass does). ``seed`` with a row's key fixes that row's draw, so a row's I~ does not depend on
     the batch it lands in."""
@@ -134,7 +135,8 @@ def _teacher_forced(
         kwargs = {"input_ids": input_ids, "attention_mask": attention}
         if "image_grid_thw" in batch:
             kwargs["image_grid_thw"] = batch["image_grid_thw"].to(model.device)
-        if "mm_token_type_ids" in batch:  # Qwen2.5-VL needs it for 3-D positions (docs/environment.md#9-qwen25-vl-inputs)
+        # Qwen2.5-VL needs it for 3-D positions (docs/environment.md#9-qwen25-vl-inputs)
+        if "mm_token_type_ids" in batch:
             zeros = torch.zeros_like(target_ids.cpu())
             kwargs["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], zeros], dim=1).to(
                 model.device
@@ -192,7 +194,8 @@ def completion_visual_dependency(
     batch_size: int = 32,
     row_keys: Sequence[Sequence[int]] | None = None,
 ) -> list[TokenDependency]:
-    """s_t of every completion token (docs/design.md#54-token-quantities) from one clean and one perturbed teacher-forced pass:
+    """s_t of every completion token (docs/design.md#54-token-quantities) from one clean and one perturbed
+    teacher-forced pass:
     the trainer's perturbation and s_t definition applied to any given text (an evaluation response,
     an expert trajectory, a logged rollout)."""
     clean, perturbed = _teacher_forced(
@@ -218,7 +221,8 @@ class ContentTokenStats:
 
 
 def content_token_stats(tokenizer, texts: Sequence[str], logps: Sequence[torch.Tensor]) -> ContentTokenStats:
-    """Pool :func:`completion_logps` output into the content-token statistics of docs/design.md#58-diagnostics."""
+    """Pool :func:`completion_logps` output into the content-token statistics of
+    docs/design.md#58-diagnostics."""
     fact, every = [], []
     for text, row in zip(texts, logps, strict=True):
         p = row.exp()
