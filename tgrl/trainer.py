@@ -857,10 +857,43 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             diagnostic=diag,
             has_old_logps="old_per_token_logps" in out,
         )
-        needs_entropy, s_rows = plan.needs_entropy, plan.perturbed_rows
+        s_rows = plan.perturbed_rows
         s_for_exp = guided and cfg.expert_token_weight in NEEDS_VIS_DEP
         s_for_on = weigh_on and cfg.onpolicy_token_weight in NEEDS_VIS_DEP
 
+        logp, entropy, s, s_mask = self._token_forwards(out, plan, mask)
+        self._last_token_quantities = {"s": s if s_rows else None, "s_mask": s_mask, "w": None}
+        if s_for_exp or s_for_on or diag:
+            self._log_mean("vis_dep/expert", s, s_mask & is_expert.unsqueeze(1))
+            self._log_mean("vis_dep/on_policy", s, s_mask & ~is_expert.unsqueeze(1))
+        p = torch.exp(logp)
+        weight_kwargs = dict(
+            s=s,
+            entropy=entropy,
+            alpha=cfg.vis_dep_alpha,
+            rho=cfg.vis_topk_rho,
+            entropy_top=cfg.entropy_topk_frac,
+            trust_tau=cfg.trust_region_tau,
+            p_min=cfg.p_min,
+        )
+        if guided:
+            exp_mask = mask & is_expert.unsqueeze(1)
+            w, _ = expert_token_weights(cfg.expert_token_weight, mask=exp_mask, p=p, **weight_kwargs)
+            out["expert_weights"] = w
+            self._last_token_quantities["w"] = w
+            self._log_expert_token_metrics(p, w, exp_mask, inputs)
+            if cfg.expert_ratio == "teacher_is":
+                out["expert_teacher_logps"] = self._teacher_logps(out, inputs)
+        if weigh_on:
+            on_mask = mask & ~is_expert.unsqueeze(1)
+            u, _ = expert_token_weights(cfg.onpolicy_token_weight, mask=on_mask, p=p, **weight_kwargs)
+            out["onpolicy_weights"] = u
+            self._log_mean("onpolicy/w_mean", u, on_mask)
+
+    def _token_forwards(self, out, plan: TokenPassPlan, mask: torch.Tensor):
+        """The token pass's forwards under pi_old: log p_t (reused from TRL's old log-probs when it has
+        them), entropies, and s_t on the rows the plan perturbs; (B, T) tensors, zeros elsewhere."""
+        needs_entropy, s_rows = plan.needs_entropy, plan.perturbed_rows
         logp = torch.zeros_like(mask, dtype=torch.float32)
         entropy = torch.zeros_like(logp) if needs_entropy else None
         s_mask = torch.zeros_like(mask)
@@ -883,46 +916,25 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
                 )
                 s_mask[s_rows] = mask[s_rows]
                 _, s = visual_dependency(logp, logp_perturbed, s_mask)
-        self._last_token_quantities = {"s": s if s_rows else None, "s_mask": s_mask, "w": None}
-        if s_for_exp or s_for_on or diag:
-            self._log_mean("vis_dep/expert", s, s_mask & is_expert.unsqueeze(1))
-            self._log_mean("vis_dep/on_policy", s, s_mask & ~is_expert.unsqueeze(1))
-        p = torch.exp(logp)
-        weight_kwargs = dict(
-            s=s,
-            entropy=entropy,
-            alpha=cfg.vis_dep_alpha,
-            rho=cfg.vis_topk_rho,
-            entropy_top=cfg.entropy_topk_frac,
-            trust_tau=cfg.trust_region_tau,
-            p_min=cfg.p_min,
-        )
-        if guided:
-            exp_mask = mask & is_expert.unsqueeze(1)
-            w, _ = expert_token_weights(cfg.expert_token_weight, mask=exp_mask, p=p, **weight_kwargs)
-            out["expert_weights"] = w
-            self._last_token_quantities["w"] = w
-            self._log_mean("expert/p_mean", p, exp_mask)
-            self._log_mean("expert/p_below_0.01", (p < 0.01).float(), exp_mask)
-            # the tokens that carry content: p_mean is dominated by template tokens at p ~ 1
-            self._log_mean("expert/p_low", p, exp_mask & (p < 0.5))
-            self._log_mean("expert/share_low", (p < 0.5).float(), exp_mask)
-            self._log_mean("expert/p_fact", p, self._expert_fact_mask(inputs, exp_mask))
-            self._log_mean("expert/w_zeroed", (p < cfg.p_min).float(), exp_mask)
-            w_mean = self._log_mean("expert/w_mean", w, exp_mask)
-            if w_mean is not None:
-                self._log_mean("expert/w_std", (w - w_mean) ** 2, exp_mask, sqrt=True)
-                local_max = w[exp_mask].max() if exp_mask.any() else torch.zeros((), device=w.device)
-                self._metrics["train"]["expert/w_max"].append(
-                    self.accelerator.gather(local_max.reshape(1)).max().item()
-                )
-            if cfg.expert_ratio == "teacher_is":
-                out["expert_teacher_logps"] = self._teacher_logps(out, inputs)
-        if weigh_on:
-            on_mask = mask & ~is_expert.unsqueeze(1)
-            u, _ = expert_token_weights(cfg.onpolicy_token_weight, mask=on_mask, p=p, **weight_kwargs)
-            out["onpolicy_weights"] = u
-            self._log_mean("onpolicy/w_mean", u, on_mask)
+        return logp, entropy, s, s_mask
+
+    def _log_expert_token_metrics(self, p, w, exp_mask, inputs) -> None:
+        """expert/* metrics of one step (docs/metrics.md): p of all, low-p and fact tokens; weight stats."""
+        cfg = self.args
+        self._log_mean("expert/p_mean", p, exp_mask)
+        self._log_mean("expert/p_below_0.01", (p < 0.01).float(), exp_mask)
+        # the tokens that carry content: p_mean is dominated by template tokens at p ~ 1
+        self._log_mean("expert/p_low", p, exp_mask & (p < 0.5))
+        self._log_mean("expert/share_low", (p < 0.5).float(), exp_mask)
+        self._log_mean("expert/p_fact", p, self._expert_fact_mask(inputs, exp_mask))
+        self._log_mean("expert/w_zeroed", (p < cfg.p_min).float(), exp_mask)
+        w_mean = self._log_mean("expert/w_mean", w, exp_mask)
+        if w_mean is not None:
+            self._log_mean("expert/w_std", (w - w_mean) ** 2, exp_mask, sqrt=True)
+            local_max = w[exp_mask].max() if exp_mask.any() else torch.zeros((), device=w.device)
+            self._metrics["train"]["expert/w_max"].append(
+                self.accelerator.gather(local_max.reshape(1)).max().item()
+            )
 
     def _teacher_logps(self, out, inputs) -> torch.Tensor:
         """(B, T) per-token teacher log-probs of expert rows (``expert_teacher_logprobs`` column,
