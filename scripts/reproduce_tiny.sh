@@ -81,7 +81,7 @@ else
 fi
 
 say "6/6 tables and training curves"
-$PY eval/make_tables.py --summary "$OUT/summary.jsonl" --out "$OUT/tables" --table tiny --table tiny_ablations
+$PY eval/make_tables.py --summary "$OUT/summary.jsonl" --out "$OUT/tables" --table tiny --table tiny_grounding --table tiny_ablations
 $PY eval/plot_training.py --runs-json "$OUT/runs.json" --out "$OUT/plots" --smooth 20
 cat "$OUT/tables/tiny.md"
 $PY -c "import sys; from tgrl.protocol import reading; from tgrl.utils import read_jsonl; \
