@@ -160,11 +160,9 @@ def test_test_means_and_reading_come_from_the_rows():
 def test_grounding_is_an_evaluation_of_its_own(tmp_path, monkeypatch):
     """The final evaluation adds --visual-dependency as a separate call on the test split only, after the
     unchanged greedy call: added to a finished protocol, a rerun runs just that call per checkpoint."""
-    import importlib.util
+    import importlib
 
-    spec = importlib.util.spec_from_file_location("run_protocol", REPO / "scripts" / "run_protocol.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module("scripts.run_protocol")
     runner = module.Runner(write(tmp_path), tmp_path / "work", tmp_path / "data", tmp_path / "out")
     calls: list[list[str]] = []
     monkeypatch.setattr(runner, "sh", lambda log, *cmd: calls.append([str(c) for c in cmd]))
