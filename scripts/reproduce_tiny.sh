@@ -2,7 +2,7 @@
 # Mini-replication of the paper's experiment on the tiny tier (CPU, ~0.66M-parameter Qwen2.5-VL), under the
 # fair protocol of train/tiny_protocol.yaml (REPRODUCE.md section 5).
 #
-#   bash scripts/reproduce_tiny.sh            # full (make reproduce): tuning + 3 seeds + ablations, ~85 min on 2 cores
+#   bash scripts/reproduce_tiny.sh            # full (make reproduce): tuning + 3 seeds + ablations, ~90 min on 2 cores (sum of the committed run's run times over 2 jobs)
 #   QUICK=1 bash scripts/reproduce_tiny.sh    # demo (make demo): GRPO vs TGRL at the committed selection, one seed
 #
 # Pipeline (every stage is skipped when its output is complete, so a rerun resumes; training resumes from its
