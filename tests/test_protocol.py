@@ -177,3 +177,22 @@ def test_grounding_is_an_evaluation_of_its_own(tmp_path, monkeypatch):
     calls.clear()
     runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", ["val"], avg8=False)  # tuning: no grounding
     assert not any("--visual-dependency" in c for c in calls)
+
+
+def test_demo_mode_skips_avg8_and_the_bases_validation(tmp_path, monkeypatch):
+    """make demo's budget: the quick runner scores test and shifted greedily (plus grounding and the expert
+    probe) but not avg@8, and the base is not scored on the validation split the demo never uses."""
+    import importlib
+
+    module = importlib.import_module("scripts.run_protocol")
+    calls: list[list[str]] = []
+    for quick in (False, True):
+        runner = module.Runner(write(tmp_path), tmp_path / "w", tmp_path / "d", tmp_path / "o", quick=quick)
+        monkeypatch.setattr(runner, "sh", lambda log, *cmd: calls.append([str(c) for c in cmd]))
+        calls.clear()
+        runner.base()
+        decodings = [c[c.index("--decoding") + 1] for c in calls if "--decoding" in c]
+        splits = {a.split("=")[0] for c in calls for a in c if a.startswith("synthetic_")}
+        probes = [c for c in calls if c[1].endswith("probe_expert_tokens.py")]
+        assert decodings == ([] if quick else ["avg@8"]) and len(probes) == 1
+        assert ("synthetic_val" in splits) is not quick and {"synthetic_test", "synthetic_shifted"} <= splits
