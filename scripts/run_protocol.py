@@ -107,8 +107,10 @@ class Runner:
         return out
 
     def evaluate(
-        self, name: str, method: str, seed: int, checkpoint: Path, splits: list[str], avg8: bool
+        self, name: str, method: str, seed: int, checkpoint: Path, splits: list[str], final: bool
     ) -> None:
+        """Score ``checkpoint`` greedily on ``splits``; ``final`` (a run scored once on the test split) adds
+        avg@8 (not in demo mode) and the expert-token probe."""
         log = self.logs / f"{name}.eval.log"
         specs = [f"synthetic_{s}={self.data / 'synthetic' / f'{s}.jsonl'}" for s in splits]
         jsonl = [arg for spec in specs for arg in ("--jsonl", spec)]
@@ -123,13 +125,13 @@ class Runner:
                 log, PY, "eval/run_lmms_eval.py", "--model", checkpoint, "--suite", "tiny", *test,
                 "--visual-dependency", *ident,
             )  # fmt: skip
-        if avg8 and not self.quick:  # what RL optimises: mean accuracy of 8 samples at T=1 (test split)
+        if final and not self.quick:  # what RL optimises: mean accuracy of 8 samples at T=1 (test split)
             test = ["--jsonl", f"synthetic_test={self.data / 'synthetic' / 'test.jsonl'}"]
             self.sh(
                 log, PY, "eval/run_lmms_eval.py", "--model", checkpoint, "--suite", "tiny", *test,
                 "--decoding", "avg@8", *ident,
             )  # fmt: skip
-        if avg8:
+        if final:
             self.sh(
                 log, PY, "eval/probe_expert_tokens.py", "--model", checkpoint,
                 "--jsonl", self.data / "synthetic" / "test.jsonl", "--task", "synthetic_test", *ident[2:],
@@ -157,11 +159,11 @@ class Runner:
     # ------------------------------------------------------------------ stages
     def tune(self, run: RunSpec) -> None:
         checkpoint = self.train(run)
-        self.evaluate(run.name, run.method, run.seed, checkpoint, ["val"], avg8=False)
+        self.evaluate(run.name, run.method, run.seed, checkpoint, ["val"], final=False)
 
     def final(self, run: RunSpec) -> None:
         checkpoint = self.train(run)
-        self.evaluate(run.name, run.method, run.seed, checkpoint, ["test", "shifted"], avg8=True)
+        self.evaluate(run.name, run.method, run.seed, checkpoint, ["test", "shifted"], final=True)
         if run.kind != "sft":
             self.sh(
                 self.logs / f"{run.name}.eval.log", PY, "eval/summarize_training.py", "--run-dir", checkpoint,
@@ -171,7 +173,7 @@ class Runner:
 
     def base(self) -> None:
         splits = ["test", "shifted"] if self.quick else ["val", "test", "shifted"]
-        self.evaluate("base", "base", 0, self.work / "base", splits, avg8=True)
+        self.evaluate("base", "base", 0, self.work / "base", splits, final=True)
 
 
 def write_runs(out: Path, work: Path, runs: list[RunSpec], protocol: Protocol) -> None:

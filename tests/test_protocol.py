@@ -166,7 +166,7 @@ def test_grounding_is_an_evaluation_of_its_own(tmp_path, monkeypatch):
     runner = module.Runner(write(tmp_path), tmp_path / "work", tmp_path / "data", tmp_path / "out")
     calls: list[list[str]] = []
     monkeypatch.setattr(runner, "sh", lambda log, *cmd: calls.append([str(c) for c in cmd]))
-    runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", ["test", "shifted"], avg8=True)
+    runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", ["test", "shifted"], final=True)
     evals = [c for c in calls if c[1].endswith("run_lmms_eval.py")]
     greedy, grounding = evals[0], [c for c in evals if "--visual-dependency" in c]
     assert "--visual-dependency" not in greedy and "--decoding" not in greedy
@@ -175,7 +175,7 @@ def test_grounding_is_an_evaluation_of_its_own(tmp_path, monkeypatch):
         f"synthetic_test={tmp_path / 'data' / 'synthetic' / 'test.jsonl'}"
     ]
     calls.clear()
-    runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", ["val"], avg8=False)  # tuning: no grounding
+    runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", ["val"], final=False)  # tuning: no grounding
     assert not any("--visual-dependency" in c for c in calls)
 
 
