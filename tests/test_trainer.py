@@ -726,6 +726,12 @@ def test_plan_token_pass():
     assert entropy.needs_entropy and not entropy.reuse_old_logps and entropy.perturbed_rows == []
 
 
+def expert_rows_inputs(batch, rows: list[int]) -> tuple[list, list, list]:
+    """(questions, images, expert texts) of the batch's expert rows: what tgrl.probe scores."""
+    questions = [batch[i]["prompt"][-1]["content"][-1]["text"] for i in rows]
+    return questions, [batch[i]["images"] for i in rows], [batch[i]["expert_text"] for i in rows]
+
+
 def test_probe_scores_expert_tokens_like_the_trainer(tgrl_batch):
     """tgrl.probe's teacher forcing uses the trainer's token layout: the same expert text gets the same
     per-token log-probs as the trainer's own forward over its expert slot."""
@@ -738,9 +744,7 @@ def test_probe_scores_expert_tokens_like_the_trainer(tgrl_batch):
     probe = probe_logps(
         trainer.model,
         trainer.processing_class,
-        [batch[i]["prompt"][-1]["content"][-1]["text"] for i in rows],
-        [batch[i]["images"] for i in rows],
-        [batch[i]["expert_text"] for i in rows],
+        *expert_rows_inputs(batch, rows),
     )
     for row, values in zip(rows, probe, strict=True):
         n = int(out["completion_mask"][row].sum())
@@ -766,9 +770,7 @@ def test_probe_visual_dependency_is_the_trainers(tgrl_batch):
     probe = completion_visual_dependency(
         trainer.model,
         trainer.processing_class,
-        [batch[i]["prompt"][-1]["content"][-1]["text"] for i in rows],
-        [batch[i]["images"] for i in rows],
-        [batch[i]["expert_text"] for i in rows],
+        *expert_rows_inputs(batch, rows),
         Perturbation("full_mask", 1.0),
     )
     for row, dep in zip(rows, probe, strict=True):
