@@ -24,7 +24,7 @@ same four trainer methods on every trainer, so stock and ours are timed identica
 Runs are interleaved: round r runs the methods in a rotated order, so slow drift of the machine
 (another job, thermal state) hits every method alike. The summary pools the timed steps of all rounds
 of a method; ratios are of median step times (and, as a check on drift, the median of the per-round
-ratios). Targets (issue 6): our GRPO within 5% of stock, TGRL within 15% of GRPO.
+ratios). Targets: our GRPO within 5% of stock, TGRL within 15% of GRPO.
 
 The weak base is built like ``scripts/reproduce_tiny.sh`` builds it (tiny model, synthetic scenes,
 oracle teacher, F1+F2 filter, a short SFT warm-up on grounded traces) in ``--work``, unless

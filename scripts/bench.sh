@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Performance benchmarks of the tiny tier (CPU, one torch thread; issue 6 section 3, benchmarks/README.md):
+# Performance benchmarks of the tiny tier (CPU, one torch thread; benchmarks/README.md):
 #   1. per-step time of stock TRL GRPOTrainer, our GRPO, TGRL and LUFFY-VL on the same tiny batch, split
 #      into generate / score / token pass / other experience / update, 3 interleaved rounds, with the
 #      ratios against the targets (our GRPO <= 1.05 x stock, TGRL <= 1.15 x GRPO);

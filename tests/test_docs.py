@@ -1,4 +1,4 @@
-"""The repository stands alone (issue 13): every citation of a document points at a file and heading that
+"""The repository stands alone: every citation of a document points at a file and heading that
 exist in the repository, and no file cites the notes the project was first written from (they are not
 in the repository).
 

@@ -72,7 +72,7 @@ def gpu_pins() -> dict[str, str]:
 
 def test_gpu_vllm_is_inside_trls_supported_range():
     """TRL's colocate weight sync calls vLLM internals: only the range TRL's [vllm] extra declares is tested
-    by TRL (issue 11, item 12). The range is read from the installed trl's own metadata."""
+    by TRL. The range is read from the installed trl's own metadata."""
     gpu = gpu_pins()
     (vllm_req,) = [
         r

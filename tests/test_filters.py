@@ -217,7 +217,7 @@ def test_script_writes_a_training_set(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_oracle_then_filter_pipeline(synthetic_dir, tiny_checkpoint, tmp_path):
-    """The issue's done-when in miniature: oracle trajectories, then the filter, give a training set."""
+    """The data pipeline in miniature: oracle trajectories, then the filter, give a training set."""
     from data_prep import build_teacher_trajectories
 
     teacher_out, train_out = tmp_path / "teacher", tmp_path / "train"

@@ -179,7 +179,7 @@ def test_multinode_without_master_addr_is_reported():
 
 
 # --------------------------------------------------------------------------------------------------
-# multi-node (issue 11, item 16): the global batch stays fixed, output_dir must be shared, disk is said
+# multi-node: the global batch stays fixed, output_dir must be shared, disk is said
 
 
 def command_of(result) -> str:
@@ -254,7 +254,7 @@ def test_checkpoint_size_is_said_and_smaller_modes_offered():
 
 
 # --------------------------------------------------------------------------------------------------
-# the one-GPU smoke test (issue 11, part C): what it runs, that it refuses without a GPU or vLLM, and its
+# the one-GPU smoke test: what it runs, that it refuses without a GPU or vLLM, and its
 # one line per stage (through a fake GPU stack: there is no GPU here)
 
 

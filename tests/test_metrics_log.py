@@ -75,7 +75,7 @@ def test_git_commit_ignores_results_but_not_code(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------------
-# resume (issue 11, item 9): the steps a resumed run redoes are logged once, not twice
+# resume: the steps a resumed run redoes are logged once, not twice
 
 
 def _steps(path):

@@ -1,4 +1,4 @@
-"""One pixel budget (issue 11, items 11 and 14): images fitted into it come back unchanged from a processor
+"""One pixel budget: images fitted into it come back unchanged from a processor
 at our budget and at the checkpoint's wider default (what vLLM uses), so both count the same image
 tokens; the ``size=`` form equals the deprecated min/max kwargs; every GPU-tier consumer carries the one
 budget; the vLLM prompt-length check raises on a mismatch."""

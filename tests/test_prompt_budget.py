@@ -1,4 +1,4 @@
-"""Image size against the context (issue 11, item 13): the vLLM teacher (through a fake ``vllm`` module, as
+"""Image size against the context: the vLLM teacher (through a fake ``vllm`` module, as
 on CPU there is none) loses one problem, never a batch or the run, and records why in the manifest; a
 resume does not retry it; shards carry it through the merge; RL preflight names a row whose images plus
 the rollout budget do not fit vLLM's max_model_len."""

@@ -22,7 +22,7 @@ SFT_RECIPES = {"sft", "base_direct_sft"}
 ROW_KEYS = {
     "grpo": {"inject_mode"},
     "sft_rl": {"inject_mode", "model_name_or_path"},
-    # LUFFY-VL is LUFFY's published method, not an ablation of ours (issue 11, item 15): besides no token
+    # LUFFY-VL is LUFFY's published method, not an ablation of ours: besides no token
     # reweighting it has LUFFY's advantages (no std normalisation) and no PPO clip on on-policy tokens
     # (LUFFY's train.sh). "TGRL w/o token reweighting" is tgrl_no_reweight (expert_token_weight only).
     "luffy_vl": {"expert_token_weight", "scale_rewards", "on_policy_clip"},
@@ -132,7 +132,7 @@ def test_luffy_vl_follows_luffy_and_the_ablation_is_its_own_run():
         assert {k for k in tgrl if tgrl[k] != ablation[k]} - RUN_KEYS == {"expert_token_weight"}
 
 
-# 7B recipes against the published consensus (docs/anchors.md#11-published-7b-recipes; issue 11, item 15)
+# 7B recipes against the published consensus (docs/anchors.md#11-published-7b-recipes)
 LUFFY_ROLLOUT_BATCH, LUFFY_UPDATE_BATCH, LUFFY_STEPS = 128, 64, 500  # prompts, prompts, rollout batches
 REFERENCE_GPUS = 8  # the 7B recipes are written for one 8-GPU node (the launcher rescales for others)
 

@@ -1,4 +1,4 @@
-"""REPRODUCE.md shows the committed tiny-tier tables verbatim (issue 6: the document and results/tiny/
+"""REPRODUCE.md shows the committed tiny-tier tables verbatim (the document and results/tiny/
 must agree); a regenerated table that is not copied into the document fails here."""
 
 from pathlib import Path

@@ -409,7 +409,7 @@ def test_tgrl_loss_onpolicy_weights_and_kl():
     c, met = tgrl_loss(logp, old, adv, mask, expert_mask=expert, expert_weights=w, ref_logp=ref, beta=0.1)
     k3 = math.exp(-0.3) + 0.3 - 1
     # KL on the 4 on-policy tokens only, and averaged over them: the 2 expert tokens are not in its
-    # normaliser (it was 4 / 6 before issue 11 item 5)
+    # normaliser (it was 4 / 6 when KL shared the loss normaliser)
     assert close(c - a, 0.1 * k3)
     assert close(met["kl"], k3)
     with pytest.raises(ValueError, match="ref_logp"):

@@ -515,7 +515,7 @@ def test_teacher_is_reads_stored_teacher_logprobs(tgrl_batch):
 
 
 # --------------------------------------------------------------------------------------------------
-# no silent fallbacks, bounds and on-policy-only terms (issue 11, items A1-A7)
+# no silent fallbacks, bounds and on-policy-only terms
 
 
 def test_injection_without_aligned_rows_is_an_error_not_grpo(tgrl_batch):

@@ -1,4 +1,4 @@
-"""TRL drift (issue 11, item 8): every private TRL name TGRLTrainer relies on exists with the parameters it
+"""TRL drift: every private TRL name TGRLTrainer relies on exists with the parameters it
 expects, our overrides keep TRL's signatures, and an untested TRL major.minor stops construction with a
 message that names the tested version and the explicit override."""
 

@@ -180,7 +180,7 @@ def _mv_parse(latex: str) -> list:
 _mv_warmed_up = threading.Event()
 
 
-_MV_WARM_UP_PAIRS = (  # one of each kind of sympy work a comparison can need (measured: issue 11, item 10)
+_MV_WARM_UP_PAIRS = (  # one of each kind of sympy work a comparison can need (measured)
     ("\\sqrt{2}+\\frac{1}{2}x^2", "2^{1/2}+0.5x^{2}"),
     ("(x+1)^2", "x^2+2x+1"),
     ("(x+2)(x-3)", "x^2-x-6"),  # products of sums: expansion (cold: ~0.5 s on its own)

@@ -64,7 +64,7 @@ class RLScriptArguments:
         default=None,
         metadata={
             "help": "Processor min_pixels (None = the checkpoint's processor config; the 7B recipes set "
-            "tgrl.pixels.DEFAULT_BUDGET). Images are fitted into this budget before rollouts (issue 11)."
+            "tgrl.pixels.DEFAULT_BUDGET). Images are fitted into this budget before rollouts."
         },
     )
     max_pixels: int | None = field(

@@ -2,7 +2,7 @@
 
 Why one budget: a Qwen-VL image becomes ``(h/28) * (w/28)`` tokens after the processor resizes it into
 [min_pixels, max_pixels]. Training, rollouts, the teacher, the filter and evaluation must all use the same
-bounds, or the policy is trained and scored on different images and token counts (issue 11, item 14).
+bounds, or the policy is trained and scored on different images and token counts.
 :data:`DEFAULT_BUDGET` is that budget for the GPU tier, defined here once; the 7B recipes, the paper eval
 suites and scripts/build_teacher_7b.sh carry its numbers and tests/test_pixels.py checks they agree. The
 tiny tier keeps its checkpoint's own processor budget (56 x 56 px, 4 tokens per image).

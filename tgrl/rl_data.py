@@ -123,9 +123,9 @@ def check_prompt_budget(
 ) -> None:
     """Fail before training when a prompt (its images expanded under the processor's pixel budget) plus
     ``max_completion_length`` does not fit vLLM's ``max_model_len``: vLLM would reject it and the whole
-    generation batch fails, again on every resume (issue 11, item 13; e.g. 5 images x 1,280 tokens +
-    2,048 > 8,192). A cheap upper bound first (characters >= tokens; every image at the budget's maximum),
-    the exact count only for rows that might not fit."""
+    generation batch fails, again on every resume (e.g. 5 images x 1,280 tokens + 2,048 > 8,192). A cheap
+    upper bound first (characters >= tokens; every image at the budget's maximum), the exact count only for
+    rows that might not fit."""
     from PIL import Image
 
     from tgrl.modeling import prompt_length

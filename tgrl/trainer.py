@@ -406,7 +406,7 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             **kwargs,
         )
         check_trainer_attributes(self)
-        # issue 11: rollouts and trainer must agree on image tokens (tgrl/pixels.py)
+        # rollouts and trainer must agree on image tokens (tgrl/pixels.py)
         self._pixel_fit = pixel_fit_of(self.processing_class)
         if self.use_vllm:
             guard_vllm_prompt_lengths(self.vllm_generation)
