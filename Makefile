@@ -48,7 +48,8 @@ style: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# The full tiny mini-replication (4 methods x 3 seeds + ablation; ~60 min on 2 cores): results/tiny/
+# The full tiny mini-replication (fair protocol: 5 methods x 3-entry tuning grid, the selection at 3 seeds, 4
+# ablations; ~90 min on 2 cores, REPRODUCE.md section 5): results/tiny/
 reproduce: install
 	bash scripts/reproduce_tiny.sh
 

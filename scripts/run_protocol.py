@@ -125,7 +125,7 @@ class Runner:
                 log, PY, "eval/run_lmms_eval.py", "--model", checkpoint, "--suite", "tiny", *test,
                 "--visual-dependency", *ident,
             )  # fmt: skip
-        if final and not self.quick:  # what RL optimises: mean accuracy of 8 samples at T=1 (test split)
+        if final and not self.quick:  # sampled behaviour: mean accuracy of 8 samples at T=1 (test split)
             test = ["--jsonl", f"synthetic_test={self.data / 'synthetic' / 'test.jsonl'}"]
             self.sh(
                 log, PY, "eval/run_lmms_eval.py", "--model", checkpoint, "--suite", "tiny", *test,
