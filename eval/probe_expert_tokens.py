@@ -8,7 +8,8 @@ For every held-out problem the oracle teacher writes its grounded trajectory (no
 scores it by teacher forcing in the trainer's token layout. Rows (``decoding: teacher_forced``):
 ``expert_fact_p`` (mean p of the tokens stating the scene's counts: the content the reasoning should carry
 from the image), ``expert_low_p`` / ``expert_low_share`` (tokens with p < 0.5), ``expert_mean_p`` (all
-tokens).
+tokens). ``--temperature T`` scores under logits / T (the policy of runs whose rollouts sample at T); its
+rows get ``decoding: teacher_forced_t<T>``, so the tables (T = 1) never mix them.
 Comparable across every method, the weak base included (the start of every run). Idempotent: a row set
 is keyed by checkpoint, data and its hash, so a rerun adds nothing.
 """
@@ -40,12 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="tiny")
     p.add_argument("--limit", type=int, default=None, help="first N problems (tests)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0, help="score under logits / T (default 1)")
     return p
 
 
 @cli
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.temperature <= 0:
+        raise UserError(f"--temperature {args.temperature}: must be > 0. Fix: pass e.g. --temperature 0.3")
     ident = {
         "checkpoint": str(args.model.resolve()),
         "data": sha256_file(args.jsonl),
@@ -53,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         "task": args.task,
         "run": args.run,
     }
+    if args.temperature != 1.0:  # keys of T = 1 rows stay what they were
+        ident["temperature"] = args.temperature
     key = "probe-" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
     if key in finished_keys(args.summary):
         print(f"[probe] {args.run}: already in {args.summary}; nothing to do")
@@ -77,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         [p.load_images() for p in problems],
         texts,
         batch_size=args.batch_size,
+        temperature=args.temperature,
     )
     stats = content_token_stats(processor.tokenizer, texts, logps)
     common = {
@@ -87,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         "checkpoint": ident["checkpoint"],
         "task": args.task,
         "suite": args.suite,
-        "decoding": "teacher_forced",
+        "decoding": "teacher_forced" if args.temperature == 1.0 else f"teacher_forced_t{args.temperature:g}",
         "git_commit": git_commit(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

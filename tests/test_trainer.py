@@ -752,6 +752,30 @@ def test_probe_scores_expert_tokens_like_the_trainer(tgrl_batch):
         assert torch.allclose(values, logps[row, :n], atol=1e-4)
 
 
+def test_probe_at_a_temperature_is_the_trainers_policy_at_it(
+    tgrl_batch, tiny_checkpoint, expert_file, tmp_path
+):
+    """Runs that sample at T train softmax(logits / T) (TRL folds 1 / T into the LM head); the probe's
+    --temperature scores that same policy, and differs from T = 1 on the same tokens."""
+    from tgrl.probe import completion_logps as probe_logps
+
+    trainer, batch, out = tgrl_batch
+    hot = make_trainer(
+        tiny_checkpoint,
+        build_rl_dataset(expert_file),
+        tiny_args(tmp_path, online_group_filter=False, temperature=0.3),
+    )
+    logps = completion_logps(hot, out)  # same weights (the checkpoint), the T = 0.3 policy
+    rows = out["is_expert"].nonzero().flatten().tolist()
+    inputs = expert_rows_inputs(batch, rows)
+    plain = probe_logps(trainer.model, trainer.processing_class, *inputs)
+    probe = probe_logps(trainer.model, trainer.processing_class, *inputs, temperature=0.3)
+    for row, values, at_one in zip(rows, probe, plain, strict=True):
+        n = int(out["completion_mask"][row].sum())
+        assert torch.allclose(values, logps[row, :n], atol=1e-4)
+        assert not torch.allclose(values, at_one, atol=1e-3)
+
+
 def test_probe_visual_dependency_is_the_trainers(tgrl_batch):
     """One s_t definition: the evaluation-time pass (tgrl.probe, used by --visual-dependency and the
     trajectory report) gives the trainer's token-pass s_t for the same expert text and perturbation

@@ -92,12 +92,15 @@ def _perturb_rows(
     return torch.cat(pieces) if pieces else batch["pixel_values"]
 
 
-def _target_logps(model, kwargs: dict, target_ids: torch.Tensor) -> torch.Tensor:
-    """Log-probs of ``target_ids`` (the last ``width`` input tokens) under one forward. Only the
-    completion's logits are kept (``logits_to_keep``) and the softmax runs row by row, so a 7B model
-    with a 150k vocabulary and long completions does not materialise (B, T, V) in float32."""
+def _target_logps(model, kwargs: dict, target_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probs of ``target_ids`` (the last ``width`` input tokens) under one forward, of the softmax of
+    logits / ``temperature``. Only the completion's logits are kept (``logits_to_keep``) and the softmax
+    runs row by row, so a 7B model with a 150k vocabulary and long completions does not materialise
+    (B, T, V) in float32."""
     width = target_ids.shape[1]
     logits = model(**kwargs, logits_to_keep=width + 1).logits[:, :-1]
+    if temperature != 1.0:
+        logits = logits / temperature
     rows = [
         torch.log_softmax(logits[i].float(), dim=-1).gather(-1, target_ids[i].unsqueeze(-1)).squeeze(-1)
         for i in range(logits.shape[0])
@@ -115,6 +118,7 @@ def _teacher_forced(
     passes: Sequence[Perturbation | None],
     row_keys: Sequence[Sequence[int]] | None,
     batch_size: int,
+    temperature: float = 1.0,
 ) -> list[list[torch.Tensor]]:
     """Per pass (None = the clean image), per row: the completion tokens' log-probs. The prompts are
     encoded once per batch for all passes."""
@@ -150,7 +154,7 @@ def _teacher_forced(
                         processor, batch, n_images, perturbation, row_keys[start:stop]
                     )
                 kwargs["pixel_values"] = pixel_values.to(model.device)
-            logps = _target_logps(model, kwargs, target_ids)
+            logps = _target_logps(model, kwargs, target_ids, temperature)
             out[j].extend(logps[i, : len(t)].cpu() for i, t in enumerate(targets))
     return out
 
@@ -165,12 +169,15 @@ def completion_logps(
     batch_size: int = 32,
     perturbation: Perturbation | None = None,
     row_keys: Sequence[Sequence[int]] | None = None,
+    temperature: float = 1.0,
 ) -> list[torch.Tensor]:
     """Per-token log-probs (one 1-D tensor per row, over :func:`completion_ids`) of ``completions``
     given (question, images) under the project prompt, by teacher forcing in batches; with
-    ``perturbation``, under the perturbed images (row i drawn from ``row_keys[i]``, default ``(i,)``)."""
+    ``perturbation``, under the perturbed images (row i drawn from ``row_keys[i]``, default ``(i,)``).
+    ``temperature``: the softmax of logits / T, the policy a run with rollout temperature T samples from
+    and trains (TRL divides the logits the same way)."""
     return _teacher_forced(
-        model, processor, questions, images, completions, [perturbation], row_keys, batch_size
+        model, processor, questions, images, completions, [perturbation], row_keys, batch_size, temperature
     )[0]
 
 
