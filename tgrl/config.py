@@ -49,8 +49,8 @@ class RLScriptArguments:
         default="data/synthetic/train.jsonl",
         metadata={
             "help": "Problem JSONL (docs/design.md#41-problems). Rows whose meta.expert holds a filtered "
-            "teacher trajectory "
-            "get it injected into their group; rows without one (null/absent) train as plain GRPO groups."
+            "teacher trajectory get it injected into their group; rows without one (null/absent) train as "
+            "plain GRPO groups."
         },
     )
     max_train_samples: int | None = field(

@@ -52,10 +52,9 @@ def completion_ids(tokenizer, text: str) -> list[int]:
 @dataclass(frozen=True)
 class Perturbation:
     """The perturbed image I~ of docs/design.md#54-token-quantities for a teacher-forced pass: the trainer's
-    ``perturb_mode`` and
-    ``perturb_prob``, applied in patch space by :func:`tgrl.perturb.perturb_pixel_values` (as the trainer's
-    token pass does). ``seed`` with a row's key fixes that row's draw, so a row's I~ does not depend on
-    the batch it lands in."""
+    ``perturb_mode`` and ``perturb_prob``, applied in patch space by :func:`tgrl.perturb.perturb_pixel_values`
+    (as the trainer's token pass does). ``seed`` with a row's key fixes that row's draw, so a row's I~ does
+    not depend on the batch it lands in."""
 
     mode: str = "patch_blackening"
     prob: float = 0.5
@@ -202,9 +201,8 @@ def completion_visual_dependency(
     row_keys: Sequence[Sequence[int]] | None = None,
 ) -> list[TokenDependency]:
     """s_t of every completion token (docs/design.md#54-token-quantities) from one clean and one perturbed
-    teacher-forced pass:
-    the trainer's perturbation and s_t definition applied to any given text (an evaluation response,
-    an expert trajectory, a logged rollout)."""
+    teacher-forced pass: the trainer's perturbation and s_t definition applied to any given text (an
+    evaluation response, an expert trajectory, a logged rollout)."""
     clean, perturbed = _teacher_forced(
         model, processor, questions, images, completions, [None, perturbation], row_keys, batch_size
     )

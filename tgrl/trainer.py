@@ -94,10 +94,8 @@ class TGRLConfig(GRPOConfig):
         default="always",
         metadata={
             "help": "docs/design.md#53-groups. 'always': every group with an expert trajectory gets it in "
-            "its last "
-            "n_exp slots "
-            "(LUFFY); 'on_fail': only when at most inject_gate on-policy rollouts are correct (HPT / BREAD "
-            "gate); 'never': no expert = GRPO."
+            "its last n_exp slots (LUFFY); 'on_fail': only when at most inject_gate on-policy rollouts are "
+            "correct (HPT / BREAD gate); 'never': no expert = GRPO."
         },
     )
     inject_gate: int = field(
@@ -106,27 +104,24 @@ class TGRLConfig(GRPOConfig):
     n_exp: int = field(
         default=1,
         metadata={
-            "help": "Expert slots per group; n_on = num_generations - n_exp rollouts are generated "
-            "(LUFFY 7+1). "
-            "Slots beyond the number of stored trajectories repeat them."
+            "help": "Expert slots per group; n_on = num_generations - n_exp rollouts are generated (LUFFY "
+            "7+1). Slots beyond the number of stored trajectories repeat them."
         },
     )
     adv_group: str = field(
         default="mixed",
         metadata={
             "help": "docs/design.md#53-groups. 'mixed': mean/std over the whole group incl. the expert "
-            "(LUFFY paper "
-            "and code); "
-            "'on_only': mean/std from on-policy members, applied to all (LUFFY grpo_split, CalibRL)."
+            "(LUFFY paper and code); 'on_only': mean/std from on-policy members, applied to all (LUFFY "
+            "grpo_split, CalibRL)."
         },
     )
     expert_ratio: str = field(
         default="shaped",
         metadata={
             "help": "docs/design.md#55-loss, f in l_exp = -A w f(pi_theta(y*)). 'shaped': p/(p+gamma) (LUFFY "
-            "train.sh); "
-            "'raw_p': p (IS with pi_teacher=1); 'sft': log p; 'teacher_is': p/pi_teacher (needs stored "
-            "per-token teacher log-probs, meta.expert.teacher_logprobs)."
+            "train.sh); 'raw_p': p (IS with pi_teacher=1); 'sft': log p; 'teacher_is': p/pi_teacher (needs "
+            "stored per-token teacher log-probs, meta.expert.teacher_logprobs)."
         },
     )
     expert_gamma: float = field(default=0.1, metadata={"help": "gamma of 'shaped' (LUFFY p_div_p_0.1)."})
@@ -134,12 +129,9 @@ class TGRLConfig(GRPOConfig):
         default="joint",
         metadata={
             "help": "docs/design.md#57-expert-term-strength. 'joint': one token mean over on-policy and "
-            "expert "
-            "tokens "
-            "(LUFFY's 1/Z; an expert token's pull shrinks with the expert share of tokens, ~1/8 at 7+1); "
-            "'separate': each term averaged over its own tokens, then summed (CHORD's (1-mu) L_RL + mu "
-            "L_SFT, "
-            "SRFT). Tiny-tier value chosen on validation (REPRODUCE.md, tiny tuning table)."
+            "expert tokens (LUFFY's 1/Z; an expert token's pull shrinks with the expert share of tokens, "
+            "~1/8 at 7+1); 'separate': each term averaged over its own tokens, then summed (CHORD's (1-mu) "
+            "L_RL + mu L_SFT, SRFT). Tiny-tier value chosen on validation (REPRODUCE.md, tiny tuning table)."
         },
     )
     expert_coef: float = field(
@@ -152,10 +144,9 @@ class TGRLConfig(GRPOConfig):
     expert_coef_schedule: str = field(
         default="constant",
         metadata={
-            "help": "'constant', or after expert_coef_warmup_steps of linear warm-up a 'linear' / "
-            "'cosine' decay "
-            "to expert_coef_end at max_steps (CHORD: warm-up, then decay of mu toward a small valley; the "
-            "guidance anneals so train and test prompts match, docs/anchors.md#5-chord-and-srft)."
+            "help": "'constant', or after expert_coef_warmup_steps of linear warm-up a 'linear' / 'cosine' "
+            "decay to expert_coef_end at max_steps (CHORD: warm-up, then decay of mu toward a small valley; "
+            "the guidance anneals so train and test prompts match, docs/anchors.md#5-chord-and-srft)."
         },
     )
     expert_coef_end: float = field(
@@ -168,29 +159,26 @@ class TGRLConfig(GRPOConfig):
     teacher_is_cap: float = field(
         default=3.0,
         metadata={
-            "help": "expert_ratio 'teacher_is': p / pi_teacher is clipped at this value (no gradient "
-            "above it), so "
-            "one token the teacher sampled at low probability cannot blow the loss up. Default: TRL's "
-            "vllm_importance_sampling_cap (truncated IS)."
+            "help": "expert_ratio 'teacher_is': p / pi_teacher is clipped at this value (no gradient above "
+            "it), so one token the teacher sampled at low probability cannot blow the loss up. Default: "
+            "TRL's vllm_importance_sampling_cap (truncated IS)."
         },
     )
     expert_neg_p_floor: float = field(
         default=1e-3,
         metadata={
             "help": "expert_ratio 'sft' with a negative advantage (a wrong expert: no-filter ablation, "
-            "truncated "
-            "experts) is unlikelihood -|A| log p, unbounded: below this p_theta the token gets no more "
-            "gradient (ours; the PPO clip bounds on-policy tokens the same way). 0 = no floor."
+            "truncated experts) is unlikelihood -|A| log p, unbounded: below this p_theta the token gets no "
+            "more gradient (ours; the PPO clip bounds on-policy tokens the same way). 0 = no floor."
         },
     )
     expert_token_weight: str = field(
         default="vis_dep",
         metadata={
             "help": "docs/design.md#56-token-weights: token reweighting w_t of expert tokens [abstract; "
-            "formula ours]: 'vis_dep' "
-            "(1 + alpha * min-max s_t, mean 1; VPPO-inspired), 'none' (LUFFY; the w/o-reweighting ablation), "
-            "'vis_topk' (VPPO mask), "
-            "'entropy_topk' (Prefix-RFT), 'chord_phi' (CHORD p(1-p)), 'trust_region' (TRAPO min(1, p/tau))."
+            "formula ours]: 'vis_dep' (1 + alpha * min-max s_t, mean 1; VPPO-inspired), 'none' (LUFFY; the "
+            "w/o-reweighting ablation), 'vis_topk' (VPPO mask), 'entropy_topk' (Prefix-RFT), 'chord_phi' "
+            "(CHORD p(1-p)), 'trust_region' (TRAPO min(1, p/tau))."
         },
     )
     onpolicy_token_weight: str = field(
@@ -211,12 +199,9 @@ class TGRLConfig(GRPOConfig):
         default=None,
         metadata={
             "help": "docs/design.md#56-token-weights: expert tokens with pi_old < p_min get w = 0 (counted; "
-            "ours). None = by "
-            "ratio: "
-            "1e-4 for 'shaped' / 'raw_p' (their gradient there is ~0 anyway), 0 for 'sft' / 'teacher_is' "
-            "(the "
-            "lowest-probability expert tokens are the ones imitation exists for). Resolved at start and "
-            "recorded in the run config."
+            "ours). None = by ratio: 1e-4 for 'shaped' / 'raw_p' (their gradient there is ~0 anyway), 0 for "
+            "'sft' / 'teacher_is' (the lowest-probability expert tokens are the ones imitation exists for). "
+            "Resolved at start and recorded in the run config."
         },
     )
     perturb_mode: str = field(
@@ -240,29 +225,25 @@ class TGRLConfig(GRPOConfig):
         default=False,
         metadata={
             "help": "docs/design.md#52-filtering (DAPO dynamic sampling without refill): groups whose "
-            "rewards all tie are "
-            "masked "
-            "out of the loss and its normaliser; the count is logged as groups/dropped."
+            "rewards all tie are masked out of the loss and its normaliser; the count is logged as "
+            "groups/dropped."
         },
     )
     expert_overlong: str = field(
         default="error",
         metadata={
-            "help": "An expert trajectory longer than max_completion_length (+ end-of-turn): 'error' "
-            "(filter F2 "
-            "should have rejected it; never truncate silently), 'truncate' (keep the first tokens, no "
-            "end-of-turn; "
-            "for the w/o-F2 ablation), 'drop' (that prompt trains as a plain GRPO group)."
+            "help": "An expert trajectory longer than max_completion_length (+ end-of-turn): 'error' (filter "
+            "F2 should have rejected it; never truncate silently), 'truncate' (keep the first tokens, no "
+            "end-of-turn; for the w/o-F2 ablation), 'drop' (that prompt trains as a plain GRPO group)."
         },
     )
     vis_dep_diag_every: int = field(
         default=0,
         metadata={
             "help": "Every N steps also run the perturbed-image pass on on-policy rollouts, to log "
-            "vis_dep/on_policy "
-            "(the 'visual evidence in reasoning' diagnostic, docs/design.md#58-diagnostics). 0 = never (the "
-            "pass then runs on "
-            "expert sequences only, unless on-policy weighting needs it)."
+            "vis_dep/on_policy (the 'visual evidence in reasoning' diagnostic, "
+            "docs/design.md#58-diagnostics). 0 = never (the pass then runs on expert sequences only, unless "
+            "on-policy weighting needs it)."
         },
     )
     grad_share_every: int = field(
@@ -561,9 +542,8 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             raise RuntimeError(
                 f"TGRL cannot place expert trajectories: {got} for {len(prompt_ids)} prompts in "
                 "_generate_single_turn (the trainer was written against TRL 1.16, which passes one prompt "
-                "per "
-                "row of the generation batch). Training on would silently be plain GRPO. Fix: install the "
-                "pinned trl version, or set inject_mode: never to train GRPO on purpose"
+                "per row of the generation batch). Training on would silently be plain GRPO. Fix: install "
+                "the pinned trl version, or set inject_mode: never to train GRPO on purpose"
             )
         slots = self._expert_slots(rows)
         n = len(prompt_ids)
