@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: install demo test slow_test quality style tiny data reproduce bench eval smoke_gpu clean
+.PHONY: install demo test slow_test vllm_install vllm_test quality style tiny data reproduce bench eval smoke_gpu clean
 
 # The venv is rebuilt only when the lock file or pyproject changes. --no-deps: the lock is complete and
 # carries one deliberate metadata conflict (latex2sympy2/antlr; see requirements-cpu.txt).
@@ -40,6 +40,27 @@ test: install
 slow_test: install
 	$(PY) -m pytest -q -m slow
 
+# vLLM's image-placeholder contract (docs/design.md#84-image-placeholders-for-vllm), checked against vLLM
+# 0.30.0's real multimodal processor on the CPU. vLLM pins torch 2.13.0 (a CUDA build; torchvision 0.28.0
+# does not import beside the CPU build), the CPU lock 2.14.1: so an environment of its own, from
+# requirements-vllm.txt. The machine's pip settings point at a local CPU torch 2.13.0 wheel that pip would
+# take instead of PyPI's CUDA build: they are switched off for this install. ~4 GB of downloads, ~8 GB.
+VLLM_VENV  ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.tgrl-installed
+VLLM_PIP   := env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(VLLM_VENV)/bin/pip
+vllm_install: $(VLLM_STAMP)
+$(VLLM_STAMP): requirements-vllm.txt pyproject.toml
+	@command -v $(PYTHON_SYS) >/dev/null || { echo "error: $(PYTHON_SYS) not found (tgrl needs Python 3.11)"; exit 2; }
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON_SYS) -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install -q -U pip==26.3
+	$(VLLM_PIP) install -q --no-deps -r requirements-vllm.txt
+	$(VLLM_PIP) install -q --no-deps --no-build-isolation -e .
+	$(VLLM_VENV)/bin/python -c "import torch, vllm, trl, tgrl; assert torch.version.cuda, 'vllm env: torch is a CPU build'; print('vllm env ready: vllm', vllm.__version__, 'torch', torch.__version__, 'trl', trl.__version__)"
+	touch $(VLLM_STAMP)
+
+vllm_test: vllm_install
+	$(VLLM_VENV)/bin/python -m pytest -q tests_vllm
+
 quality: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -67,4 +88,4 @@ smoke_gpu:
 	bash scripts/smoke_gpu.sh
 
 clean:
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) $(VLLM_VENV) .cache

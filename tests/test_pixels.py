@@ -1,7 +1,7 @@
 """One pixel budget: images fitted into it come back unchanged from a processor
 at our budget and at the checkpoint's wider default (what vLLM uses), so both count the same image
 tokens; the ``size=`` form equals the deprecated min/max kwargs; every GPU-tier consumer carries the one
-budget; the vLLM prompt-length check raises on a mismatch."""
+budget. What vLLM is sent and how its prompt is checked: tests/test_vllm_prompts.py."""
 
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ from tgrl.pixels import (
     patch_factor,
     pixel_fit_of,
 )
-from tgrl.trainer import check_vllm_prompt_lengths, guard_vllm_prompt_lengths
 from tgrl.utils import REPO_ROOT, UserError
 
 # Qwen2.5-VL-7B-Instruct's own preprocessor_config.json bounds: what vLLM's processor uses when TRL builds
@@ -119,50 +118,6 @@ def test_rows_of_one_prompt_are_fitted_once():
         2000, 1500, DEFAULT_BUDGET
     )
     assert rows[4]["images"] == []
-
-
-# --------------------------------------------------------------------------------------------------
-# the check on vLLM's prompt length (item 11)
-
-
-def test_prompt_length_check_raises_on_a_mismatch():
-    check_vllm_prompt_lengths([[1, 2, 3], [4, 5]], [[1, 2, 3], [4, 5]])
-    with pytest.raises(RuntimeError, match="expanded prompt 1 to 3 tokens, the trainer's processor to 2"):
-        check_vllm_prompt_lengths([[1, 2, 3], [4, 5]], [[1, 2, 3], [4, 5, 5]])
-
-
-class FakeVLLMGeneration:
-    """TRL's VLLMGeneration.generate contract: returns (prompt_ids, completion_ids, logprobs, token_ids);
-    this one expands every image to ``vllm_tokens`` image-pad tokens, as vLLM's own processor would."""
-
-    def __init__(self, image_pad: int, vllm_tokens: int):
-        self.image_pad, self.vllm_tokens = image_pad, vllm_tokens
-
-    def generate(self, prompts, images, num_generations, profiler=None):
-        expanded = [
-            [t for t in p if t != self.image_pad] + [self.image_pad] * self.vllm_tokens for p in prompts
-        ]
-        return expanded, [[7]] * len(prompts), None, None
-
-
-def test_guard_wraps_trls_generate(ours):
-    ids = ours(
-        text=["<|vision_start|><|image_pad|><|vision_end|>x"],
-        images=[fit_image(image(2000, 1500), DEFAULT_BUDGET)],
-    )["input_ids"][0]
-    pad = ours.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    n_ours = ids.count(pad)
-    agreeing = FakeVLLMGeneration(pad, n_ours)
-    guard_vllm_prompt_lengths(agreeing)
-    assert agreeing.generate(prompts=[ids], images=[[None]], num_generations=1)[1] == [[7]]
-    # vLLM's default budget on the raw image gives another count: the first generation fails
-    raw = image(2000, 1500)
-    n_vllm = image_tokens(raw.width, raw.height, CHECKPOINT_DEFAULT)
-    assert n_vllm != n_ours
-    disagreeing = FakeVLLMGeneration(pad, n_vllm)
-    guard_vllm_prompt_lengths(disagreeing)
-    with pytest.raises(RuntimeError, match="vLLM resized an image"):
-        disagreeing.generate(prompts=[ids], images=[[raw]], num_generations=1)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -58,8 +58,9 @@ def test_untested_trl_stops_construction_with_a_clear_message(tmp_path, monkeypa
 
 def test_explicit_override_allows_an_untested_trl_when_the_contract_holds(monkeypatch):
     monkeypatch.setenv(OVERRIDE_ENV, "1")
-    with pytest.warns(UserWarning, match="untested TRL 1.17.0"):
+    with pytest.warns(UserWarning, match="untested TRL 1.17.0") as caught:
         check_trl_version("1.17.0")
+    assert "PR #6718" in str(caught[0].message)  # the TRL change that retires the vLLM placeholder workaround
     check_trl_version(f"{TESTED_TRL}.9")  # a patch release of the tested minor passes silently
 
 

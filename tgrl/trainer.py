@@ -47,7 +47,7 @@ from tgrl.token_weights import (
     tgrl_loss_terms,
     visual_dependency,
 )
-from tgrl.trl_compat import check_trainer_attributes, check_trl_version
+from tgrl.trl_compat import check_trainer_attributes, check_trl_version, route_vllm_prompts
 from tgrl.utils import append_jsonl
 
 # The loss aggregation (docs/design.md#55-loss) is TRL's `loss_type` (one switch): how each maps onto
@@ -387,10 +387,10 @@ class TGRLTrainer(CheckpointKeyFixMixin, GRPOTrainer):
             **kwargs,
         )
         check_trainer_attributes(self)
-        # rollouts and trainer must agree on image tokens (tgrl/pixels.py)
+        # rollouts and trainer must agree on image tokens (tgrl/pixels.py, tgrl/trl_compat.py)
         self._pixel_fit = pixel_fit_of(self.processing_class)
         if self.use_vllm:
-            guard_vllm_prompt_lengths(self.vllm_generation)
+            route_vllm_prompts(self.vllm_generation, getattr(self.processing_class, "image_token_id", None))
 
         im_end = self._tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.expert_eos_id = im_end if im_end in self.eos_token_ids else self.eos_token_ids[0]
@@ -1250,43 +1250,6 @@ def expert_coef_at(
     if schedule == "linear":
         return peak + (end - peak) * progress
     return end + (peak - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def check_vllm_prompt_lengths(sent: list, returned: list | None) -> None:
-    """Raise when vLLM expanded a prompt to another length than the trainer's processor did.
-
-    TRL sends vLLM the prompt ids our processor expanded (one ``<|image_pad|>`` per image token) plus the
-    raw image; vLLM's own processor decides the image's token count from its pixel bounds. A different
-    count means the rollout was generated from another prompt than the one the loss scores (TRL issues
-    #6294, #6401): a crash later, or silently wrong rollouts. Checked on every generation (it costs a
-    length comparison), so the first one already fails."""
-    if returned is None:
-        return
-    if len(returned) != len(sent):
-        raise RuntimeError(f"vLLM returned {len(returned)} prompts for {len(sent)} sent")
-    for i, (ours, theirs) in enumerate(zip(sent, returned, strict=True)):
-        if len(ours) != len(theirs):
-            raise RuntimeError(
-                f"vLLM expanded prompt {i} to {len(theirs)} tokens, the trainer's processor to {len(ours)}: "
-                "vLLM resized an image with other pixel bounds than the trainer's processor, so the rollout "
-                "does not belong to the prompt the loss scores. Fix: train through TGRLTrainer, which fits "
-                "every image into the processor's budget first (tgrl/pixels.py), and keep "
-                "min_pixels/max_pixels "
-                "inside the checkpoint's own preprocessor_config.json bounds"
-            )
-
-
-def guard_vllm_prompt_lengths(vllm_generation) -> None:
-    """Wrap TRL's ``VLLMGeneration.generate`` (whose prompt ids TRL discards) with
-    :func:`check_vllm_prompt_lengths`."""
-    generate = vllm_generation.generate
-
-    def checked_generate(prompts, images, num_generations, profiler=None):
-        out = generate(prompts=prompts, images=images, num_generations=num_generations, profiler=profiler)
-        check_vllm_prompt_lengths(prompts, out[0])
-        return out
-
-    vllm_generation.generate = checked_generate
 
 
 def vision_guard(generation_kwargs: dict | None, tokenizer, use_vllm: bool) -> dict:

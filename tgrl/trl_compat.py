@@ -12,6 +12,8 @@ the run trains plain GRPO (or crashes hours in). So:
   name below must exist with the expected parameters (:func:`contract_problems`), or it fails.
 * tests/test_trl_compat.py checks the contract against the installed TRL, so a TRL upgrade shows at once
   which private names moved.
+* :func:`route_vllm_prompts` works around TRL 1.16 sending vLLM prompt ids whose image placeholders the
+  processor already expanded (TRL issue #6294): vLLM expands them again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from tgrl.utils import UserError
 TESTED_TRL = (
     "1.16"  # major.minor; pinned as trl==1.16.0 in requirements-cpu.txt, pyproject.toml, environment.yml
 )
+# The TRL change that makes route_vllm_prompts' collapse unnecessary: TRL PR #6718 ("feed vLLM unexpanded
+# image placeholders", open; in no release up to 1.16.0). The collapse is a no-op on prompts that already
+# hold one placeholder per image, so it stays safe on a TRL that contains the fix.
+VLLM_PLACEHOLDER_FIX = "huggingface/trl PR #6718 (not in TRL <= 1.16.0)"
 OVERRIDE_ENV = "TGRL_ALLOW_UNTESTED_TRL"
 
 # GRPOTrainer methods TGRLTrainer overrides or calls: name -> parameter names after ``self``, in order.
@@ -77,8 +83,7 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
     "trl.trainer.utils:split_pixel_values_by_grid": ("batch",),
 }
 
-# vLLM generation object whose ``generate`` the image-token check wraps
-# (tgrl.trainer.check_vllm_prompt_lengths).
+# vLLM generation object whose ``generate`` route_vllm_prompts wraps.
 VLLM_GENERATE = (
     "trl.generation.vllm_generation:VLLMGeneration",
     ("prompts", "images", "num_generations", "profiler"),
@@ -208,7 +213,9 @@ def check_trl_version(version: str | None = None) -> None:
         )
     warnings.warn(
         f"running TGRLTrainer on untested TRL {version} ({OVERRIDE_ENV}=1; tested: {TESTED_TRL}.x). "
-        "The private names it relies on exist with the expected parameters; their behaviour is not verified",
+        "The private names it relies on exist with the expected parameters; their behaviour is not verified. "
+        "The vLLM image-placeholder workaround (route_vllm_prompts) can go once TRL contains "
+        f"{VLLM_PLACEHOLDER_FIX}",
         stacklevel=2,
     )
 
@@ -224,3 +231,85 @@ def check_trainer_attributes(trainer: Any) -> None:
             f"GRPOTrainer no longer sets {missing} (TGRLTrainer reads them). "
             f"Fix: install trl=={TESTED_TRL}.0, or port tgrl/trainer.py"
         )
+
+
+# ---------------------------------------------------------------------------------------------------
+# vLLM prompts: one image placeholder per image (TRL issue #6294)
+
+
+def collapse_image_runs(ids: list[int], image_token_id: int | None) -> list[int]:
+    """``ids`` with each run of ``image_token_id`` cut to one token: the prompt as a chat template renders
+    it, before a processor expands each image's placeholder into one token per image feature. (Qwen-VL
+    templates put every placeholder between ``<|vision_start|>`` and ``<|vision_end|>``, so two images never
+    form one run.)"""
+    out: list[int] = []
+    for token in ids:
+        if token == image_token_id and out and out[-1] == image_token_id:
+            continue
+        out.append(token)
+    return out
+
+
+def check_vllm_prompt_lengths(
+    expanded: list[list[int]], returned: list[list[int]] | None, image_token_id: int | None
+) -> None:
+    """Raise when vLLM's prompt (as it returned it, image placeholders expanded by its own processor) is
+    not the trainer's ``expanded`` prompt: the rollout would then belong to another prompt than the one the
+    loss scores. The message names the cause it detects: a placeholder expanded twice (vLLM was sent
+    expanded ids), or another image-token count (other pixel bounds). Checked on every generation (a
+    length comparison), so the first one already fails."""
+    if returned is None:
+        return
+    if len(returned) != len(expanded):
+        raise RuntimeError(f"vLLM returned {len(returned)} prompts for {len(expanded)} sent")
+    for i, (ours, theirs) in enumerate(zip(expanded, returned, strict=True)):
+        if len(ours) == len(theirs):
+            continue
+        n_ours, n_theirs = ours.count(image_token_id), theirs.count(image_token_id)
+        n_images = len(collapse_image_runs(ours, image_token_id)) - (len(ours) - n_ours)
+        head = (
+            f"vLLM's prompt {i} has {len(theirs)} tokens ({n_theirs} image tokens), the trainer's has "
+            f"{len(ours)} ({n_ours} image tokens for {n_images} image(s))"
+        )
+        if n_theirs - n_ours == n_ours - n_images > 0:
+            raise RuntimeError(
+                f"{head}: vLLM expanded image placeholders that were already expanded (TRL issue #6294), so "
+                "the image features land on the wrong tokens. Fix: vLLM must get one placeholder per image: "
+                "train through TGRLTrainer, whose route_vllm_prompts collapses them in colocate mode "
+                "(tgrl/trl_compat.py)"
+            )
+        if n_theirs != n_ours:
+            raise RuntimeError(
+                f"{head}: vLLM resized an image with other pixel bounds than the trainer's processor, so "
+                "the rollout does not belong to the prompt the loss scores. Fix: train through "
+                "TGRLTrainer, which fits every image into the processor's budget first (tgrl/pixels.py), "
+                "and keep min_pixels/max_pixels inside the checkpoint's own preprocessor bounds"
+            )
+        raise RuntimeError(
+            f"{head}: same image tokens, other text tokens: vLLM tokenized the prompt differently. Fix: "
+            "give vLLM the trainer's tokenizer (the same checkpoint folder)"
+        )
+
+
+def route_vllm_prompts(vllm_generation: Any, image_token_id: int | None) -> None:
+    """Wrap TRL's ``VLLMGeneration.generate`` so vLLM gets the prompts it expects, and check what it made
+    of them.
+
+    Colocate mode: TRL 1.16 hands vLLM the processor-expanded prompt ids with the raw images, and vLLM's
+    multimodal processor applies the image prompt update again (no "already expanded" check), so each
+    image's first placeholder grows by N - 1 tokens. The ids vLLM gets are collapsed to one placeholder per
+    image; the trainer keeps the expanded ids for its forward and loss. Server mode needs no collapse: TRL
+    renders the images on the server and places their features on the runs of image tokens in the expanded
+    ids (``VLLMGeneration._place_features``). In both modes the prompt vLLM returns is compared with the
+    expanded one (:func:`check_vllm_prompt_lengths`)."""
+    generate = vllm_generation.generate
+
+    def routed_generate(prompts, images, num_generations, profiler=None):
+        sent = prompts
+        if vllm_generation.mode == "colocate" and images is not None:
+            sent = [collapse_image_runs(list(ids), image_token_id) for ids in prompts]
+        out = generate(prompts=sent, images=images, num_generations=num_generations, profiler=profiler)
+        check_vllm_prompt_lengths([list(ids) for ids in prompts], out[0], image_token_id)
+        return out
+
+    vllm_generation.generate = routed_generate
