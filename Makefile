@@ -54,12 +54,12 @@ $(VLLM_STAMP): requirements-vllm.txt pyproject.toml
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON_SYS) -m venv $(VLLM_VENV)
 	$(VLLM_PIP) install -q -U pip==26.3
 	$(VLLM_PIP) install -q --no-deps -r requirements-vllm.txt
-	$(VLLM_PIP) install -q --no-deps --no-build-isolation -e .
-	$(VLLM_VENV)/bin/python -c "import torch, vllm, trl, tgrl; assert torch.version.cuda, 'vllm env: torch is a CPU build'; print('vllm env ready: vllm', vllm.__version__, 'torch', torch.__version__, 'trl', trl.__version__)"
+	PYTHONPATH=$(CURDIR) $(VLLM_VENV)/bin/python -c "import torch, vllm, trl, tgrl; assert torch.version.cuda, 'vllm env: torch is a CPU build'; print('vllm env ready: vllm', vllm.__version__, 'torch', torch.__version__, 'trl', trl.__version__)"
 	touch $(VLLM_STAMP)
 
+# tgrl comes from the checkout (PYTHONPATH), not installed: vLLM's pinned setuptools predates our pyproject
 vllm_test: vllm_install
-	$(VLLM_VENV)/bin/python -m pytest -q tests_vllm
+	PYTHONPATH=$(CURDIR) $(VLLM_VENV)/bin/python -m pytest -q tests_vllm
 
 quality: install
 	$(VENV)/bin/ruff check .
