@@ -163,7 +163,8 @@ def stock_config_file(recipe: Path, out: Path) -> Path:
     import yaml
     from trl import GRPOConfig, ModelConfig
 
-    from tgrl.config import RLScriptArguments, load_recipe
+    from tgrl.recipes import load_recipe
+    from tgrl.tgrl_config import RLScriptArguments
 
     known = {f.name for cls in (GRPOConfig, ModelConfig, RLScriptArguments) for f in fields(cls)}
     kept = {k: v for k, v in load_recipe(recipe).items() if k in known}
@@ -178,10 +179,12 @@ def child_main(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     from trl import GRPOConfig, GRPOTrainer, ModelConfig
 
-    from tgrl.config import RLScriptArguments, load_policy, parse_recipe
+    from tgrl.modeling import load_policy, vision_guard
+    from tgrl.recipes import parse_recipe
     from tgrl.rewards import get_reward_funcs
     from tgrl.rl_data import build_rl_dataset
-    from tgrl.trainer import TGRLConfig, TGRLTrainer, vision_guard
+    from tgrl.tgrl_config import RLScriptArguments
+    from tgrl.trainer import TGRLConfig, TGRLTrainer
 
     out_dir = Path(args.run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

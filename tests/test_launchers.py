@@ -41,8 +41,9 @@ def parse_script(script: str, args: list[str]):
 
     from trl import ModelConfig, SFTConfig
 
-    from tgrl.config import RLScriptArguments, SFTScriptArguments, parse_recipe
+    from tgrl.recipes import parse_recipe
     from tgrl.teachers.base import parse_args_with_config
+    from tgrl.tgrl_config import RLScriptArguments, SFTScriptArguments
     from tgrl.trainer import TGRLConfig
 
     if script in ("train/rl.py", "train/sft.py"):

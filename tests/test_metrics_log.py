@@ -125,10 +125,10 @@ def test_killed_and_resumed_trainer_logs_each_step_once(tiny_checkpoint, synthet
     from transformers import AutoModelForImageTextToText, TrainerCallback
 
     from tests.helpers import write_expert_set
-    from tgrl.config import resolve_resume
     from tgrl.modeling import load_processor
     from tgrl.rewards import get_reward_funcs
     from tgrl.rl_data import build_rl_dataset
+    from tgrl.runs import resolve_resume
     from tgrl.trainer import TGRLConfig, TGRLTrainer
 
     dataset = build_rl_dataset(write_expert_set(synthetic_dir, tmp_path / "train.jsonl", limit=8))

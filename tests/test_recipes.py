@@ -84,7 +84,7 @@ def load(path: Path) -> dict:
 def types_for(path: Path):
     from trl import ModelConfig, SFTConfig
 
-    from tgrl.config import RLScriptArguments, SFTScriptArguments
+    from tgrl.tgrl_config import RLScriptArguments, SFTScriptArguments
     from tgrl.trainer import TGRLConfig
 
     if path.stem in SFT_RECIPES:
@@ -94,7 +94,7 @@ def types_for(path: Path):
 
 @pytest.mark.parametrize("path", all_recipes(), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_recipe_parses_and_documents_itself(path):
-    from tgrl.config import parse_recipe
+    from tgrl.recipes import parse_recipe
 
     text = path.read_text()
     header = text.split("\n\n", 1)[0]

@@ -1,5 +1,6 @@
 """tgrl.token_weights against hand-computed values (docs/design.md#5-the-tgrl-algorithm)."""
 
+import dataclasses
 import math
 
 import pytest
@@ -8,18 +9,34 @@ import torch
 from tgrl.token_weights import (
     EXPERT_RATIOS,
     EXPERT_TOKEN_WEIGHTS,
+    LossSwitches,
     aggregate,
     expert_ratio_term,
     expert_token_weights,
     group_advantages,
     masked_mean,
     onpolicy_token_loss,
-    tgrl_loss,
     tgrl_loss_terms,
     visual_dependency,
 )
 
 T = torch.tensor
+
+
+SWITCHES = {f.name for f in dataclasses.fields(LossSwitches)}
+
+
+def loss_terms(logp, old, adv, mask, **kwargs):
+    """tgrl_loss_terms with the switches among ``kwargs`` gathered into its LossSwitches."""
+    switches = LossSwitches(**{k: v for k, v in kwargs.items() if k in SWITCHES})
+    tensors = {k: v for k, v in kwargs.items() if k not in SWITCHES}
+    return tgrl_loss_terms(logp, old, adv, mask, switches, **tensors)
+
+
+def tgrl_loss(logp, old, adv, mask, **kwargs):
+    """(total loss, metrics) of :func:`loss_terms`."""
+    terms = loss_terms(logp, old, adv, mask, **kwargs)
+    return terms.total, terms.metrics
 
 
 def close(a, b, tol=1e-6):
@@ -436,20 +453,20 @@ def test_separate_normaliser_hand_values():
     logp, old, mask, adv, expert, w = _batch()
     row0, row1, row2 = _hand_tokens(logp.detach(), old, adv.tolist())
     kw = dict(expert_mask=expert, expert_weights=w, expert_loss_norm="separate")
-    terms = tgrl_loss_terms(logp, old, adv, mask, loss_agg="token_mean", **kw)
+    terms = loss_terms(logp, old, adv, mask, loss_agg="token_mean", **kw)
     assert close(terms.on_policy, (sum(row0) + sum(row2)) / 4)
     assert close(terms.expert, sum(row1) / 2)
-    terms = tgrl_loss_terms(logp, old, adv, mask, loss_agg="token_mean", expert_coef=0.3, **kw)
+    terms = loss_terms(logp, old, adv, mask, loss_agg="token_mean", expert_coef=0.3, **kw)
     assert close(terms.total, (sum(row0) + sum(row2)) / 4 + 0.3 * sum(row1) / 2)
     # global counts (TRL's num_items_in_batch style) replace the local ones, per set
-    terms = tgrl_loss_terms(logp, old, adv, mask, num_on_tokens=10, num_exp_tokens=5, **kw)
+    terms = loss_terms(logp, old, adv, mask, num_on_tokens=10, num_exp_tokens=5, **kw)
     assert close(terms.total, (sum(row0) + sum(row2)) / 10 + sum(row1) / 5)
-    terms = tgrl_loss_terms(logp, old, adv, mask, loss_agg="seq_mean_token_mean", **kw)
+    terms = loss_terms(logp, old, adv, mask, loss_agg="seq_mean_token_mean", **kw)
     assert close(terms.total, (sum(row0) / 3 + sum(row2) / 1) / 2 + sum(row1) / 2)
-    terms = tgrl_loss_terms(logp, old, adv, mask, loss_agg="seq_mean_token_sum_norm", max_len=10, **kw)
+    terms = loss_terms(logp, old, adv, mask, loss_agg="seq_mean_token_sum_norm", max_len=10, **kw)
     assert close(terms.total, (sum(row0) + sum(row2)) / (2 * 10) + sum(row1) / (1 * 10))
     # joint with coef: the expert share of the one mean is scaled
-    terms = tgrl_loss_terms(logp, old, adv, mask, expert_mask=expert, expert_weights=w, expert_coef=2.0)
+    terms = loss_terms(logp, old, adv, mask, expert_mask=expert, expert_weights=w, expert_coef=2.0)
     assert close(terms.total, (sum(row0) + sum(row2) + 2.0 * sum(row1)) / 6)
 
 

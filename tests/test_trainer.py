@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from tests.helpers import write_expert_set
-from tgrl.modeling import VISION_SPECIAL_TOKENS, load_processor, vision_token_ids
+from tgrl.modeling import VISION_SPECIAL_TOKENS, load_processor, vision_guard, vision_token_ids
 from tgrl.rewards import get_reward_funcs
 from tgrl.rl_data import build_rl_dataset
 from tgrl.token_weights import group_advantages
-from tgrl.trainer import TGRLConfig, TGRLTrainer, vision_guard
+from tgrl.trainer import BatchState, TGRLConfig, TGRLTrainer
 
 G = 8  # num_generations in every test here
 
@@ -215,7 +215,7 @@ def test_expert_takes_the_last_slot_of_its_group(tgrl_batch):
 
 def test_advantages_include_the_expert(tgrl_batch):
     trainer, batch, out = tgrl_batch
-    rewards = trainer._last_rewards_per_func @ trainer.reward_weights  # accuracy + format
+    rewards = trainer._batch.rewards_per_func @ trainer.reward_weights  # accuracy + format
     expected = group_advantages(rewards, G, std_norm=True, eps=1e-4)
     assert torch.allclose(out["advantages"], expected, atol=1e-5)
     for row in out["is_expert"].nonzero().flatten().tolist():
@@ -337,7 +337,7 @@ def test_adv_on_only_and_online_group_filter(tgrl_batch):
     rpf[G:, 0] = 1.0
     is_expert = torch.zeros(n, dtype=torch.bool)
     is_expert[G - 1] = True
-    trainer._last_rewards_per_func = rpf
+    trainer._batch.rewards_per_func = rpf
     trainer.args.adv_group, trainer.args.online_group_filter = "on_only", True
     try:
         adjusted = {**out, "is_expert": is_expert}
@@ -438,7 +438,7 @@ class Kill(Exception):
 def test_killed_run_resumes_to_the_same_state(tiny_checkpoint, expert_file, tmp_path):
     from transformers import TrainerCallback
 
-    from tgrl.config import resolve_resume
+    from tgrl.runs import resolve_resume
     from tgrl.utils import read_jsonl
 
     dataset = build_rl_dataset(expert_file)
@@ -522,15 +522,16 @@ def test_injection_without_aligned_rows_is_an_error_not_grpo(tgrl_batch):
     """A TRL that passes prompts differently must stop the run, not silently train plain GRPO."""
     trainer, batch, _ = tgrl_batch
     trainer.model.train()
-    trainer._generation_rows = None
+    state = trainer._batch  # the fixture's batch, which later tests read
+    trainer._batch = BatchState(rows=None)
     with pytest.raises(RuntimeError, match="silently be plain GRPO"):
         trainer._generate_single_turn([[1, 2]] * G, None, {}, G)
-    trainer._generation_rows = list(batch)
+    trainer._batch = BatchState(rows=list(batch))
     try:
         with pytest.raises(RuntimeError, match=f"{len(batch)} dataset rows for {G} prompts"):
             trainer._generate_single_turn([[1, 2]] * G, None, {}, G)
     finally:
-        trainer._generation_rows = None
+        trainer._batch = state
 
 
 def test_on_fail_gate_counts_on_policy_rollouts_only(tgrl_batch):
@@ -643,7 +644,7 @@ def test_grad_share_diagnostic_matches_the_expert_gradient(tgrl_batch):
 
 
 def test_expert_coef_schedule():
-    from tgrl.trainer import expert_coef_at
+    from tgrl.tgrl_config import expert_coef_at
 
     assert expert_coef_at(0, 100, 0.5) == 0.5
     assert expert_coef_at(5, 100, 0.5, warmup=10) == 0.25  # linear warm-up from 0
@@ -682,7 +683,7 @@ def test_unscorable_rows_leave_the_reward_metrics(tgrl_batch):
     n = out["completion_ids"].size(0)
     rpf = torch.ones(n, 2)
     rpf[:3] = float("nan")  # three rollouts no reward function could score
-    trainer._last_rewards_per_func = rpf
+    trainer._batch.rewards_per_func = rpf
     trainer._log_experience(out, batch)
     assert trainer._metrics["train"]["reward/on_policy"][-1] == pytest.approx(2.0)  # not diluted by zeros
 
@@ -694,7 +695,7 @@ def test_completion_table_logs_the_advantages_used(tgrl_batch):
     rpf[G - 1, 0] = 1.0
     is_expert = torch.zeros(n, dtype=torch.bool)
     is_expert[G - 1] = True
-    trainer._last_rewards_per_func = rpf
+    trainer._batch.rewards_per_func = rpf
     trainer._logs["advantages"].extend([9.0] * n)  # what TRL logged (mixed group)
     trainer.args.adv_group = "on_only"
     try:
@@ -788,7 +789,7 @@ def test_probe_visual_dependency_is_the_trainers(tgrl_batch):
     trainer.args.perturb_mode, trainer.args.perturb_prob = "full_mask", 1.0
     try:
         trainer._token_pass(dict(out), batch)
-        s = trainer._last_token_quantities["s"]
+        s = trainer._batch.token_quantities["s"]
     finally:
         trainer.args.perturb_mode, trainer.args.perturb_prob = mode, prob
     probe = completion_visual_dependency(
@@ -816,7 +817,7 @@ def test_completions_log_holds_the_token_pass_values(tgrl_batch):
     trainer._log_completions(out, batch)
     rows = [row for _, row in read_jsonl(path)]
     assert len(rows) == out["completion_ids"].size(0)
-    w = trainer._last_token_quantities["w"]
+    w = trainer._batch.token_quantities["w"]
     for i, row in enumerate(rows):
         n = int(out["completion_mask"][i].sum())
         assert row["id"] == batch[i]["id"] and len(row["tokens"]) == n and row["step"] == 0

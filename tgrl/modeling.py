@@ -169,3 +169,54 @@ def generate_texts(
     texts = processor.tokenizer.batch_decode(completions, skip_special_tokens=True)
     k = num_return_sequences
     return [texts[i * k : (i + 1) * k] for i in range(len(questions))]
+
+
+def vision_guard(generation_kwargs: dict | None, tokenizer, use_vllm: bool) -> dict:
+    """Generation kwargs that forbid every vision special token in rollouts (a sampled <|image_pad|>
+    crashes the next forward, docs/environment.md#8-generation-pitfall): HF ``suppress_tokens`` ids, or
+    vLLM ``bad_words`` strings (SamplingParams tokenizes them; JSON-safe for server mode). User entries are
+    kept."""
+    kwargs = dict(generation_kwargs or {})
+    if use_vllm:
+        present = [
+            t for t in VISION_SPECIAL_TOKENS if tokenizer.convert_tokens_to_ids(t) != tokenizer.unk_token_id
+        ]
+        kwargs["bad_words"] = sorted(set(kwargs.get("bad_words") or []) | set(present))
+    else:
+        kwargs["suppress_tokens"] = sorted(
+            set(kwargs.get("suppress_tokens") or []) | set(vision_token_ids(tokenizer))
+        )
+    return kwargs
+
+
+def load_policy(model_args, min_pixels=None, max_pixels=None, freeze_vision_tower=False):
+    """(model, processor) of ``model_args.model_name_or_path`` with the Auto classes; the vision tower
+    (``visual`` / ``vision_tower`` parameters) frozen on request. No ``.to(device)``: the Trainer
+    (and DeepSpeed ZeRO-3's partitioned init) places the weights."""
+    from transformers import AutoModelForImageTextToText
+
+    path = model_args.model_name_or_path
+    if not path:
+        raise UserError(
+            "model_name_or_path is not set. Fix: add it to the recipe or pass model_name_or_path=..."
+        )
+    if str(path).startswith((".", "/", "checkpoints")) and not Path(path).exists():
+        raise UserError(
+            f"{path}: checkpoint folder not found. Fix: build it first (make tiny, or the SFT stage)"
+        )
+    kwargs = {"dtype": model_args.dtype or "auto", "revision": model_args.model_revision}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    processor = load_processor(path, min_pixels, max_pixels)
+    if freeze_vision_tower:
+        frozen = 0
+        for name, param in model.named_parameters():
+            if ".visual." in f".{name}" or "vision_tower" in name:
+                param.requires_grad_(False)
+                frozen += 1
+        if not frozen:
+            raise UserError(
+                f"{path}: freeze_vision_tower is set but no 'visual'/'vision_tower' parameters exist"
+            )
+    return model, processor

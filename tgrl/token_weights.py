@@ -349,30 +349,47 @@ class LossTerms:
         return self.on_policy + self.expert + self.kl
 
 
+@dataclass(frozen=True)
+class LossSwitches:
+    """The switches of the TGRL loss (docs/design.md#55-loss), fixed for a run: the trainer builds one from
+    its config (:meth:`tgrl.trainer.TGRLTrainer.loss_switches`). Defaults are LUFFY's expert term with
+    PPO-clip on-policy tokens and no KL."""
+
+    expert_ratio: str = "shaped"  # f of the expert term: 'shaped' p/(p+gamma), 'raw_p', 'sft', 'teacher_is'
+    gamma: float = 0.1  # gamma of 'shaped'
+    teacher_is_cap: float = 3.0  # 'teacher_is': p / pi_teacher clipped here
+    neg_p_floor: float = 1e-3  # 'sft' with A < 0: no gradient below this p
+    expert_loss_norm: str = "joint"  # one token mean ('joint') or each term over its own tokens
+    eps_low: float = 0.2  # PPO clip range of on-policy tokens
+    eps_high: float = 0.2
+    on_policy_clip: bool = True
+    beta: float = 0.0  # KL to the reference, on on-policy tokens only
+    kl_is_correction: bool = False  # TRL's use_bias_correction_kl
+    loss_agg: str = "token_mean"  # token_mean, seq_mean_token_mean, seq_mean_token_sum_norm
+    max_len: int | None = None  # the constant divisor of seq_mean_token_sum_norm
+
+    def __post_init__(self) -> None:
+        if self.loss_agg not in LOSS_AGGS:
+            raise _unknown("loss_agg", self.loss_agg, LOSS_AGGS)
+        if self.expert_ratio not in EXPERT_RATIOS:
+            raise _unknown("expert_ratio", self.expert_ratio, EXPERT_RATIOS)
+        if self.expert_loss_norm not in EXPERT_LOSS_NORMS:
+            raise _unknown("expert_loss_norm", self.expert_loss_norm, EXPERT_LOSS_NORMS)
+
+
 def tgrl_loss_terms(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
+    switches: LossSwitches = LossSwitches(),  # noqa: B008 - frozen, so one shared default is safe
     *,
     expert_mask: torch.Tensor | None = None,
     expert_weights: torch.Tensor | None = None,
     onpolicy_weights: torch.Tensor | None = None,
-    expert_ratio: str = "shaped",
-    gamma: float = 0.1,
     teacher_logp: torch.Tensor | None = None,
-    teacher_is_cap: float = 3.0,
-    neg_p_floor: float = 1e-3,
-    expert_coef: float = 1.0,
-    expert_loss_norm: str = "joint",
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-    on_policy_clip: bool = True,
     ref_logp: torch.Tensor | None = None,
-    beta: float = 0.0,
-    kl_is_correction: bool = False,
-    loss_agg: str = "token_mean",
-    max_len: int | None = None,
+    expert_coef: float = 1.0,
     rows: torch.Tensor | None = None,
     num_tokens: float | torch.Tensor | None = None,
     num_on_tokens: float | torch.Tensor | None = None,
@@ -401,12 +418,8 @@ def tgrl_loss_terms(
     expert tokens neither get a KL pull nor dilute it. A batch without expert tokens adds exactly 0
     from the expert term; an all-masked batch gives a loss of 0 still attached to the graph; no NaN.
     """
-    if loss_agg not in LOSS_AGGS:
-        raise _unknown("loss_agg", loss_agg, LOSS_AGGS)
-    if expert_ratio not in EXPERT_RATIOS:
-        raise _unknown("expert_ratio", expert_ratio, EXPERT_RATIOS)
-    if expert_loss_norm not in EXPERT_LOSS_NORMS:
-        raise _unknown("expert_loss_norm", expert_loss_norm, EXPERT_LOSS_NORMS)
+    sw = switches
+    loss_agg, max_len, expert_loss_norm = sw.loss_agg, sw.max_len, sw.expert_loss_norm
     valid = mask.to(torch.bool)
     if expert_mask is None:
         is_exp = torch.zeros_like(valid)
@@ -429,7 +442,9 @@ def tgrl_loss_terms(
     adv = torch.where(valid, adv.expand_as(logp), zero)
 
     # on-policy tokens
-    l_on, clip_stats = onpolicy_token_loss(logp, old_logp, adv, on_tok, eps_low, eps_high, on_policy_clip)
+    l_on, clip_stats = onpolicy_token_loss(
+        logp, old_logp, adv, on_tok, sw.eps_low, sw.eps_high, sw.on_policy_clip
+    )
     if onpolicy_weights is not None:
         l_on = l_on * torch.where(on_tok, onpolicy_weights.detach(), zero)
 
@@ -438,7 +453,13 @@ def tgrl_loss_terms(
     active = exp_tok & (w != 0)
     t_logp = None if teacher_logp is None else torch.where(active, teacher_logp.detach(), zero)
     f, bounded = expert_ratio_term(
-        torch.where(active, logp, zero), expert_ratio, gamma, t_logp, adv, teacher_is_cap, neg_p_floor
+        torch.where(active, logp, zero),
+        sw.expert_ratio,
+        sw.gamma,
+        t_logp,
+        adv,
+        sw.teacher_is_cap,
+        sw.neg_p_floor,
     )
     l_exp = torch.where(active, -adv * w * f, zero)
 
@@ -454,14 +475,14 @@ def tgrl_loss_terms(
 
     kl = zero
     kl_term = zero.sum()
-    if beta != 0.0:
+    if sw.beta != 0.0:
         if ref_logp is None:
             raise ValueError("beta != 0 needs ref_logp")
         delta = torch.where(on_tok, ref_logp.detach() - logp, zero)
         kl = torch.where(on_tok, torch.exp(delta) - delta - 1.0, zero)
-        if kl_is_correction:
+        if sw.kl_is_correction:
             kl = kl * torch.exp(torch.where(on_tok, logp - old_logp, zero))  # TRL: not detached
-        kl_term = beta * aggregate(
+        kl_term = sw.beta * aggregate(
             kl, on_tok, loss_agg, rows=on_rows, max_len=max_len, num_tokens=num_on_tokens
         )
 
@@ -478,9 +499,3 @@ def tgrl_loss_terms(
             **clip_stats,
         }
     return LossTerms(on_term, exp_term, kl_term, metrics)
-
-
-def tgrl_loss(*args, **kwargs) -> tuple[torch.Tensor, dict[str, float]]:
-    """The TGRL loss of one micro-batch: the sum of :func:`tgrl_loss_terms` (same arguments)."""
-    terms = tgrl_loss_terms(*args, **kwargs)
-    return terms.total, terms.metrics

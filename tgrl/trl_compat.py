@@ -12,6 +12,8 @@ the run trains plain GRPO (or crashes hours in). So:
   name below must exist with the expected parameters (:func:`contract_problems`), or it fails.
 * tests/test_trl_compat.py checks the contract against the installed TRL, so a TRL upgrade shows at once
   which private names moved.
+* :class:`CheckpointKeyFixMixin` makes resume restore the weights of key-renamed models
+  (transformers#43701).
 * :func:`route_vllm_prompts` works around TRL 1.16 sending vLLM prompt ids whose image placeholders the
   processor already expanded (TRL issue #6294): vLLM expands them again.
 """
@@ -313,3 +315,34 @@ def route_vllm_prompts(vllm_generation: Any, image_token_id: int | None) -> None
         return out
 
     vllm_generation.generate = routed_generate
+
+
+# ---------------------------------------------------------------------------------------------------
+# resume
+
+
+class CheckpointKeyFixMixin:
+    """Resume that restores the weights of key-renamed models (Qwen2.5-VL and most VLMs).
+
+    transformers 5.20's ``Trainer._load_from_checkpoint`` reads ``model.safetensors`` with a plain
+    ``load_state_dict(strict=False)``, but ``save_pretrained`` wrote the original hub key names
+    (``visual.*``, ``model.layers.*``) while the module has ``model.visual.*``,
+    ``model.language_model.*``: every key misses, a warning is logged and training silently restarts
+    from the initial weights (huggingface/transformers#43701, open). Here the checkpoint is read through
+    ``from_pretrained``, which applies the renaming, and loaded strictly. DeepSpeed resumes from its own
+    engine state and never comes here; PEFT adapters and FSDP keep the stock path.
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from accelerate.utils import is_peft_model
+
+        model = self.model if model is None else model
+        full = any(
+            os.path.isfile(os.path.join(resume_from_checkpoint, name))
+            for name in ("model.safetensors", "model.safetensors.index.json")
+        )
+        if not full or is_peft_model(model) or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        dtype = next(model.parameters()).dtype
+        loaded = type(model).from_pretrained(resume_from_checkpoint, dtype=dtype)
+        model.load_state_dict(loaded.state_dict(), strict=True)

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import sys
 
-from tgrl.config import RLScriptArguments, load_policy, parse_recipe, train_and_save
+from tgrl.modeling import load_policy
+from tgrl.recipes import parse_recipe
+from tgrl.runs import train_and_save
+from tgrl.tgrl_config import RLScriptArguments
 from tgrl.utils import UserError, cli, set_torch_threads
 
 

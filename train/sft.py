@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import sys
 
-from tgrl.config import SFTScriptArguments, load_policy, parse_recipe, train_and_save
+from tgrl.modeling import load_policy
+from tgrl.recipes import parse_recipe
+from tgrl.runs import train_and_save
+from tgrl.tgrl_config import SFTScriptArguments
 from tgrl.utils import UserError, cli, set_torch_threads
 
 
@@ -26,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from tgrl.metrics import JsonlMetricsCallback, quiet_console
     from tgrl.rl_data import build_sft_dataset
-    from tgrl.trainer import CheckpointKeyFixMixin
+    from tgrl.trl_compat import CheckpointKeyFixMixin
 
     class TGRLSFTTrainer(CheckpointKeyFixMixin, SFTTrainer):
         """SFTTrainer whose resume restores key-renamed VLM weights (see CheckpointKeyFixMixin)."""

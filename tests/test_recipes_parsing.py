@@ -8,14 +8,9 @@ import os
 import pytest
 from trl import ModelConfig
 
-from tgrl.config import (
-    RLScriptArguments,
-    overrides_to_dict,
-    parse_recipe,
-    resolve_resume,
-    save_run_record,
-)
-from tgrl.trainer import TGRLConfig
+from tgrl.recipes import overrides_to_dict, parse_recipe
+from tgrl.runs import resolve_resume, save_run_record
+from tgrl.tgrl_config import RLScriptArguments, TGRLConfig
 from tgrl.utils import UserError
 
 TYPES = (RLScriptArguments, TGRLConfig, ModelConfig)
