@@ -61,6 +61,7 @@ def expert_train(synthetic_dir, tmp_path_factory) -> Path:
     return write_expert_set(synthetic_dir, tmp_path_factory.mktemp("bench_experts") / "train.jsonl", limit=8)
 
 
+@pytest.mark.slow  # two benchmark processes, each loading TRL and a model: make slow_test, run by CI
 def test_benchmarks_print_parseable_json(tmp_path, tiny_checkpoint, synthetic_dir, expert_train):
     step_out, tp_out = tmp_path / "step.json", tmp_path / "throughput.json"
     common = ["--base", str(tiny_checkpoint), "--work", str(tmp_path / "work")]

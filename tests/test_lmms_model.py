@@ -39,20 +39,6 @@ def test_truncate_at_stops() -> None:
     assert truncate_at_stops("keep all", []) == "keep all"
 
 
-def test_entry_point_manifest_resolves_to_the_class() -> None:
-    """lmms-eval calls the entry point's object and wants a ModelManifest: `--model tgrl` must then
-    resolve to TGRLModel (a simple model)."""
-    from lmms_eval.models.registry_v2 import ModelRegistryV2
-
-    from tgrl.lmms_model import TGRLModel
-
-    entry = EntryPoint(name="tgrl", value="tgrl.lmms_model:lmms_eval_manifest", group="lmms_eval.models")
-    registry = ModelRegistryV2()
-    for manifest in registry._coerce_payload_to_manifests(entry.load()):
-        registry.register_manifest(manifest)
-    assert registry.get_model_class("tgrl") is TGRLModel
-
-
 def test_pyproject_entry_point_names_the_manifest() -> None:
     """The entry point pyproject declares is one lmms-eval 0.7.3 can load (it calls the object and wants a
     ModelManifest: the class itself fails), the installed package declares the same one, and
