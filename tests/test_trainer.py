@@ -708,7 +708,7 @@ def test_completion_table_logs_the_advantages_used(tgrl_batch):
 
 def test_plan_token_pass():
     """Which rows get which forward: hand cases (rows 1 and 3 are experts)."""
-    from tgrl.trainer import plan_token_pass
+    from tgrl.token_weights import plan_token_pass
 
     rows = [False, True, False, True]
     grpo = plan_token_pass(rows, None, None, diagnostic=False, has_old_logps=True)

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tgrl.data import Problem
+from tgrl.modeling import response_token_ids
 from tgrl.utils import UserError
 
 REJECT_REASONS = (
@@ -79,17 +80,6 @@ class FilterResult:
     trajectories: list[dict[str, Any]]
     selected: dict[str, dict[str, Any] | None]
     counts: dict[str, Any] = field(default_factory=dict)
-
-
-def response_token_ids(tokenizer, text: str, append_eos: bool = True) -> list[int]:
-    """A response as the trainer tokenizes it: the text without special tokens added, then the
-    end-of-turn token (``<|im_end|>`` for Qwen chat models), which the policy must also learn."""
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    if append_eos:
-        if tokenizer.eos_token_id is None:
-            raise UserError("the policy tokenizer has no eos token; set append_eos false")
-        ids.append(int(tokenizer.eos_token_id))
-    return ids
 
 
 def response_logprobs(
@@ -271,9 +261,8 @@ def filter_trajectories(
         if not isinstance(text, str):
             reject(rec, "safety", "generation_failed")
             continue
-        ids = (
-            response_token_ids(processor.tokenizer, text, config.append_eos) if processor is not None else []
-        )
+        ids = response_token_ids(processor.tokenizer, text) if processor is not None else []
+        ids = ids if config.append_eos else ids[:-1]
         rec["n_tokens"] = len(ids) if processor is not None else rec.get("n_tokens")
         if vision_ids.intersection(ids):
             reject(rec, "safety", "vision_token")

@@ -220,3 +220,20 @@ def load_policy(model_args, min_pixels=None, max_pixels=None, freeze_vision_towe
                 f"{path}: freeze_vision_tower is set but no 'visual'/'vision_tower' parameters exist"
             )
     return model, processor
+
+
+def end_of_turn_id(tokenizer) -> int:
+    """The token an assistant turn ends with: the tokenizer's eos token (``<|im_end|>`` for Qwen chat
+    models). An expert completion ends with it, so the policy learns to stop there."""
+    if tokenizer.eos_token_id is None:
+        raise UserError(
+            f"{type(tokenizer).__name__} has no eos token, so an expert completion has no end-of-turn. "
+            "Fix: use a chat model's tokenizer (Qwen chat models end turns with <|im_end|>)"
+        )
+    return int(tokenizer.eos_token_id)
+
+
+def response_token_ids(tokenizer, text: str) -> list[int]:
+    """A response as the trainer lays out an expert slot: the text's tokens (no special tokens added), then
+    :func:`end_of_turn_id`. The filter, the probes, the teacher log-prob scorer and the trainer all use it."""
+    return [*tokenizer(text, add_special_tokens=False)["input_ids"], end_of_turn_id(tokenizer)]

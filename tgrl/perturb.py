@@ -128,3 +128,27 @@ def perturb_pixel_values(
         pix = (x * std + mean + noise).clamp(0.0, 1.0)
         x = (pix - mean) / std
     return x.reshape(n_rows, dim).to(pixel_values.dtype)
+
+
+def perturb_with_processor(
+    pixel_values: torch.Tensor,
+    image_grid_thw: torch.Tensor,
+    image_processor,
+    mode: str,
+    prob: float,
+    rng: np.random.Generator,
+) -> torch.Tensor:
+    """:func:`perturb_pixel_values` in the patch layout and normalisation of ``image_processor`` (a Qwen-VL
+    image processor): the one call the trainer's token pass and the probes make."""
+    return perturb_pixel_values(
+        pixel_values,
+        image_grid_thw,
+        mode,
+        prob,
+        rng,
+        image_mean=image_processor.image_mean,
+        image_std=image_processor.image_std,
+        patch_size=image_processor.patch_size,
+        temporal_patch_size=image_processor.temporal_patch_size,
+        merge_size=image_processor.merge_size,
+    )

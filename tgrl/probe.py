@@ -23,12 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tgrl.modeling import encode_prompts
-from tgrl.perturb import perturb_pixel_values
+from tgrl.modeling import encode_prompts, response_token_ids
+from tgrl.perturb import perturb_with_processor
 from tgrl.teachers.oracle import fact_spans
 from tgrl.token_weights import visual_dependency
-
-END_OF_TURN = "<|im_end|>"
 
 
 def fact_token_positions(tokenizer, text: str) -> list[int]:
@@ -39,14 +37,6 @@ def fact_token_positions(tokenizer, text: str) -> list[int]:
         return []
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     return [j for j, (a, b) in enumerate(offsets) if any(a < end and start < b for start, end in spans)]
-
-
-def completion_ids(tokenizer, text: str) -> list[int]:
-    """The completion tokens as the trainer lays out an expert slot: the text's tokens + end-of-turn."""
-    return [
-        *tokenizer(text, add_special_tokens=False)["input_ids"],
-        tokenizer.convert_tokens_to_ids(END_OF_TURN),
-    ]
 
 
 @dataclass(frozen=True)
@@ -66,7 +56,6 @@ def _perturb_rows(
 ) -> torch.Tensor:
     """``batch["pixel_values"]`` with each row's images perturbed by its own generator
     ``default_rng([seed, *key])``."""
-    image_processor = processor.image_processor
     grid = batch["image_grid_thw"]
     patches = [int(t * h * w) for t, h, w in grid.tolist()]
     pieces, first_patch, first_image = [], 0, 0
@@ -74,17 +63,13 @@ def _perturb_rows(
         rows = sum(patches[first_image : first_image + count])
         pixel_values = batch["pixel_values"][first_patch : first_patch + rows]
         if count:
-            pixel_values = perturb_pixel_values(
+            pixel_values = perturb_with_processor(
                 pixel_values,
                 grid[first_image : first_image + count],
+                processor.image_processor,
                 perturbation.mode,
                 perturbation.prob,
                 np.random.default_rng([perturbation.seed, *key]),
-                image_mean=image_processor.image_mean,
-                image_std=image_processor.image_std,
-                patch_size=image_processor.patch_size,
-                temporal_patch_size=image_processor.temporal_patch_size,
-                merge_size=image_processor.merge_size,
             )
         pieces.append(pixel_values)
         first_patch, first_image = first_patch + rows, first_image + count
@@ -128,7 +113,7 @@ def _teacher_forced(
     for start in range(0, len(questions), batch_size):
         stop = start + batch_size
         batch = encode_prompts(processor, questions[start:stop], images[start:stop])
-        targets = [completion_ids(tok, text) for text in completions[start:stop]]
+        targets = [response_token_ids(tok, text) for text in completions[start:stop]]
         width = max(len(t) for t in targets)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         target_ids = torch.tensor([t + [pad] * (width - len(t)) for t in targets]).to(model.device)
@@ -170,7 +155,7 @@ def completion_logps(
     row_keys: Sequence[Sequence[int]] | None = None,
     temperature: float = 1.0,
 ) -> list[torch.Tensor]:
-    """Per-token log-probs (one 1-D tensor per row, over :func:`completion_ids`) of ``completions``
+    """Per-token log-probs (one 1-D tensor per row, over :func:`response_token_ids`) of ``completions``
     given (question, images) under the project prompt, by teacher forcing in batches; with
     ``perturbation``, under the perturbed images (row i drawn from ``row_keys[i]``, default ``(i,)``).
     ``temperature``: the softmax of logits / T, the policy a run with rollout temperature T samples from
@@ -182,7 +167,8 @@ def completion_logps(
 
 @dataclass
 class TokenDependency:
-    """One completion's tokens (:func:`completion_ids` layout) under the clean and the perturbed image."""
+    """One completion's tokens (:func:`response_token_ids` layout) under the clean and the perturbed
+    image."""
 
     logp: torch.Tensor  # log p(y_t | I), 1-D
     logp_perturbed: torch.Tensor  # log p(y_t | I~)

@@ -24,6 +24,7 @@ import os
 from typing import Any
 
 from tgrl.data import Problem, load_problems
+from tgrl.modeling import vision_token_ids
 from tgrl.prompts import ANSWER_CLOSE, ANSWER_OPEN, build_messages
 from tgrl.utils import UserError
 
@@ -161,3 +162,35 @@ def check_prompt_budget(
             f"image is at most max_pixels/{factor * factor} tokens), raise vllm_max_model_length, or remove "
             "those rows from the training file"
         )
+
+
+def check_expert_texts(dataset, tokenizer, args) -> None:
+    """Before training, fail (naming a row) on expert trajectories the rollout budget of ``args`` (a
+    TGRLConfig) cannot hold (filter F2 should have rejected them; see expert_overlong) or that contain a
+    vision special token."""
+    inject_mode, expert_overlong = args.inject_mode, args.expert_overlong
+    max_completion_length = args.max_completion_length
+    texts = dataset["expert_text"] if "expert_text" in dataset.column_names else []
+    ids = dataset["id"] if "id" in dataset.column_names else list(range(len(texts)))
+    if not any(texts):
+        raise ValueError(
+            f"inject_mode is {inject_mode!r} but no training row has an expert trajectory "
+            "(meta.expert). Build the filtered teacher set first, or set inject_mode: never (GRPO)"
+        )
+    vision = set(vision_token_ids(tokenizer))
+    limit = max_completion_length - 1  # the end-of-turn token is appended
+    chunk = 1024  # lengths only: holding every tokenized trajectory would cost GBs at ViRL39K scale
+    for start in range(0, len(texts), chunk):
+        batch = [t or "" for t in texts[start : start + chunk]]
+        encoded = tokenizer(batch, add_special_tokens=False)["input_ids"]
+        for row_id, text, tokens in zip(ids[start : start + chunk], batch, encoded, strict=True):
+            if not text:
+                continue
+            if len(tokens) > limit and expert_overlong == "error":
+                raise ValueError(
+                    f"row {row_id}: expert trajectory has {len(tokens) + 1} tokens with end-of-turn, "
+                    f"more than max_completion_length={max_completion_length}. Fix: filter with the same "
+                    "max length (F2), or set expert_overlong: truncate / drop"
+                )
+            if vision.intersection(tokens):
+                raise ValueError(f"row {row_id}: expert trajectory contains a vision special token")

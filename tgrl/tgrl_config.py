@@ -266,6 +266,17 @@ class TGRLConfig(GRPOConfig):
                     f"({local}) must be divisible by num_generations ({self.num_generations})"
                 )
 
+    def expert_coef_at_step(self, step: int, max_steps: int | None = None) -> float:
+        """The expert term's scale at ``step`` under this config's schedule (:func:`expert_coef_at`)."""
+        return expert_coef_at(
+            step,
+            max_steps or self.max_steps,
+            self.expert_coef,
+            self.expert_coef_schedule,
+            self.expert_coef_end,
+            self.expert_coef_warmup_steps,
+        )
+
 
 def expert_coef_at(
     step: int, max_steps: int, peak: float, schedule: str = "constant", end: float = 0.0, warmup: int = 0

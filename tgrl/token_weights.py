@@ -499,3 +499,41 @@ def tgrl_loss_terms(
             **clip_stats,
         }
     return LossTerms(on_term, exp_term, kl_term, metrics)
+
+
+NEEDS_VIS_DEP = ("vis_dep", "vis_topk")  # token weights that read s_t (the perturbed-image forward)
+
+
+@dataclass(frozen=True)
+class TokenPassPlan:
+    """Which rows of a generation batch the token pass forwards, and how (see :func:`plan_token_pass`)."""
+
+    clean_rows: list[int]  # clean-image forward: p_t (and entropy) under pi_old
+    perturbed_rows: list[int]  # perturbed-image forward: s_t
+    needs_entropy: bool
+    reuse_old_logps: bool  # TRL already ran the clean pi_old forward (old_per_token_logps): reuse it
+
+
+def plan_token_pass(
+    is_expert: list[bool],
+    expert_weight: str | None,
+    onpolicy_weight: str | None,
+    diagnostic: bool,
+    has_old_logps: bool,
+) -> TokenPassPlan:
+    """The forwards the token pass needs (docs/design.md#54-token-quantities): p_t on the rows that get token
+    weights (expert rows when guided, i.e. ``expert_weight`` is set; on-policy rows when ``onpolicy_weight``
+    is set), s_t where a weight reads it or on every row on a ``diagnostic`` step, entropy only for
+    'entropy_topk'. Nothing else is forwarded: a GRPO step without the diagnostic forwards no row."""
+    experts = [i for i, e in enumerate(is_expert) if e]
+    on_policy = [i for i, e in enumerate(is_expert) if not e]
+    p_rows = set(experts if expert_weight else []) | set(on_policy if onpolicy_weight else [])
+    s_rows = set(experts if diagnostic or expert_weight in NEEDS_VIS_DEP else [])
+    s_rows |= set(on_policy if diagnostic or onpolicy_weight in NEEDS_VIS_DEP else [])
+    needs_entropy = "entropy_topk" in (expert_weight, onpolicy_weight)
+    return TokenPassPlan(
+        clean_rows=sorted(p_rows | s_rows),
+        perturbed_rows=sorted(s_rows),
+        needs_entropy=needs_entropy,
+        reuse_old_logps=has_old_logps and not needs_entropy,  # TRL's pi_old forward: identical values
+    )

@@ -30,16 +30,20 @@ from trl.trainer.utils import split_pixel_values_by_grid
 
 from tgrl.diagnostics import TrainingDiagnostics
 from tgrl.metrics import DATA_ORDER_FILE, JsonlMetricsCallback, quiet_console
-from tgrl.modeling import vision_guard, vision_token_ids
-from tgrl.perturb import perturb_pixel_values
+from tgrl.modeling import end_of_turn_id, response_token_ids, vision_guard
+from tgrl.perturb import perturb_with_processor
 from tgrl.pixels import fit_row_images, pixel_fit_of
 from tgrl.rewards import accuracy_reward
-from tgrl.tgrl_config import LOSS_AGG, TGRLConfig, expert_coef_at
+from tgrl.rl_data import check_expert_texts
+from tgrl.tgrl_config import LOSS_AGG, TGRLConfig
 from tgrl.token_weights import (
+    NEEDS_VIS_DEP,
     LossSwitches,
+    TokenPassPlan,
     expert_token_weights,
     group_advantages,
     masked_mean,
+    plan_token_pass,
     tgrl_loss_terms,
     visual_dependency,
 )
@@ -133,8 +137,12 @@ class TGRLTrainer(TrainingDiagnostics, CheckpointKeyFixMixin, GRPOTrainer):
         if self.use_vllm:
             route_vllm_prompts(self.vllm_generation, getattr(self.processing_class, "image_token_id", None))
 
-        im_end = self._tokenizer.convert_tokens_to_ids("<|im_end|>")
-        self.expert_eos_id = im_end if im_end in self.eos_token_ids else self.eos_token_ids[0]
+        if end_of_turn_id(self._tokenizer) not in self.eos_token_ids:
+            raise ValueError(
+                f"the tokenizer's end of turn {self._tokenizer.eos_token!r} is not a token generation stops "
+                f"on ({self.eos_token_ids}), so expert and rollout completions would end differently. Fix: "
+                "use the checkpoint's own generation_config.json"
+            )
         names = [getattr(f, "__name__", "") for f in self.reward_funcs]
         self._acc_index = names.index(accuracy_reward.__name__) if accuracy_reward.__name__ in names else None
         if args.inject_mode == "on_fail" and self._acc_index is None:
@@ -143,7 +151,7 @@ class TGRLTrainer(TrainingDiagnostics, CheckpointKeyFixMixin, GRPOTrainer):
                 "rollouts)"
             )
         if args.inject_mode != "never" and train_dataset is not None:
-            self._check_expert_texts(train_dataset)
+            check_expert_texts(train_dataset, self._tokenizer, args)
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         token_pass = (
             args.inject_mode != "never" or args.onpolicy_token_weight != "none" or args.vis_dep_diag_every
@@ -168,38 +176,9 @@ class TGRLTrainer(TrainingDiagnostics, CheckpointKeyFixMixin, GRPOTrainer):
     # ---------------------------------------------------------------------------------------------
     # expert trajectories
 
-    def _check_expert_texts(self, dataset) -> None:
-        """Fail early (naming a row) on trajectories the rollout budget cannot hold (filter F2 should
-        have rejected them; see expert_overlong) or that contain a vision special token."""
-        texts = dataset["expert_text"] if "expert_text" in dataset.column_names else []
-        ids = dataset["id"] if "id" in dataset.column_names else list(range(len(texts)))
-        if not any(texts):
-            raise ValueError(
-                f"inject_mode is {self.args.inject_mode!r} but no training row has an expert trajectory "
-                "(meta.expert). Build the filtered teacher set first, or set inject_mode: never (GRPO)"
-            )
-        vision = set(vision_token_ids(self._tokenizer))
-        limit = self.max_completion_length - 1  # the end-of-turn token is appended
-        chunk = 1024  # lengths only: holding every tokenized trajectory would cost GBs at ViRL39K scale
-        for start in range(0, len(texts), chunk):
-            batch = [t or "" for t in texts[start : start + chunk]]
-            encoded = self._tokenizer(batch, add_special_tokens=False)["input_ids"]
-            for row_id, text, tokens in zip(ids[start : start + chunk], batch, encoded, strict=True):
-                if not text:
-                    continue
-                if len(tokens) > limit and self.args.expert_overlong == "error":
-                    raise ValueError(
-                        f"row {row_id}: expert trajectory has {len(tokens) + 1} tokens with end-of-turn, "
-                        f"more "
-                        f"than max_completion_length={self.max_completion_length}. Fix: filter with the same "
-                        "max length (F2), or set expert_overlong: truncate / drop"
-                    )
-                if vision.intersection(tokens):
-                    raise ValueError(f"row {row_id}: expert trajectory contains a vision special token")
-
     @lru_cache(maxsize=256)  # noqa: B019 - one trainer per process; a generation batch's texts repeat G times
     def _full_expert_ids(self, text: str) -> tuple[int, ...]:
-        return (*self._tokenizer(text, add_special_tokens=False)["input_ids"], self.expert_eos_id)
+        return tuple(response_token_ids(self._tokenizer, text))
 
     def _expert_too_long(self, text: str) -> bool:
         return len(self._full_expert_ids(text)) > self.max_completion_length
@@ -439,21 +418,16 @@ class TGRLTrainer(TrainingDiagnostics, CheckpointKeyFixMixin, GRPOTrainer):
             pixel_values = torch.cat([split["pixel_values"][i] for i in rows])
             grid = torch.cat([split["image_grid_thw"][i] for i in rows])
             if perturb:
-                image_processor = self.processing_class.image_processor
                 rng = np.random.default_rng(
                     [self.args.seed, self.state.global_step, self.accelerator.process_index]
                 )
-                pixel_values = perturb_pixel_values(
+                pixel_values = perturb_with_processor(
                     pixel_values.cpu(),
                     grid.cpu(),
+                    self.processing_class.image_processor,
                     self.args.perturb_mode,
                     self.args.perturb_prob,
                     rng,
-                    image_mean=image_processor.image_mean,
-                    image_std=image_processor.image_std,
-                    patch_size=image_processor.patch_size,
-                    temporal_patch_size=image_processor.temporal_patch_size,
-                    merge_size=image_processor.merge_size,
                 ).to(out["pixel_values"].device)
             kwargs.update(
                 pixel_values=pixel_values,
@@ -624,7 +598,7 @@ class TGRLTrainer(TrainingDiagnostics, CheckpointKeyFixMixin, GRPOTrainer):
 
         mode = "train" if self.model.training else "eval"
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        coef = self._expert_coef()
+        coef = self.args.expert_coef_at_step(self.state.global_step, self.state.max_steps)
         terms = tgrl_loss_terms(
             logps,
             old_logps,
@@ -656,7 +630,8 @@ class TGRLTrainer(TrainingDiagnostics, CheckpointKeyFixMixin, GRPOTrainer):
         return loss
 
     def loss_switches(self) -> LossSwitches:
-        """The loss's switches, from the config (TRL's clip range, KL and aggregation included)."""
+        """The loss's switches: TGRL's from the config, TRL's clip range, KL and aggregation from the
+        attributes GRPOTrainer's own loss reads."""
         cfg = self.args
         return LossSwitches(
             expert_ratio=cfg.expert_ratio,
@@ -703,55 +678,3 @@ class TGRLTrainer(TrainingDiagnostics, CheckpointKeyFixMixin, GRPOTrainer):
             "num_on_tokens": inputs.get("num_on_tokens", joint).clamp(min=1.0) * scale,
             "num_exp_tokens": inputs.get("num_exp_tokens", joint).clamp(min=1.0) * scale,
         }
-
-    def _expert_coef(self) -> float:
-        cfg = self.args
-        return expert_coef_at(
-            self.state.global_step,
-            self.state.max_steps or cfg.max_steps,
-            cfg.expert_coef,
-            cfg.expert_coef_schedule,
-            cfg.expert_coef_end,
-            cfg.expert_coef_warmup_steps,
-        )
-
-    # ---------------------------------------------------------------------------------------------
-    # timing
-
-
-NEEDS_VIS_DEP = ("vis_dep", "vis_topk")  # token weights that read s_t (the perturbed-image forward)
-
-
-@dataclass(frozen=True)
-class TokenPassPlan:
-    """Which rows of a generation batch the token pass forwards, and how (see :func:`plan_token_pass`)."""
-
-    clean_rows: list[int]  # clean-image forward: p_t (and entropy) under pi_old
-    perturbed_rows: list[int]  # perturbed-image forward: s_t
-    needs_entropy: bool
-    reuse_old_logps: bool  # TRL already ran the clean pi_old forward (old_per_token_logps): reuse it
-
-
-def plan_token_pass(
-    is_expert: list[bool],
-    expert_weight: str | None,
-    onpolicy_weight: str | None,
-    diagnostic: bool,
-    has_old_logps: bool,
-) -> TokenPassPlan:
-    """The forwards the token pass needs (docs/design.md#54-token-quantities): p_t on the rows that get token
-    weights (expert rows when guided, i.e. ``expert_weight`` is set; on-policy rows when ``onpolicy_weight``
-    is set), s_t where a weight reads it or on every row on a ``diagnostic`` step, entropy only for
-    'entropy_topk'. Nothing else is forwarded: a GRPO step without the diagnostic forwards no row."""
-    experts = [i for i, e in enumerate(is_expert) if e]
-    on_policy = [i for i, e in enumerate(is_expert) if not e]
-    p_rows = set(experts if expert_weight else []) | set(on_policy if onpolicy_weight else [])
-    s_rows = set(experts if diagnostic or expert_weight in NEEDS_VIS_DEP else [])
-    s_rows |= set(on_policy if diagnostic or onpolicy_weight in NEEDS_VIS_DEP else [])
-    needs_entropy = "entropy_topk" in (expert_weight, onpolicy_weight)
-    return TokenPassPlan(
-        clean_rows=sorted(p_rows | s_rows),
-        perturbed_rows=sorted(s_rows),
-        needs_entropy=needs_entropy,
-        reuse_old_logps=has_old_logps and not needs_entropy,  # TRL's pi_old forward: identical values
-    )
