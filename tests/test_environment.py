@@ -98,5 +98,6 @@ def test_ci_runs_exactly_the_readme_test_command():
         for ln in (REPO_ROOT / ".ci" / "run").read_text().splitlines()
         if ln.strip() and not ln.startswith("#") and not ln.startswith("set ") and not ln.startswith("cd ")
     ]
-    assert ci == ["make test"]
+    assert ci == ["make test", "make slow_test"]
     assert "make test" in readme and "make demo" in readme
+    assert "CI runs exactly this, then `make slow_test`: .ci/run" in readme
