@@ -161,7 +161,7 @@ stage_train() {
 }
 
 stage_eval() {
-  local backend_args=(--backend vllm --dtype bfloat16 --max-model-len 512 --gpu-memory-utilization "$GPU_MEM")
+  local backend_args=(--backend vllm --dtype bfloat16 --max-model-len 1024 --gpu-memory-utilization "$GPU_MEM")
   [ "$SMOKE_VLLM" = 1 ] || backend_args=(--backend hf --device "$SMOKE_DEVICE")
   run "$PY" eval/run_lmms_eval.py --model "$WORK/rl" --suite tiny "${backend_args[@]}" \
     --jsonl "synthetic_test=$WORK/data/test.jsonl" --limit 16 --out "$WORK/eval" --summary "$WORK/summary.jsonl" \

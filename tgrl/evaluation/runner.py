@@ -36,6 +36,9 @@ not a fraction, except the share; definitions in tgrl/grounding.py), records ``g
 (the part of ``eval_seconds`` the extra passes took) and writes each response's token s_t into
 ``samples.jsonl`` (field ``grounding``: one record per response) for eval/report_trajectories.py.
 
+A prompt longer than max_model_len allows is an item-level error (tgrl.lmms_model): not generated, scored
+wrong, recorded in ``samples.jsonl`` (field ``error``), ``results.json`` and the summary rows (count).
+
 A run is three steps: :func:`plan_evaluation` (what is pending), :func:`run_plan` (one model load, one
 lmms-eval call per task) and :func:`record_task` (files and summary rows of one finished task).
 """
