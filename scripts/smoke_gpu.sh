@@ -7,8 +7,8 @@
 #   ZERO=3 bash scripts/smoke_gpu.sh             the train stage under DeepSpeed ZeRO-3
 #   SMOKE_VLLM=0 bash scripts/smoke_gpu.sh       every stage that needs no vLLM (HF generation), for a
 #                                                machine where vLLM cannot be installed
-#   SMOKE_DEVICE=cpu bash scripts/smoke_gpu.sh   the SMOKE_VLLM=0 stages on CPU (gloo; ZeRO-2 only): what CI
-#                                                runs (tests/test_launchers.py, slow), so the 7B keys run there
+#   SMOKE_DEVICE=cpu bash scripts/smoke_gpu.sh   the SMOKE_VLLM=0 stages on CPU (gloo, zeroN_cpu.yaml): CI runs
+#                                                it with NUM_GPUS=2, ZERO=2 and 3 (tests/test_launchers.py, slow)
 #   DRY_RUN=1 bash scripts/smoke_gpu.sh          print the 7B keys and every command, run nothing
 # Stages (each one's log in $WORK/logs/NAME.log):
 #   setup     tiny checkpoint, 64 scenes, oracle expert trajectories filtered with the tiny policy
@@ -50,8 +50,7 @@ case $ZERO in 2 | 3) ;; *) problems+=("ZERO=$ZERO: use 2 or 3") ;; esac
 case $SMOKE_DEVICE in cuda | cpu) ;; *) problems+=("SMOKE_DEVICE=$SMOKE_DEVICE: use cuda or cpu") ;; esac
 if [ "$SMOKE_DEVICE" = cpu ]; then
   [ "$SMOKE_VLLM" = 0 ] || problems+=("SMOKE_DEVICE=cpu needs SMOKE_VLLM=0 (vLLM runs on GPUs only)")
-  [ "$ZERO" = 2 ] || problems+=("SMOKE_DEVICE=cpu runs ZeRO-2 only (train/accelerate/zero2_cpu.yaml); ZERO=3 needs GPUs")
-  accelerate_config=train/accelerate/zero2_cpu.yaml
+  accelerate_config=train/accelerate/zero${ZERO}_cpu.yaml
 else
   accelerate_config=train/accelerate/zero$ZERO.yaml
   if ! command -v nvidia-smi >/dev/null 2>&1; then

@@ -350,8 +350,13 @@ def test_smoke_dry_run_variants(tmp_path):
     )
     for variant in (two, smoke_commands(zero3), commands, cpu):
         assert [parse_printed(shlex.split(cmd[2:])) for cmd in variant] == SMOKE_SCRIPTS
-    refused = smoke(tmp_path, DRY_RUN="1", SMOKE_DEVICE="cpu", ZERO="3")
-    assert "SMOKE_DEVICE=cpu runs ZeRO-2 only" in refused.stderr
+    cpu3 = smoke_commands(smoke(tmp_path, DRY_RUN="1", SMOKE_DEVICE="cpu", ZERO="3"))
+    assert all(
+        "train/accelerate/zero3_cpu.yaml --deepspeed_config_file train/deepspeed/zero3.json" in c
+        for c in cpu3[5:7]
+    )
+    refused = smoke(tmp_path, DRY_RUN="1", SMOKE_DEVICE="cpu", SMOKE_VLLM="1")
+    assert "SMOKE_DEVICE=cpu needs SMOKE_VLLM=0" in refused.stderr
 
 
 def test_smoke_refuses_cleanly_without_gpu_or_vllm(tmp_path):
@@ -536,16 +541,18 @@ def test_accelerate_deepspeed_zero2_on_cpu(processes, tiny_checkpoint, synthetic
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)  # ~7 min on 2 shared cores; the default 600 s leaves too little margin
-def test_smoke_cpu_mode_runs_the_7b_keys_in_two_processes(tmp_path):
-    """scripts/smoke_gpu.sh SMOKE_DEVICE=cpu NUM_GPUS=2: every stage without vLLM, the train stage with the
-    7B recipe's keys (gradient checkpointing, 4 rollouts per micro-batch, save + resume) under accelerate +
-    DeepSpeed ZeRO-2 in two processes; the script's own check passes (steps 1..4 across the resume, every
-    expert row its own prompt's correct trace)."""
+@pytest.mark.timeout(1500)  # ~6 min on 2 shared cores; the default 600 s leaves too little margin
+@pytest.mark.parametrize("zero", ["2", "3"])
+def test_smoke_cpu_mode_runs_the_7b_keys_in_two_processes(zero, tmp_path):
+    """scripts/smoke_gpu.sh SMOKE_DEVICE=cpu NUM_GPUS=2 ZERO=2|3: every stage without vLLM, the train stage
+    with the 7B recipe's keys (gradient checkpointing, 4 rollouts per micro-batch, save + resume) under
+    accelerate + DeepSpeed ZeRO-2 / ZeRO-3 in two processes; the script's own check passes (steps 1..4
+    across the resume, every expert row its own prompt's correct trace)."""
     bin_dir = Path(sys.executable).parent
     env = {
         "SMOKE_DEVICE": "cpu",
         "NUM_GPUS": "2",
+        "ZERO": zero,
         "PY": sys.executable,
         "ACCELERATE": str(bin_dir / "accelerate"),
         "WORK": str(tmp_path / "smoke"),
@@ -564,7 +571,7 @@ def test_smoke_cpu_mode_runs_the_7b_keys_in_two_processes(tmp_path):
     assert [line.split()[1:3] for line in lines[:4]] == [
         ["setup", "ok"], ["teacher_hf", "ok"], ["train", "ok"], ["eval_hf", "ok"]
     ]  # fmt: skip
-    assert "2 processes, expert rows across ranks" in lines[2] and "save + resume" in lines[2]
+    assert f"ZeRO-{zero}, 2 processes, expert rows across ranks" in lines[2] and "save + resume" in lines[2]
     assert lines[4].startswith("smoke_gpu: total ") and "(cpu, 2 process(es))" in lines[4]
     train_log = (tmp_path / "smoke" / "logs" / "train.log").read_text()
     assert "check: steps [1, 2, 3, 4], accuracy/expert [1.0" in train_log
