@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: install demo test slow_test vllm_install vllm_test quality style tiny data reproduce bench eval smoke_gpu clean
+.PHONY: install demo test slow_test system_deps vllm_install vllm_test quality style tiny data reproduce bench eval smoke_gpu clean
 
 # The venv is rebuilt only when the lock file or pyproject changes. --no-deps: the lock is complete and
 # carries one deliberate metadata conflict (latex2sympy2/antlr; see requirements-cpu.txt).
@@ -37,8 +37,25 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-slow_test: install
+# The slow tests (CI runs them after `make test`; .ci/run): accelerate + DeepSpeed on CPU (1 and 2 processes),
+# the CPU mode of the GPU smoke run (the 7B recipe's keys on the tiny model, ZeRO-2 and ZeRO-3, 2 processes) and
+# the report in a real browser. ~9-14 min on 2 cores.
+slow_test: install system_deps
 	$(PY) -m pytest -q -m slow
+
+# System packages of the slow tests, from the distribution (Debian/Ubuntu apt; a no-op when present): g++ for
+# DeepSpeed's JIT-compiled CPU op (ninja comes from the lock) and Chromium, which tests/test_report.py drives
+# over the DevTools protocol (no chromedriver).
+APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+system_deps:
+	@missing=""; \
+	command -v g++ >/dev/null || missing="$$missing g++"; \
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  command -v apt-get >/dev/null || { echo "error: the slow tests need$$missing (not on PATH) and there is no apt-get: install them with your package manager"; exit 2; }; \
+	  echo "installing$$missing (apt-get)"; \
+	  $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends $$missing; \
+	fi
 
 # vLLM's image-placeholder contract (docs/design.md#84-image-placeholders-for-vllm), checked against vLLM
 # 0.30.0's real multimodal processor on the CPU. vLLM pins torch 2.13.0 (a CUDA build; torchvision 0.28.0
@@ -82,7 +99,8 @@ bench: install
 eval: install
 	bash scripts/eval_all.sh
 
-# One GPU, ~5 min: the GPU code paths on the tiny tier (vLLM teacher, colocate rollouts, DeepSpeed, vLLM eval).
+# One GPU: the GPU code paths on the tiny tier with the 7B recipe's keys (vLLM teacher, colocate rollouts with
+# sleep mode, DeepSpeed, gradient checkpointing, save + resume, vLLM eval); it prints each stage's measured time.
 # Run it in the GPU env (scripts/setup_gpu_env.sh), not the CPU .venv: no `install` dependency on purpose.
 smoke_gpu:
 	bash scripts/smoke_gpu.sh

@@ -18,9 +18,9 @@
 #   PY ACCELERATE            interpreter / accelerate binary (default: .venv/bin/...)
 
 PY=${PY:-.venv/bin/python}
-[ -x "$PY" ] || PY=python3
+[ -x "$PY" ] || command -v "$PY" >/dev/null 2>&1 || PY=python3
 ACCELERATE=${ACCELERATE:-.venv/bin/accelerate}
-[ -x "$ACCELERATE" ] || ACCELERATE=accelerate
+[ -x "$ACCELERATE" ] || command -v "$ACCELERATE" >/dev/null 2>&1 || ACCELERATE=accelerate
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-false}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}
@@ -64,6 +64,23 @@ check_gpus() { # check_gpus N
   local n
   n=$(nvidia-smi --list-gpus 2>/dev/null | grep -c '^GPU' || true)
   [ "$n" -ge "$1" ] || fail "found $n GPU(s), NUM_GPUS=$1 needs $1. Fix: NUM_GPUS=$n (the launcher keeps the global batch: KEEP_GLOBAL_BATCH)"
+}
+
+# driver_finding: empty when the NVIDIA driver can run the CUDA version $PY's torch was built for (or either
+# is unknown), else what is wrong and what to install. The pinned torch 2.13.0 (environment.yml) is a CUDA 13
+# build: CUDA 13.x needs driver >= 580, 12.x >= 525, 11.x >= 450 (NVIDIA's minimum for minor-version
+# compatibility). An older driver shows up only as torch.cuda.is_available() False, hence this check.
+driver_finding() {
+  local torch_cuda torch_version cuda driver need
+  torch_cuda=$("$PY" -c "import torch; print(torch.__version__, torch.version.cuda or '')" 2>/dev/null | tail -n 1 || true)
+  read -r torch_version cuda <<<"$torch_cuda" || true
+  driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1 | tr -d '[:space:]' || true)
+  [ -n "${cuda:-}" ] && [ -n "$driver" ] || return 0
+  case ${cuda%%.*} in 13) need=580 ;; 12) need=525 ;; 11) need=450 ;; *) return 0 ;; esac
+  case ${driver%%.*} in '' | *[!0-9]*) return 0 ;; esac
+  if [ "${driver%%.*}" -lt "$need" ]; then
+    printf '%s' "NVIDIA driver $driver is too old for torch $torch_version (a CUDA $cuda build: needs driver >= $need). Fix: install NVIDIA driver >= $need (e.g. Debian/Ubuntu: the nvidia-driver-$need package or newer, or your cluster's CUDA $cuda driver module); nvidia-smi shows the driver version"
+  fi
 }
 
 existing_parent() { # the path itself or its nearest existing ancestor

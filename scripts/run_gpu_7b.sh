@@ -78,6 +78,8 @@ fi
 check_path recipe "$RECIPE" "see train/recipes/7b/"
 check_path "DeepSpeed config" "train/deepspeed/zero$ZERO.json" "ZERO must be 2 or 3"
 check_gpus "$NUM_GPUS"
+driver=$(driver_finding)
+[ -z "$driver" ] || fail "$driver"
 packages=(torch transformers trl accelerate deepspeed datasets)
 [ "$(recipe_value "$RECIPE" use_vllm "${overrides[@]}")" = true ] && packages+=(vllm)
 check_packages "${packages[@]}"

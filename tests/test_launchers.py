@@ -20,7 +20,8 @@ def bash(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **env}
     for key in (
         "NNODES", "NODE_RANK", "MASTER_ADDR", "ZERO", "VLLM_MODE", "MODEL", "DATA", "OUTPUT", "NUM_GPUS",
-        "KEEP_GLOBAL_BATCH", "SHARED_OUTPUT_OK", "CHECKPOINTS", "RECIPE_GPUS",
+        "KEEP_GLOBAL_BATCH", "SHARED_OUTPUT_OK", "CHECKPOINTS", "RECIPE_GPUS", "SMOKE_VLLM", "SMOKE_DEVICE",
+        "STEPS",
     ):  # fmt: skip
         if key not in env:
             full_env.pop(key, None)
@@ -95,6 +96,7 @@ DRY_RUNS = {
             "data_prep/build_teacher_trajectories.py",
             "data_prep/filter_trajectories.py",
             "data_prep/build_teacher_trajectories.py",
+            "train/rl.py",
             "train/rl.py",
             "eval/run_lmms_eval.py",
         ],
@@ -263,31 +265,99 @@ def smoke(tmp_path, **env):
     return bash("smoke_gpu.sh", WORK=str(tmp_path / "smoke"), PY=sys.executable, **env)
 
 
-def test_smoke_dry_run_prints_every_gpu_stage(tmp_path):
+SMOKE_SCRIPTS = [
+    "data_prep/build_tiny_model.py",
+    "data_prep/make_synthetic.py",
+    "data_prep/build_teacher_trajectories.py",
+    "data_prep/filter_trajectories.py",
+    "data_prep/build_teacher_trajectories.py",
+    "train/rl.py",
+    "train/rl.py",
+    "eval/run_lmms_eval.py",
+]
+
+
+def smoke_commands(result) -> list[str]:
+    return [line for line in result.stdout.splitlines() if line.startswith("+ ")]
+
+
+def test_smoke_dry_run_prints_the_7b_keys_and_every_stage(tmp_path):
     result = smoke(tmp_path, DRY_RUN="1")
     assert result.returncode == 0, result.stderr
-    commands = [line for line in result.stdout.splitlines() if line.startswith("+ ")]
-    assert len(commands) == 7
-    teacher, train, evaluate = commands[4], commands[5], commands[6]
+    commands = smoke_commands(result)
+    assert len(commands) == 8
+    teacher, train, resume, evaluate = commands[4], commands[5], commands[6], commands[7]
     assert "build_teacher_trajectories.py" in teacher and "--backend vllm" in teacher
     for part in (
         "accelerate launch --config_file train/accelerate/zero2.yaml",
         "--deepspeed_config_file train/deepspeed/zero2.json",
         "--num_processes 1",
-        "train/rl.py --config train/recipes/tiny/tgrl.yaml",
-        "bf16=true",
-        "use_vllm=true vllm_mode=colocate",
-        "use_cpu=false",
+        "train/rl.py --config train/recipes/7b/tgrl.yaml",
+        "use_cpu=false use_vllm=true",
+        "save_steps=2",
     ):
-        assert part in train, part
+        assert part in train and part in resume, part
+    # the 7B recipe's own settings run: the smoke overrides sizes only, never these keys
+    for key in ("vllm_enable_sleep_mode", "gradient_checkpointing", "grad_share_every", "bf16", "dtype"):
+        assert f" {key}=" not in train, key
+    assert "max_steps=2" in train and "resume_from_checkpoint" not in train
+    assert "max_steps=4 resume_from_checkpoint=auto" in resume
     assert "eval/run_lmms_eval.py" in evaluate and "--backend vllm" in evaluate
-    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("smoke_gpu:")] == [
-        "setup",
-        "teacher_vllm",
-        "train",
-        "eval_vllm",
-    ]
+    (keys,) = [line for line in result.stdout.splitlines() if line.startswith("# train: ")]
+    for part in (
+        "train/recipes/7b/tgrl.yaml (ZeRO-2, 1 process(es), cuda)",
+        "vllm_enable_sleep_mode=true",
+        "gradient_checkpointing=true",
+        "grad_share_every=0",
+        "per_device_train_batch_size=4",
+        "max_pixels=1003520",
+    ):
+        assert part in keys, part
+    lines = [line for line in result.stdout.splitlines() if line.startswith("smoke_gpu:")]
+    assert [line.split()[1] for line in lines[:4]] == ["setup", "teacher_vllm", "train", "eval_vllm"]
+    assert "gradient checkpointing, checkpoint save + resume" in lines[2]
+    assert lines[-1].startswith(
+        "smoke_gpu: not covered   multi-process expert alignment (NUM_GPUS=2); ZeRO-3"
+    )
     assert not (tmp_path / "smoke").exists()  # a dry run writes nothing
+
+
+def test_smoke_dry_run_variants(tmp_path):
+    """NUM_GPUS=2, ZERO=3 and SMOKE_VLLM=0 change the launch, and every printed command still passes its
+    program's parser."""
+    import shlex
+
+    two = smoke_commands(smoke(tmp_path, DRY_RUN="1", NUM_GPUS="2"))
+    assert all("--num_processes 2" in cmd for cmd in two[5:7])
+    zero3 = smoke(tmp_path, DRY_RUN="1", ZERO="3")
+    assert all(
+        "--config_file train/accelerate/zero3.yaml --deepspeed_config_file train/deepspeed/zero3.json" in cmd
+        for cmd in smoke_commands(zero3)[5:7]
+    )
+    assert "not covered   multi-process expert alignment (NUM_GPUS=2); multi-node" in zero3.stdout
+    no_vllm = smoke(tmp_path, DRY_RUN="1", SMOKE_VLLM="0")
+    commands = smoke_commands(no_vllm)
+    assert "vllm" not in " ".join(commands[:5] + commands[7:]).lower()
+    assert "--backend hf --model" in commands[4] and "--device cuda" in commands[4]
+    assert all("use_vllm=false" in cmd for cmd in commands[5:7])
+    assert "--backend hf --device cuda" in commands[7]
+    lines = [line for line in no_vllm.stdout.splitlines() if line.startswith("smoke_gpu:")]
+    assert [line.split()[1] for line in lines[:4]] == ["setup", "teacher_hf", "train", "eval_hf"]
+    assert "vLLM teacher, rollouts, sleep mode and eval (SMOKE_VLLM=1)" in lines[-1]
+    assert "no vLLM" not in no_vllm.stderr  # the preflight does not ask for vLLM
+    cpu = smoke_commands(smoke(tmp_path, DRY_RUN="1", SMOKE_DEVICE="cpu", NUM_GPUS="2"))
+    assert all(
+        "train/accelerate/zero2_cpu.yaml" in cmd and "use_cpu=true bf16=false" in cmd for cmd in cpu[5:7]
+    )
+    for variant in (two, smoke_commands(zero3), commands, cpu):
+        assert [parse_printed(shlex.split(cmd[2:])) for cmd in variant] == SMOKE_SCRIPTS
+    cpu3 = smoke_commands(smoke(tmp_path, DRY_RUN="1", SMOKE_DEVICE="cpu", ZERO="3"))
+    assert all(
+        "train/accelerate/zero3_cpu.yaml --deepspeed_config_file train/deepspeed/zero3.json" in c
+        for c in cpu3[5:7]
+    )
+    refused = smoke(tmp_path, DRY_RUN="1", SMOKE_DEVICE="cpu", SMOKE_VLLM="1")
+    assert "SMOKE_DEVICE=cpu needs SMOKE_VLLM=0" in refused.stderr
 
 
 def test_smoke_refuses_cleanly_without_gpu_or_vllm(tmp_path):
@@ -298,17 +368,24 @@ def test_smoke_refuses_cleanly_without_gpu_or_vllm(tmp_path):
     assert "+ " not in result.stdout
 
 
-def fake_stack(tmp_path, failing: str) -> dict[str, str]:
-    """nvidia-smi with one GPU; a python that passes the preflight and fails the commands matching
-    ``failing`` (a bash case pattern) with a Python-style error; an accelerate that does the same."""
+def fake_stack(tmp_path, failing: str, driver: str = "580.65.06", cuda: str = "13.0", vllm: bool = True):
+    """nvidia-smi with one GPU and driver ``driver``; a python whose torch is a CUDA ``cuda`` build, that
+    passes the preflight (vLLM importable if ``vllm``) and fails the commands matching ``failing`` (a bash
+    case pattern) with a Python-style error; an accelerate that does the same (and says it resumed)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "nvidia-smi").write_text('#!/usr/bin/env bash\necho "GPU 0: Fake (UUID: GPU-0)"\n')
+    (bin_dir / "nvidia-smi").write_text(
+        f'#!/usr/bin/env bash\ncase "$*" in *--query-gpu=driver_version*) echo "{driver}" ;;\n'
+        '*) echo "GPU 0: Fake (UUID: GPU-0)" ;; esac\n'
+    )
     tool = f"""#!/usr/bin/env bash
 case "$*" in
+  "-c import vllm") exit {0 if vllm else 1} ;;
+  "-c "*torch.version.cuda*) echo "2.13.0 {cuda}" ;;
   "-c "*) exit 0 ;;
   {failing})
     echo 'Traceback (most recent call last):'; echo 'ValueError: fake failure in this stage' >&2; exit 1 ;;
+  *resume_from_checkpoint=auto*) echo "[rl] resuming from out/checkpoint-2" ;;
   *) echo "ran: $*" ;;
 esac
 """
@@ -328,11 +405,17 @@ def test_smoke_ends_with_one_line_per_stage(tmp_path):
     result = bash("smoke_gpu.sh", WORK=str(tmp_path / "smoke"), **env)
     assert result.returncode == 1, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("smoke_gpu:")]
-    assert len(lines) == 4
+    assert len(lines) == 6
     assert lines[0].split()[1:3] == ["setup", "ok"]
     assert lines[1].split()[1:3] == ["teacher_vllm", "failed:"] and "ValueError: fake failure" in lines[1]
     assert "logs/teacher_vllm.log" in lines[1]
     assert lines[2].split()[1:3] == ["train", "ok"] and lines[3].split()[1:3] == ["eval_vllm", "ok"]
+    seconds = [int(line.split("(")[1].split()[0]) for line in (lines[0], lines[2], lines[3])]
+    assert (
+        lines[4] == f"smoke_gpu: total         {sum(seconds)} s, measured by the stages' own timers "
+        "(cuda, 1 process(es))"
+    )
+    assert lines[5].startswith("smoke_gpu: not covered   multi-process")
 
 
 def test_smoke_skips_what_depends_on_a_failed_stage(tmp_path):
@@ -340,7 +423,35 @@ def test_smoke_skips_what_depends_on_a_failed_stage(tmp_path):
     result = bash("smoke_gpu.sh", WORK=str(tmp_path / "smoke"), **env)
     lines = [line for line in result.stdout.splitlines() if line.startswith("smoke_gpu:")]
     assert result.returncode == 1 and "train         failed: ValueError" in lines[2]
-    assert lines[3].endswith("eval_vllm     skipped (needs train)")
+    assert lines[3].startswith("smoke_gpu: eval_vllm     skipped (needs train) - ")
+
+
+def test_smoke_without_vllm_needs_no_vllm(tmp_path):
+    env = fake_stack(tmp_path, "*no-such-command*", vllm=False)
+    refused = bash("smoke_gpu.sh", WORK=str(tmp_path / "smoke"), **env)
+    assert refused.returncode == 2 and "smoke_gpu: no vLLM" in refused.stderr
+    result = bash("smoke_gpu.sh", WORK=str(tmp_path / "smoke"), SMOKE_VLLM="0", **env)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("smoke_gpu:")]
+    assert [line.split()[1:3] for line in lines[:4]] == [
+        ["setup", "ok"], ["teacher_hf", "ok"], ["train", "ok"], ["eval_hf", "ok"]
+    ]  # fmt: skip
+
+
+def test_preflight_checks_the_driver_against_the_torch_cuda_build(tmp_path):
+    old = fake_stack(tmp_path, "*no-such-command*", driver="550.54.15")
+    result = bash("smoke_gpu.sh", WORK=str(tmp_path / "smoke"), **old)
+    assert result.returncode == 2
+    assert (
+        "smoke_gpu: NVIDIA driver 550.54.15 is too old for torch 2.13.0 "
+        "(a CUDA 13.0 build: needs driver >= 580). Fix: install NVIDIA driver >= 580" in result.stderr
+    )
+    launcher = bash("run_tgrl_7b.sh", DRY_RUN="1", **old)
+    assert "preflight: FAIL NVIDIA driver 550.54.15 is too old" in launcher.stderr
+    cuda12 = tmp_path / "cuda12"
+    cuda12.mkdir()
+    fine = fake_stack(cuda12, "*no-such-command*", driver="550.54.15", cuda="12.8")
+    assert "too old" not in bash("smoke_gpu.sh", WORK=str(tmp_path / "smoke"), DRY_RUN="1", **fine).stderr
 
 
 def test_makefile_has_the_smoke_target_and_readme_puts_it_first():
@@ -396,7 +507,7 @@ def test_accelerate_deepspeed_zero2_on_cpu(processes, tiny_checkpoint, synthetic
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
     result = subprocess.run(
         [
-            str(REPO / ".venv/bin/accelerate"),
+            str(Path(sys.executable).parent / "accelerate"),  # the running venv's
             "launch",
             "--config_file",
             "train/accelerate/zero2_cpu.yaml",
@@ -423,3 +534,52 @@ def test_accelerate_deepspeed_zero2_on_cpu(processes, tiny_checkpoint, synthetic
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert rows[-1]["inject/generated"] == 14 * processes  # 2 groups per rank, 7 generated each
+    # the recipe's grad_share_every 10 is switched off under DeepSpeed with one line, not refused
+    assert result.stdout.count("[tgrl] grad_share_every 10 -> 0") == 1, result.stdout[-2000:]
+    assert not any(key.startswith("grad/") for row in rows for key in row)
+    # every group's expert row carries its own prompt's (correct) oracle trace on every rank
+    assert all(row["inject/rate"] == 1.0 and row["accuracy/expert"] == 1.0 for row in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)  # ~6 min on 2 shared cores; the default 600 s leaves too little margin
+@pytest.mark.parametrize("zero", ["2", "3"])
+def test_smoke_cpu_mode_runs_the_7b_keys_in_two_processes(zero, tmp_path):
+    """scripts/smoke_gpu.sh SMOKE_DEVICE=cpu NUM_GPUS=2 ZERO=2|3: every stage without vLLM, the train stage
+    with the 7B recipe's keys (gradient checkpointing, 4 rollouts per micro-batch, save + resume) under
+    accelerate + DeepSpeed ZeRO-2 / ZeRO-3 in two processes; the script's own check passes (steps 1..4
+    across the resume, every expert row its own prompt's correct trace)."""
+    bin_dir = Path(sys.executable).parent
+    env = {
+        "SMOKE_DEVICE": "cpu",
+        "NUM_GPUS": "2",
+        "ZERO": zero,
+        "PY": sys.executable,
+        "ACCELERATE": str(bin_dir / "accelerate"),
+        "WORK": str(tmp_path / "smoke"),
+        "MASTER_PORT": "29533",
+    }
+    result = subprocess.run(
+        ["bash", "scripts/smoke_gpu.sh"],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("smoke_gpu:")]
+    assert result.returncode == 0, "\n".join(lines) + result.stderr[-2000:]
+    assert [line.split()[1:3] for line in lines[:4]] == [
+        ["setup", "ok"], ["teacher_hf", "ok"], ["train", "ok"], ["eval_hf", "ok"]
+    ]  # fmt: skip
+    assert f"ZeRO-{zero}, 2 processes, expert rows across ranks" in lines[2] and "save + resume" in lines[2]
+    assert lines[4].startswith("smoke_gpu: total ") and "(cpu, 2 process(es))" in lines[4]
+    train_log = (tmp_path / "smoke" / "logs" / "train.log").read_text()
+    assert "check: steps [1, 2, 3, 4], accuracy/expert [1.0" in train_log
+    assert "resuming from" in train_log and "checkpoint-2" in train_log
+    record = json.loads((tmp_path / "smoke" / "rl" / "run_config.json").read_text())
+    assert record["recipe"] == "train/recipes/7b/tgrl.yaml"
+    config, script = record["resolved"]["TGRLConfig"], record["resolved"]["RLScriptArguments"]
+    assert config["gradient_checkpointing"] and config["vllm_enable_sleep_mode"]
+    assert config["grad_share_every"] == 0 and config["per_device_train_batch_size"] == 4
+    assert script["max_pixels"] == 1003520 and script["freeze_vision_tower"]

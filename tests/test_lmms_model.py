@@ -138,3 +138,30 @@ def test_bad_arguments_are_user_errors(tiny_checkpoint) -> None:
         TGRLModel(pretrained=str(tiny_checkpoint), backend="vllm")
     with pytest.raises(UserError, match="not found"):
         TGRLModel(pretrained=str(tiny_checkpoint / "nope"))
+
+
+def test_an_over_long_prompt_is_an_item_error_and_the_batch_goes_on(tiny_checkpoint, model) -> None:
+    """With max_model_len, a prompt that leaves no room for one generated token (what vLLM refuses, with
+    the whole batch) is not generated: it gets an empty response and an item-level error with the
+    training side's token count, and its batch-mates get the responses they get without the limit."""
+    from tgrl.lmms_model import TGRLModel
+    from tgrl.modeling import prompt_length
+
+    short, long_question = "How many red objects?", "Count the red objects again, carefully. " * 60
+    n_short, _ = prompt_length(model.processor, short, None, [(56, 56)])
+    n_long, per_image = prompt_length(model.processor, long_question, None, [(56, 56)])
+    limit = n_short + 20
+    assert n_long >= limit
+    lm = TGRLModel(pretrained=str(tiny_checkpoint), device="cpu", batch_size=3, seed=7, max_model_len=limit)
+    gen = {"max_new_tokens": 6, "temperature": 0, "until": []}
+    out = lm.generate_until(make_requests(lm, [short, long_question, short + " "], gen))
+    assert out[1] == "" and out[0] and out[2]
+    assert lm.pop_item_errors(TASK) == {
+        1: f"prompt too long: {n_long} tokens (1 image(s): {per_image[0]} image tokens) leave no room to "
+        f"generate within max_model_len {limit}; not generated, scored as an empty response. Fix: lower "
+        "max_pixels or raise max_model_len"
+    }
+    unlimited = model.generate_until(make_requests(model, [short, short + " "], gen))
+    assert [out[0], out[2]] == unlimited
+    fits = lm.generate_until(make_requests(lm, [short], gen))  # exactly one token to spare would also fit
+    assert fits == unlimited[:1] and lm.pop_item_errors(TASK) == {}

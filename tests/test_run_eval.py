@@ -273,3 +273,31 @@ def test_eval_all_dry_run_plans_cpu_data_parallel_and_vllm_workers(tiny_checkpoi
 
     none = eval_all({"CHECKPOINTS_DIR": str(tmp_path / "empty"), "NUM_GPUS": "0"})
     assert none.returncode == 2 and "no checkpoints" in none.stderr
+
+
+def test_an_over_long_item_is_recorded_and_the_task_goes_on(tiny_checkpoint, synthetic_dir, tmp_path) -> None:
+    """--max-model-len: the one item whose prompt does not fit is an item-level error (samples.jsonl field
+    ``error``, results.json, the count in every summary row), scored wrong; the other items are scored."""
+    rows = read_rows(synthetic_dir / "test.jsonl")[:4]
+    for row in rows:
+        row["images"] = [str(synthetic_dir / image) for image in row["images"]]
+    rows[2]["question"] = "Look at every object in the scene once more. " * 60 + rows[2]["question"]
+    data = tmp_path / "items.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = tmp_path / "summary.jsonl"
+    result = run(
+        "--model", str(tiny_checkpoint), "--jsonl", f"items={data}", "--out", str(tmp_path / "raw"),
+        "--summary", str(summary), "--run", "limit", "--suite", "tiny", "--max-new-tokens", "8",
+        "--device", "cpu", "--max-model-len", "256",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "WARNING 1 item(s) not generated, scored as wrong (doc 2: prompt too long:" in result.stdout
+    summary_rows = read_rows(summary)
+    assert summary_rows and all(r["item_errors"] == 1 for r in summary_rows)
+    assert {r["metric"]: r["n"] for r in summary_rows}["acc"] == 4
+    results_dir = Path(summary_rows[0]["results_dir"])
+    samples = {s["doc_id"]: s for s in read_rows(results_dir / "samples.jsonl")}
+    assert samples[2]["error"].startswith("prompt too long: ") and samples[2]["acc"] == 0
+    assert all("error" not in samples[d] for d in (0, 1, 3))
+    results = json.loads((results_dir / "results.json").read_text())
+    assert list(results["item_errors"]) == ["2"]

@@ -130,7 +130,10 @@ class TGRLModel(lmms):
         max_new_tokens: used only when a request does not say (the runner always says).
         seed: sampling seed; batch ``b`` of a task uses ``seed + b`` (hf) and request ``i`` of a task
             ``seed + i`` (vllm), so reruns with the same settings reproduce.
-        tensor_parallel_size, gpu_memory_utilization, max_model_len, max_images_per_prompt: vLLM only.
+        max_model_len: the context a prompt must fit (vLLM: the engine's limit, its model's when None; hf:
+            only when given). A prompt that leaves no room for one generated token is not sent: it gets an
+            empty response and an item-level error (:attr:`item_errors`), and the batch goes on.
+        tensor_parallel_size, gpu_memory_utilization, max_images_per_prompt: vLLM only.
         max_batch_size: accepted because lmms-eval passes it; unused.
         visual_dependency: score s_t of every response (hf only; see the module docstring): True or
             ``"true"`` for the defaults of :class:`tgrl.grounding.GroundingSpec`, or its settings dict.
@@ -182,6 +185,10 @@ class TGRLModel(lmms):
             )
         self.grounding: dict[str, dict[int, list[dict[str, Any]]]] = {}
         self.grounding_seconds: dict[str, float] = {}
+        # task -> doc_id -> why the document got no generation (the runner records it per item)
+        self.item_errors: dict[str, dict[int, str]] = {}
+        self.max_model_len = int(max_model_len) if max_model_len not in (None, "", "None") else None
+        self._prompt_budget = None
 
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size > 1:
@@ -218,7 +225,12 @@ class TGRLModel(lmms):
             )
             self.dtype_name = str(self.model.dtype).replace("torch.", "")
         else:
-            self._init_vllm(dtype, float(gpu_memory_utilization), max_model_len)
+            self._init_vllm(dtype, float(gpu_memory_utilization), self.max_model_len)
+            self.max_model_len = int(self.llm.model_config.max_model_len)  # the engine's, also when None
+        if self.max_model_len is not None:
+            from tgrl.modeling import PromptBudget
+
+            self._prompt_budget = PromptBudget(self.processor, self.max_model_len)
 
     # ----------------------------------------------------------------------------------------------
     # set-up
@@ -335,9 +347,17 @@ class TGRLModel(lmms):
                     doc = self.task_dict[task][split][doc_id]
                     contexts.append(context)
                     visuals.append([v.convert("RGB") for v in (doc_to_visual(doc) or [])])
-                texts = self._generate(task, contexts, visuals, gen)
-                for i, text in zip(chunk, texts, strict=True):
-                    responses[i] = truncate_at_stops(text, gen["until"])
+                errors = self._over_long(contexts, visuals)
+                keep = [p for p in range(len(chunk)) if p not in errors]
+                texts = self._generate(
+                    task, [contexts[p] for p in keep], [visuals[p] for p in keep], gen, positions=keep
+                )
+                for p, text in zip(keep, texts, strict=True):
+                    responses[chunk[p]] = truncate_at_stops(text, gen["until"])
+                for p, message in errors.items():  # not generated: an empty response and an item error
+                    responses[chunk[p]] = ""
+                    doc_id = int(requests[chunk[p]].args[3])
+                    self.item_errors.setdefault(task, {})[doc_id] = message
                 if self.grounding_spec is not None:
                     self._score_grounding(
                         task, [requests[i] for i in chunk], contexts, visuals, responses, chunk
@@ -385,14 +405,41 @@ class TGRLModel(lmms):
                 per_doc.setdefault(doc_id, []).append(record)
         self.grounding_seconds[task] = self.grounding_seconds.get(task, 0.0) + time.perf_counter() - started
 
+    def _over_long(self, contexts: list[str], visuals: list[list]) -> dict[int, str]:
+        """Position -> error for the prompts that do not fit max_model_len with one token to spare (vLLM
+        refuses those, failing the whole batch): training's count (tgrl.modeling.PromptBudget)."""
+        if self._prompt_budget is None:
+            return {}
+        errors = {}
+        for p, (context, images) in enumerate(zip(contexts, visuals, strict=True)):
+            over = self._prompt_budget.overflow(context, None, images, reserve=1)
+            if over is not None:
+                n_prompt, per_image = over
+                errors[p] = (
+                    f"prompt too long: {n_prompt} tokens ({len(per_image)} image(s): "
+                    f"{'+'.join(map(str, per_image))} image tokens) leave no room to generate within "
+                    f"max_model_len {self.max_model_len}; not generated, scored as an empty response. Fix: "
+                    "lower max_pixels or raise max_model_len"
+                )
+        return errors
+
+    def pop_item_errors(self, task: str) -> dict[int, str]:
+        """The item-level errors of ``task`` (doc_id -> message), removed from the model."""
+        return self.item_errors.pop(task, {})
+
     def pop_grounding(self, task: str) -> tuple[dict[int, list[dict[str, Any]]], float]:
         """The grounding records of ``task`` (doc_id -> one record per response) and the seconds spent on
         them, removed from the model (the runner takes them once per task)."""
         return self.grounding.pop(task, {}), self.grounding_seconds.pop(task, 0.0)
 
-    def _generate(self, task: str, contexts: list[str], visuals: list[list], gen: dict) -> list[str]:
+    def _generate(
+        self, task: str, contexts: list[str], visuals: list[list], gen: dict, positions: list[int]
+    ) -> list[str]:
+        """Responses of a batch's prompts; ``positions``: their places in the batch (the vLLM seeds)."""
         batch_index = self._task_batches.get(task, 0)
         self._task_batches[task] = batch_index + 1
+        if not contexts:
+            return []
         if self.backend == "hf":
             from tgrl.modeling import generate_texts
 
@@ -408,10 +455,11 @@ class TGRLModel(lmms):
                 seed=self.seed + batch_index if gen["do_sample"] else None,
             )
             return [o[0] for o in outputs]
-        return self._generate_vllm(contexts, visuals, gen, first_index=batch_index * self.batch_size_per_gpu)
+        first = batch_index * self.batch_size_per_gpu
+        return self._generate_vllm(contexts, visuals, gen, seeds=[self.seed + first + p for p in positions])
 
     def _generate_vllm(
-        self, contexts: list[str], visuals: list[list], gen: dict, first_index: int
+        self, contexts: list[str], visuals: list[list], gen: dict, seeds: list[int]
     ) -> list[str]:
         from vllm import SamplingParams
 
@@ -439,7 +487,7 @@ class TGRLModel(lmms):
                     temperature=gen["temperature"],
                     top_p=gen["top_p"],
                     max_tokens=gen["max_new_tokens"],
-                    seed=self.seed + first_index + i,
+                    seed=seeds[i],
                     logit_bias={int(t): SUPPRESS_BIAS for t in self.suppress_ids},
                     skip_special_tokens=True,
                 )

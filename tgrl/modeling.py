@@ -114,6 +114,47 @@ def prompt_length(
     return n_text + sum(n - 1 for n in per_image), per_image
 
 
+class PromptBudget:
+    """Whether the project prompt of a problem, its images expanded under the processor's pixel budget, plus
+    ``reserve`` tokens fits ``max_model_len``. vLLM refuses a prompt that does not, and its whole batch with
+    it: training checks its data with this before the first step (tgrl.rl_data.check_prompt_budget,
+    ``reserve`` = max_completion_length), eval each prompt before vLLM (tgrl.lmms_model, ``reserve`` = 1).
+    A cheap upper bound first (a token is at least one character; every image at the budget's maximum),
+    the exact count (:func:`prompt_length`) only for prompts that might not fit."""
+
+    def __init__(self, processor, max_model_len: int):
+        from tgrl.pixels import budget_of, patch_factor
+
+        self.processor, self.max_model_len = processor, int(max_model_len)
+        budget = budget_of(processor.image_processor)
+        self.factor = patch_factor(processor.image_processor)
+        self.max_image_tokens = budget.max_pixels // (self.factor * self.factor) + 8  # + markup, generous
+        template = processor.apply_chat_template(
+            build_messages("", None, 0), add_generation_prompt=True, tokenize=False
+        )
+        self.fixed_chars = 64 + len(template)  # + option headers, separators
+
+    def overflow(
+        self, question: str, choices: Sequence[str] | None, images: Sequence, reserve: int
+    ) -> tuple[int, list[int]] | None:
+        """None when the prompt fits, else (prompt tokens, image tokens per image). ``images``: PIL images
+        or paths (a path is opened for its size only when the cheap bound does not settle it)."""
+        chars = self.fixed_chars + len(question) + sum(len(c) + 8 for c in choices or [])
+        if chars + len(images) * self.max_image_tokens + reserve <= self.max_model_len:
+            return None
+        sizes = []
+        for image in images:
+            if hasattr(image, "size"):
+                sizes.append(tuple(image.size))
+            else:
+                from PIL import Image
+
+                with Image.open(image) as opened:
+                    sizes.append(opened.size)
+        n_prompt, per_image = prompt_length(self.processor, question, choices, sizes)
+        return None if n_prompt + reserve <= self.max_model_len else (n_prompt, per_image)
+
+
 def encode_prompts(
     processor, questions: Sequence[str], images: Sequence[Sequence], choices: Sequence | None = None
 ):

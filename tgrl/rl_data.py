@@ -124,33 +124,17 @@ def check_prompt_budget(
 ) -> None:
     """Fail before training when a prompt (its images expanded under the processor's pixel budget) plus
     ``max_completion_length`` does not fit vLLM's ``max_model_len``: vLLM would reject it and the whole
-    generation batch fails, again on every resume (e.g. 5 images x 1,280 tokens + 2,048 > 8,192). A cheap
-    upper bound first (characters >= tokens; every image at the budget's maximum), the exact count only for
-    rows that might not fit."""
-    from PIL import Image
+    generation batch fails, again on every resume (e.g. 5 images x 1,280 tokens + 2,048 > 8,192). The
+    count is :class:`tgrl.modeling.PromptBudget`'s, the one eval uses before vLLM too."""
+    from tgrl.modeling import PromptBudget
 
-    from tgrl.modeling import prompt_length
-    from tgrl.pixels import budget_of, patch_factor
-
-    budget, factor = budget_of(processor.image_processor), patch_factor(processor.image_processor)
-    max_image_tokens = budget.max_pixels // (factor * factor) + 8  # + placeholder/markup tokens, generous
-    slack = 64  # option headers, separators
-    template = processor.apply_chat_template(
-        build_messages("", None, 0), add_generation_prompt=True, tokenize=False
-    )
+    budget = PromptBudget(processor, max_model_len)
+    factor = budget.factor
     too_long = []
     for row, problem in enumerate(problems, start=1):
-        chars = slack + len(template) + len(problem.question) + sum(len(c) + 8 for c in problem.choices or [])
-        bound = chars + len(problem.image_paths) * max_image_tokens + max_completion_length
-        if bound <= max_model_len:  # a token is at least one character
-            continue
-        sizes = []
-        for path in problem.image_paths:
-            with Image.open(path) as im:
-                sizes.append(im.size)
-        n_prompt, per_image = prompt_length(processor, problem.question, problem.choices, sizes)
-        if n_prompt + max_completion_length > max_model_len:
-            too_long.append((row, problem.id, n_prompt, per_image))
+        over = budget.overflow(problem.question, problem.choices, problem.image_paths, max_completion_length)
+        if over is not None:
+            too_long.append((row, problem.id, *over))
     if too_long:
         row, pid, n_prompt, per_image = too_long[0]
         raise UserError(

@@ -201,7 +201,7 @@ class TGRLConfig(GRPOConfig):
             "help": "Every N steps measure the gradient norm of the on-policy and the expert term separately "
             "(two extra backward passes) and log grad/norm_on_policy, grad/norm_expert, grad/expert_share, "
             "grad/cos (docs/design.md#58-diagnostics: how much of the update the expert carries). 0 = never. "
-            "Not with DeepSpeed."
+            "Switched off (one logged line) under DeepSpeed."
         },
     )
     log_data_order: bool = field(

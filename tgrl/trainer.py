@@ -165,8 +165,15 @@ class TGRLTrainer(TrainingDiagnostics, CheckpointKeyFixMixin, GRPOTrainer):
             # the token pass runs rank-local forwards of different sizes: only safe on gathered weights
             raise ValueError("ZeRO-3 needs ds3_gather_for_generation: true for the TGRL token pass")
         if plugin is not None and args.grad_share_every:
-            # autograd.grad on parameters DeepSpeed partitions and hooks is not something we can vouch for
-            raise ValueError("grad_share_every needs a run without DeepSpeed; set grad_share_every: 0")
+            # autograd.grad on parameters DeepSpeed partitions and hooks is not something we can vouch for:
+            # the diagnostic is switched off, so a recipe with it (the tiny ones) still runs under DeepSpeed
+            if self.accelerator.is_main_process:
+                print(
+                    f"[tgrl] grad_share_every {args.grad_share_every} -> 0: the grad/ diagnostic is off "
+                    f"under DeepSpeed (ZeRO-{plugin.zero_stage})",
+                    flush=True,
+                )
+            args.grad_share_every = 0
         self.add_callback(JsonlMetricsCallback())
         quiet_console(self, every=max(1, 10 // max(1, int(args.logging_steps))))
         self._batch = BatchState()

@@ -36,6 +36,9 @@ not a fraction, except the share; definitions in tgrl/grounding.py), records ``g
 (the part of ``eval_seconds`` the extra passes took) and writes each response's token s_t into
 ``samples.jsonl`` (field ``grounding``: one record per response) for eval/report_trajectories.py.
 
+A prompt longer than max_model_len allows is an item-level error (tgrl.lmms_model): not generated, scored
+wrong, recorded in ``samples.jsonl`` (field ``error``), ``results.json`` and the summary rows (count).
+
 A run is three steps: :func:`plan_evaluation` (what is pending), :func:`run_plan` (one model load, one
 lmms-eval call per task) and :func:`record_task` (files and summary rows of one finished task).
 """
@@ -626,8 +629,22 @@ def run_plan(plan: Plan, out: str | Path, device: str | None) -> None:
             raise EvaluationFailed(explain_failure(err, plan.label.run, task)) from None
         seconds = round(time.time() - started, 2)
         grounding = gather_grounding(lm, task["lmms_task"]) if plan.settings["visual_dependency"] else None
+        item_errors = gather_item_errors(lm, task["lmms_task"])
         if rank == 0:
-            record_task(plan, task, results, lm, provenance, run_dir, seconds, grounding)
+            record_task(plan, task, results, lm, provenance, run_dir, seconds, grounding, item_errors)
+
+
+def gather_item_errors(lm, lmms_task: str) -> dict[int, str]:
+    """The documents of one task that got no generation (doc_id -> why; tgrl.lmms_model), from every
+    process."""
+    errors = lm.pop_item_errors(lmms_task)
+    if lm.world_size > 1:
+        import torch.distributed as dist
+
+        gathered: list = [None] * lm.world_size
+        dist.all_gather_object(gathered, errors)
+        errors = {doc: why for part in gathered for doc, why in part.items()}
+    return errors
 
 
 def gather_grounding(lm, lmms_task: str) -> tuple[dict[int, list[dict]], float]:
@@ -715,9 +732,12 @@ def record_task(
     run_dir: Path,
     seconds: float,
     grounding: tuple[dict[int, list[dict]], float] | None = None,
+    item_errors: dict[int, str] | None = None,
 ) -> None:
     """Write one finished task's ``results.json`` and ``samples.jsonl`` and append its summary rows (with
-    ``grounding``, the model's visual-dependency records: their rows too, and the token s_t per sample)."""
+    ``grounding``, the model's visual-dependency records: their rows too, and the token s_t per sample).
+    ``item_errors`` (doc_id -> why it was not generated; scored as an empty response) go into the samples
+    (field ``error``), results.json and, counted, the summary rows (``item_errors``)."""
     if results is None or task["lmms_task"] not in results.get("results", {}):
         raise RuntimeError(f"lmms-eval returned no results for {task['lmms_task']}")
     samples = results.get("samples", {}).get(task["lmms_task"], [])
@@ -749,6 +769,16 @@ def record_task(
     }
     if task["jsonl"] is not None:
         base["settings"]["data"] = {"jsonl": str(task["jsonl"]), "sha256": task["data_sha256"]}
+    if item_errors:
+        base["item_errors"] = len(item_errors)
+        for sample in samples:
+            if int(sample["doc_id"]) in item_errors:
+                sample["error"] = item_errors[int(sample["doc_id"])]
+        first = min(item_errors)
+        print(
+            f"[run_lmms_eval] {plan.label.run} / {task['task']}: WARNING {len(item_errors)} item(s) not "
+            f"generated, scored as wrong (doc {first}: {item_errors[first]})"
+        )
     rows = summary_rows(results["results"][task["lmms_task"]], samples, base, task["builtin"])
     if grounding is not None:
         records, grounding_seconds = grounding
@@ -763,6 +793,7 @@ def record_task(
         "config": results.get("configs", {}).get(task["lmms_task"]),
         "lmms_eval_version": results.get("lmms_eval_version"),
         "summary_rows": rows,
+        "item_errors": {str(doc): why for doc, why in sorted((item_errors or {}).items())},
     }
     write_task_outputs(out_dir, record, samples)
     append_locked(plan.summary, rows)

@@ -167,7 +167,7 @@ class VLLMTeacher(Teacher):
     def skip_reason(self, job: TeacherJob, images: list) -> str | None:
         """Why vLLM would reject this problem under these settings (None: it fits). Checked before the
         chunk goes to vLLM, where one rejected prompt fails the whole ``generate`` call."""
-        from tgrl.modeling import prompt_length
+        from tgrl.modeling import PromptBudget
 
         n_images, limit = len(images), self.options.max_images_per_prompt
         if n_images > limit:
@@ -178,10 +178,11 @@ class VLLMTeacher(Teacher):
         if self.options.max_model_len is None:
             return None
         choices = list(job.input.choices) if job.input.choices else None
-        n_prompt, per_image = prompt_length(
-            self.processor, job.input.question, choices, [im.size for im in images]
-        )
-        if n_prompt >= self.options.max_model_len:
+        if getattr(self, "_prompt_budget", None) is None:
+            self._prompt_budget = PromptBudget(self.processor, self.options.max_model_len)
+        over = self._prompt_budget.overflow(job.input.question, choices, images, reserve=1)
+        if over is not None:  # vLLM needs room for one generated token
+            n_prompt, per_image = over
             return (
                 f"prompt of {n_prompt} tokens ({n_images} image(s): "
                 f"{'+'.join(map(str, per_image))} image tokens) >= max_model_len "
