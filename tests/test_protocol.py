@@ -46,8 +46,11 @@ def write(tmp_path, spec=None):
     return load_protocol(path)
 
 
-def val_row(run, value, metric="acc", task="synthetic_val"):
-    return {"run": run, "method": run.split("_c")[0], "task": task, "metric": metric, "value": value}
+def val_row(run, value, metric="acc", task="synthetic_val", decoding="greedy"):
+    return {
+        "run": run, "method": run.split("_c")[0], "task": task, "metric": metric, "value": value,
+        "decoding": decoding,
+    }  # fmt: skip
 
 
 def test_the_repo_protocol_is_fair():
@@ -78,8 +81,38 @@ def test_selection_uses_validation_only_and_ties_go_to_the_earlier_entry(tmp_pat
     rows += [val_row("sft_c0_s0", 0.99, task="synthetic_test")]  # a test row must not count
     rows += [val_row("sft_c1_s0", 0.4, metric="fact_acc")]  # nor another metric
     assert select(protocol, rows) == {"grpo": 1, "sft": 0, "sft_rl": 0, "tgrl": 0}
-    with pytest.raises(UserError, match="no synthetic_val acc row for run sft_rl_c1_s0"):
+    with pytest.raises(UserError, match=r"no synthetic_val acc \(greedy\) row for run sft_rl_c1_s0"):
         select(protocol, [r for r in rows if r["run"] != "sft_rl_c1_s0"])
+
+
+def test_an_avg8_validation_row_never_replaces_the_greedy_one(tmp_path):
+    """Selection and the tuning table read greedy rows only: an avg@8 row written after the greedy one
+    (the last row of a run wins) must not change the selection or the table."""
+    protocol = write(tmp_path)
+    rows = [val_row(r.name, 0.5) for r in tuning_runs(protocol)]
+    rows += [val_row("grpo_c1_s0", 0.6)]
+    before = select(protocol, rows), tuning_table(protocol, rows, select(protocol, rows))
+    rows += [val_row("grpo_c0_s0", 0.9, decoding="avg@8"), val_row("grpo_c1_s0", 0.1, decoding="avg@8")]
+    assert select(protocol, rows)["grpo"] == 1
+    assert (select(protocol, rows), tuning_table(protocol, rows, select(protocol, rows))) == before
+
+
+def test_selection_averages_tuning_seeds_and_validation_splits(tmp_path):
+    """Two tuning seeds and two validation splits: an entry is scored by the mean of its four greedy
+    scores, and every one of them must be there."""
+    spec = {**SPEC, "tuning_seeds": [0, 1], "selection_tasks": ["synthetic_val", "synthetic_val2"]}
+    protocol = write(tmp_path, spec)
+    runs = tuning_runs(protocol)
+    assert len(runs) == 4 * 2 * 2 and {r.seed for r in runs} == {0, 1}
+    rows = [val_row(r.name, 0.5, task=t) for r in runs for t in protocol.selection_tasks]
+    # grpo c1: one seed much better on one split (mean 0.55) beats c0's 0.52 everywhere
+    rows += [val_row(f"grpo_c0_s{s}", 0.52, task=t) for s in (0, 1) for t in protocol.selection_tasks]
+    rows += [val_row("grpo_c1_s1", 0.7, task="synthetic_val2")]
+    assert select(protocol, rows)["grpo"] == 1
+    with pytest.raises(UserError, match="synthetic_val2 .* run tgrl_c0_s1"):
+        select(protocol, [r for r in rows if (r["run"], r["task"]) != ("tgrl_c0_s1", "synthetic_val2")])
+    with pytest.raises(UserError, match="tuning_seeds"):
+        write(tmp_path, {**SPEC, "tuning_seeds": [5]})
 
 
 def test_final_and_ablation_runs_reuse_the_selected_entry(tmp_path):
@@ -89,7 +122,9 @@ def test_final_and_ablation_runs_reuse_the_selected_entry(tmp_path):
     names = [r.name for r in finals]
     assert "grpo_c1_s0" in names and "grpo_c1_s2" in names and "grpo_c0_s1" not in names
     assert len(finals) == 4 * 3
-    ablations = {r.method: r for r in ablation_runs(protocol, selected)}
+    every = ablation_runs(protocol, selected)
+    assert sorted(r.seed for r in every if r.method == "tgrl_joint_norm") == [0, 1, 2]  # paired seeds
+    ablations = {r.method: r for r in every}
     assert ablations["tgrl_joint_norm"].overrides == {"expert_coef": 4.0, "expert_loss_norm": "joint"}
     assert ablations["tgrl_no_filter"].train_set == "experts_nofilter"
     assert ablations["tgrl_no_filter"].overrides == {"expert_coef": 4.0}
@@ -133,8 +168,8 @@ def test_tuning_table_marks_the_selection_and_prints_every_entry(tmp_path):
     md, csv = tuning_table(protocol, rows, selected)
     lines = md.splitlines()
     assert len(lines) == 2 + 8 + 1  # header, rule, 8 grid entries, the base
-    assert "| grpo | learning_rate=0.0001 | 51.0 |" in md and lines[3].endswith("| yes |")
-    assert csv.splitlines()[0].startswith("method,grid entry,val acc")
+    assert "| grpo | learning_rate=0.0001 | 0 | 51.0 |" in md and lines[3].endswith("| yes |")
+    assert csv.splitlines()[0].startswith("method,grid entry,seeds,selection score")
 
 
 def test_test_means_and_reading_come_from_the_rows():

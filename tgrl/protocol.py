@@ -7,12 +7,14 @@ Rules (docs/tiny_tier.md#7-fair-protocol, REPRODUCE.md section 5), all encoded i
   same way: an SFT step and an RL step both count 1, and SFT-then-RL spends part of the budget on SFT;
   sequences seen and wall time are reported beside it;
 * every method gets a tuning grid of the same size over its own knobs (the learning rate for all, the
-  expert-term knobs for the guided methods, the SFT steps for the SFT methods), trained with seed 0 and
-  scored on the validation split;
-* the selected configuration (best validation accuracy; ties go to the earlier grid entry) is trained
-  with the remaining seeds, and only those runs (and the weak base) are scored on the test and shifted
-  splits, once;
-* ablations change one key of TGRL's selected configuration.
+  expert-term knobs for the guided methods, the SFT steps for the SFT methods), trained with the
+  ``tuning_seeds`` (default: the first seed) and scored greedily on the ``selection_tasks`` (validation
+  splits; default synthetic_val);
+* the selected configuration (best mean greedy validation accuracy over the tuning seeds and selection
+  tasks; ties go to the earlier grid entry) is trained with every seed, and only those runs (and the weak
+  base) are scored on the test and shifted splits, once (sealed splits: tgrl/sealing.py);
+* ablations change exactly one key of TGRL's selected configuration (a recipe key, or the training set:
+  one data key), at every seed.
 
 This module holds the pure logic (plans, selection, budgets, the tuning table); scripts/run_protocol.py
 runs the plan.
@@ -31,6 +33,7 @@ from tgrl.utils import UserError, load_yaml_mapping
 KINDS = ("rl", "sft", "sft_rl")
 SELECTION_TASK = "synthetic_val"
 SELECTION_METRIC = "acc"
+SELECTION_DECODING = "greedy"  # an avg@8 (or grounding) validation row never replaces the greedy score
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,9 @@ class Protocol:
     rollouts_per_step: int
     sft_batch: int
     recipes: Path  # folder of the methods' recipes
+    tuning_seeds: list[int] = field(default_factory=list)  # seeds of every grid entry (default: seeds[0])
+    selection_tasks: list[str] = field(default_factory=lambda: [SELECTION_TASK])
+    raw: dict[str, Any] = field(default_factory=dict)  # the whole file (optional sections: sealed, ...)
 
     def grid(self, method: str) -> list[dict[str, Any]]:
         return self.methods[method]["grid"]
@@ -115,55 +121,84 @@ def load_protocol(path: str | Path) -> Protocol:
     for name, spec in ablations.items():
         if "recipe" not in spec:
             raise UserError(f"{where}: ablations.{name} needs a recipe")
+    seeds = [int(s) for s in raw["seeds"]]
+    tuning_seeds = [int(s) for s in raw.get("tuning_seeds") or seeds[:1]]
+    if not tuning_seeds or not set(tuning_seeds) <= set(seeds):
+        raise UserError(f"{where}: tuning_seeds {tuning_seeds} must be a non-empty subset of seeds {seeds}")
+    selection_tasks = [str(t) for t in raw.get("selection_tasks") or [SELECTION_TASK]]
     return Protocol(
         path=path,
         budget_steps=budget,
-        seeds=[int(s) for s in raw["seeds"]],
+        seeds=seeds,
         methods=methods,
         ablations=ablations,
         rollouts_per_step=int(raw["rollouts_per_step"]),
         sft_batch=int(raw["sft_batch"]),
         recipes=Path(raw["recipes"]),
+        tuning_seeds=tuning_seeds,
+        selection_tasks=selection_tasks,
+        raw=raw,
     )
 
 
 def tuning_runs(protocol: Protocol) -> list[RunSpec]:
-    """Every grid entry of every method, with the first seed (scored on the validation split)."""
-    seed = protocol.seeds[0]
+    """Every grid entry of every method at every tuning seed (scored on the validation splits)."""
     return [
         RunSpec(name, spec["kind"], spec["recipe"], i, seed, dict(entry))
         for name, spec in protocol.methods.items()
         for i, entry in enumerate(spec["grid"])
+        for seed in protocol.tuning_seeds
     ]
 
 
 def select(protocol: Protocol, rows: Iterable[dict[str, Any]]) -> dict[str, int]:
-    """Per method, the grid index with the best validation accuracy of its seed-0 run (ties: earlier entry).
+    """Per method, the grid index with the best mean greedy validation accuracy over its tuning seeds and
+    the selection tasks (ties: earlier entry).
 
-    ``rows`` are summary rows (results/.../summary.jsonl); a grid entry without a validation row is an
-    error naming the run, never a silent pick among the rest."""
+    ``rows`` are summary rows (results/.../summary.jsonl); a tuning run without a validation row is an
+    error naming the run and the task, never a silent pick among the rest."""
     scores = validation_scores(protocol, rows)
-    selected = {}
     for run in tuning_runs(protocol):
-        if run.name not in scores:
-            raise UserError(
-                f"no {SELECTION_TASK} {SELECTION_METRIC} row for run {run.name}: the tuning stage is not "
-                "finished. Fix: rerun the protocol (it resumes)"
-            )
+        for task in protocol.selection_tasks:
+            if (run.name, task) not in scores:
+                raise UserError(
+                    f"no {task} {SELECTION_METRIC} ({SELECTION_DECODING}) row for run {run.name}: the tuning "
+                    "stage is not finished. Fix: rerun the protocol (it resumes)"
+                )
+    means = entry_scores(protocol, scores)
+    return {
+        name: max(range(len(protocol.grid(name))), key=lambda i, name=name: (means[(name, i)], -i))
+        for name in protocol.methods
+    }
+
+
+def entry_scores(protocol: Protocol, scores: dict[tuple[str, str], float]) -> dict[tuple[str, int], float]:
+    """(method, grid index) -> mean of its validation scores over tuning seeds and selection tasks (the
+    entries with every score)."""
+    out = {}
     for name in protocol.methods:
-        best = max(
-            range(len(protocol.grid(name))), key=lambda i: (scores[f"{name}_c{i}_s{protocol.seeds[0]}"], -i)
-        )
-        selected[name] = best
-    return selected
+        for i in range(len(protocol.grid(name))):
+            values = [
+                scores.get((f"{name}_c{i}_s{seed}", task))
+                for seed in protocol.tuning_seeds
+                for task in protocol.selection_tasks
+            ]
+            if all(v is not None for v in values):
+                out[(name, i)] = sum(values) / len(values)
+    return out
 
 
-def validation_scores(protocol: Protocol, rows: Iterable[dict[str, Any]]) -> dict[str, float]:
-    """run name -> validation accuracy (the last row of a run wins)."""
+def validation_scores(protocol: Protocol, rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str], float]:
+    """(run name, selection task) -> greedy validation accuracy (the last row of a run wins; rows of
+    another decoding, such as avg@8, never count)."""
     scores = {}
     for row in rows:
-        if row.get("task") == SELECTION_TASK and row.get("metric") == SELECTION_METRIC:
-            scores[row["run"]] = float(row["value"])
+        if (
+            row.get("task") in protocol.selection_tasks
+            and row.get("metric") == SELECTION_METRIC
+            and row.get("decoding", "greedy") == SELECTION_DECODING
+        ):
+            scores[(row["run"], row["task"])] = float(row["value"])
     return scores
 
 
@@ -180,7 +215,8 @@ def final_runs(protocol: Protocol, selected: dict[str, int]) -> list[RunSpec]:
 
 
 def ablation_runs(protocol: Protocol, selected: dict[str, int], base_method: str = "tgrl") -> list[RunSpec]:
-    """TGRL's selected entry with one change each (first seed): ``overrides`` of the ablation win."""
+    """TGRL's selected entry with one change each, at every seed (paired with TGRL's runs): ``overrides``
+    of the ablation win."""
     entry = protocol.grid(base_method)[selected[base_method]]
     return [
         RunSpec(
@@ -188,11 +224,12 @@ def ablation_runs(protocol: Protocol, selected: dict[str, int], base_method: str
             "rl",
             spec["recipe"],
             selected[base_method],
-            protocol.seeds[0],
+            seed,
             {**entry, **(spec.get("overrides") or {})},
             spec.get("train_set", "experts"),
         )
         for name, spec in protocol.ablations.items()
+        for seed in protocol.seeds
     ]
 
 
@@ -215,38 +252,48 @@ def budget_of(protocol: Protocol, run: RunSpec) -> dict[str, int]:
 
 
 def tuning_table(protocol: Protocol, rows: list[dict[str, Any]], selected: dict[str, int]) -> tuple[str, str]:
-    """(Markdown, CSV) of every grid entry's validation scores, the selected entry marked; from summary
-    rows."""
+    """(Markdown, CSV) of every grid entry's greedy validation scores (means over the tuning seeds), the
+    selection score and the selected entry marked; from summary rows (other decodings never count)."""
+    rows = list(rows)
+    scores = entry_scores(protocol, validation_scores(protocol, rows))
+    task = protocol.selection_tasks[0]
     by_run: dict[str, dict[str, float]] = {}
     for row in rows:
-        if row.get("task") == SELECTION_TASK:
+        if row.get("task") == task and row.get("decoding", "greedy") == SELECTION_DECODING:
             by_run.setdefault(row["run"], {})[row["metric"]] = float(row["value"])
-    metrics = [
-        ("acc", "val acc"),
-        ("acc_sum", "sum"),
-        ("acc_diff", "diff"),
-        ("acc_cmp", "cmp"),
-        ("fact_acc", "fact acc"),
-    ]
-    header = ["method", "grid entry", *(label for _, label in metrics), "selected"]
+    metrics = [("acc_sum", "sum"), ("acc_diff", "diff"), ("acc_cmp", "cmp"), ("fact_acc", "fact acc")]
+    score_label = "selection score (" + " + ".join(protocol.selection_tasks) + ")"
+    header = ["method", "grid entry", "seeds", score_label, *(f"{task} {label}" for _, label in metrics)]
+    header.append("selected")
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    csv = [",".join(header)]
-    for run in tuning_runs(protocol):
-        values = by_run.get(run.name, {})
-        cells = [_pct(values.get(key)) for key, _ in metrics]
-        mark = "yes" if selected.get(run.method) == run.config_index else ""
-        md.append("| " + " | ".join([run.method, run.label, *cells, mark]) + " |")
-        csv.append(",".join([run.method, f'"{run.label}"', *cells, mark]))
+    csv = [",".join(f'"{h}"' if "," in h else h for h in header)]
+    for name in protocol.methods:
+        for i, entry in enumerate(protocol.grid(name)):
+            runs = [f"{name}_c{i}_s{seed}" for seed in protocol.tuning_seeds]
+            cells = [_pct(_mean([by_run.get(r, {}).get(key) for r in runs])) for key, _ in metrics]
+            label = config_label(entry)
+            mark = "yes" if selected.get(name) == i else ""
+            seeds = " ".join(map(str, protocol.tuning_seeds))
+            md.append(
+                "| " + " | ".join([name, label, seeds, _pct(scores.get((name, i))), *cells, mark]) + " |"
+            )
+            csv.append(",".join([name, f'"{label}"', seeds, _pct(scores.get((name, i))), *cells, mark]))
     base = by_run.get("base", {})
     if base:
-        md.append(
-            "| "
-            + " | ".join(
-                ["base", "(weak base, start of every run)", *(_pct(base.get(k)) for k, _ in metrics), ""]
-            )
-            + " |"
+        base_score = _mean(
+            [validation_scores(protocol, rows).get(("base", t)) for t in protocol.selection_tasks]
         )
+        cells = [_pct(base.get(k)) for k, _ in metrics]
+        md.append(
+            "| " + " | ".join(["base", "(weak base, start of every run)", "", _pct(base_score), *cells, ""])
+        )
+        md[-1] += " |"
     return "\n".join(md) + "\n", "\n".join(csv) + "\n"
+
+
+def _mean(values: list[float | None]) -> float | None:
+    """The mean when every value is there, else None (an unfinished entry shows no number)."""
+    return None if not values or any(v is None for v in values) else sum(values) / len(values)
 
 
 def _pct(value: float | None) -> str:
