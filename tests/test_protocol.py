@@ -100,7 +100,8 @@ def test_an_avg8_validation_row_never_replaces_the_greedy_one(tmp_path):
 def test_selection_averages_tuning_seeds_and_validation_splits(tmp_path):
     """Two tuning seeds and two validation splits: an entry is scored by the mean of its four greedy
     scores, and every one of them must be there."""
-    spec = {**SPEC, "tuning_seeds": [0, 1], "selection_tasks": ["synthetic_val", "synthetic_val2"]}
+    tasks = {"synthetic_val": "synthetic/val.jsonl", "synthetic_val2": "synthetic/test.jsonl"}
+    spec = {**SPEC, "tuning_seeds": [0, 1], "selection_tasks": tasks}
     protocol = write(tmp_path, spec)
     runs = tuning_runs(protocol)
     assert len(runs) == 4 * 2 * 2 and {r.seed for r in runs} == {0, 1}
@@ -201,7 +202,7 @@ def test_grounding_is_an_evaluation_of_its_own(tmp_path, monkeypatch):
     runner = module.Runner(write(tmp_path), tmp_path / "work", tmp_path / "data", tmp_path / "out")
     calls: list[list[str]] = []
     monkeypatch.setattr(runner, "sh", lambda log, *cmd: calls.append([str(c) for c in cmd]))
-    runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", ["test", "shifted"], final=True)
+    runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", runner.test_files, final=True)
     evals = [c for c in calls if c[1].endswith("run_lmms_eval.py")]
     greedy, grounding = evals[0], [c for c in evals if "--visual-dependency" in c]
     assert "--visual-dependency" not in greedy and "--decoding" not in greedy
@@ -210,7 +211,7 @@ def test_grounding_is_an_evaluation_of_its_own(tmp_path, monkeypatch):
         f"synthetic_test={tmp_path / 'data' / 'synthetic' / 'test.jsonl'}"
     ]
     calls.clear()
-    runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", ["val"], final=False)  # tuning: no grounding
+    runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", runner.selection_files, final=False)
     assert not any("--visual-dependency" in c for c in calls)
 
 
@@ -222,9 +223,12 @@ def test_demo_mode_skips_avg8_and_the_bases_validation(tmp_path, monkeypatch):
     module = importlib.import_module("scripts.run_protocol")
     calls: list[list[str]] = []
     for quick in (False, True):
-        runner = module.Runner(write(tmp_path), tmp_path / "w", tmp_path / "d", tmp_path / "o", quick=quick)
+        out = tmp_path / f"out_{quick}"
+        runner = module.Runner(write(tmp_path), tmp_path / "w", tmp_path / "d", out, quick=quick)
         monkeypatch.setattr(runner, "sh", lambda log, *cmd: calls.append([str(c) for c in cmd]))
         calls.clear()
+        if not quick:
+            runner.base_tune()
         runner.base()
         decodings = [c[c.index("--decoding") + 1] for c in calls if "--decoding" in c]
         splits = {a.split("=")[0] for c in calls for a in c if a.startswith("synthetic_")}

@@ -79,7 +79,10 @@ class Protocol:
     sft_batch: int
     recipes: Path  # folder of the methods' recipes
     tuning_seeds: list[int] = field(default_factory=list)  # seeds of every grid entry (default: seeds[0])
-    selection_tasks: list[str] = field(default_factory=lambda: [SELECTION_TASK])
+    selection_tasks: dict[str, str] = field(default_factory=lambda: {SELECTION_TASK: "synthetic/val.jsonl"})
+    sealed: dict[str, Any] | None = (
+        None  # {seed, n_test, n_shifted, folder}: sealed test splits (tgrl/sealing.py)
+    )
     raw: dict[str, Any] = field(default_factory=dict)  # the whole file (optional sections: sealed, ...)
 
     def grid(self, method: str) -> list[dict[str, Any]]:
@@ -125,7 +128,15 @@ def load_protocol(path: str | Path) -> Protocol:
     tuning_seeds = [int(s) for s in raw.get("tuning_seeds") or seeds[:1]]
     if not tuning_seeds or not set(tuning_seeds) <= set(seeds):
         raise UserError(f"{where}: tuning_seeds {tuning_seeds} must be a non-empty subset of seeds {seeds}")
-    selection_tasks = [str(t) for t in raw.get("selection_tasks") or [SELECTION_TASK]]
+    selection_tasks = raw.get("selection_tasks") or {SELECTION_TASK: "synthetic/val.jsonl"}
+    if not isinstance(selection_tasks, dict):
+        raise UserError(f"{where}: selection_tasks must map a task name to its JSONL under the data folder")
+    sealed = raw.get("sealed")
+    if sealed is not None:
+        missing = [k for k in ("seed", "n_test", "n_shifted") if k not in (sealed or {})]
+        if missing:
+            raise UserError(f"{where}: sealed needs {missing} (a new generator seed and the split sizes)")
+        sealed = {"folder": "sealed", **sealed}
     return Protocol(
         path=path,
         budget_steps=budget,
@@ -136,7 +147,8 @@ def load_protocol(path: str | Path) -> Protocol:
         sft_batch=int(raw["sft_batch"]),
         recipes=Path(raw["recipes"]),
         tuning_seeds=tuning_seeds,
-        selection_tasks=selection_tasks,
+        selection_tasks={str(k): str(v) for k, v in selection_tasks.items()},
+        sealed=sealed,
         raw=raw,
     )
 
@@ -256,7 +268,7 @@ def tuning_table(protocol: Protocol, rows: list[dict[str, Any]], selected: dict[
     selection score and the selected entry marked; from summary rows (other decodings never count)."""
     rows = list(rows)
     scores = entry_scores(protocol, validation_scores(protocol, rows))
-    task = protocol.selection_tasks[0]
+    task = next(iter(protocol.selection_tasks))
     by_run: dict[str, dict[str, float]] = {}
     for row in rows:
         if row.get("task") == task and row.get("decoding", "greedy") == SELECTION_DECODING:
