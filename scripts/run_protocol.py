@@ -142,14 +142,33 @@ class Runner:
                         f"model_name_or_path={base}", f"max_steps={sft_steps}", *common,
                     )  # fmt: skip
                     (start / DONE).touch()
-            self.sh(
-                log, PY, "train/rl.py", "--config", self.recipes / f"{run.recipe}.yaml", f"output_dir={out}",
-                f"model_name_or_path={start}", f"max_steps={rl_steps}", "save_steps=100",
-                "resume_from_checkpoint=auto", *common, *_kv(overrides),
-            )  # fmt: skip
+            self.sh(log, PY, "train/rl.py", *self.rl_argv(run, out, start, rl_steps))
         (out / DONE).touch()
         self.keep_curves(run.name, out)
         return out
+
+    def rl_argv(self, run: RunSpec, out: Path, start: Path, rl_steps: int) -> list[object]:
+        """train/rl.py's arguments for ``run``: its recipe, then the protocol's keys (the run's grid entry
+        and ablation overrides win)."""
+        overrides = {k: v for k, v in run.overrides.items() if k != "sft_steps"}
+        return [
+            "--config", self.recipes / f"{run.recipe}.yaml", f"output_dir={out}",
+            f"model_name_or_path={start}", f"max_steps={rl_steps}", "save_steps=100",
+            "resume_from_checkpoint=auto", f"seed={run.seed}",
+            f"train_file={self.data / run.train_set / 'train.jsonl'}", *_kv(overrides),
+        ]  # fmt: skip
+
+    def build_train_sets(self, runs: list[RunSpec]) -> None:
+        """The filtered expert sets the unfinished runs train on (the protocol's train_sets: filter flags
+        beyond the common ones, data_prep/filter_trajectories.py; a set already built is a no-op)."""
+        for name in sorted({r.train_set for r in runs if not self.stage_done(r, "final")}):
+            self.sh(
+                self.logs / f"train_set_{name}.log", PY, "data_prep/filter_trajectories.py",
+                "--data", self.data / "synthetic" / "train.jsonl",
+                "--trajectories", self.data / "teacher" / "trajectories.jsonl", "--out", self.data / name,
+                "--policy", self.work / "base", "--max-completion-tokens", 64, "--no-progress",
+                *self.protocol.train_sets[name],
+            )  # fmt: skip
 
     def keep_curves(self, name: str, checkpoint: Path) -> None:
         """OUT/curves/<run>.metrics.jsonl.gz: the run's training curves beside its rows (plots without the
@@ -331,11 +350,18 @@ def demo(protocol: Protocol, runner: Runner, args: argparse.Namespace, t0: float
     """The short version (make demo): the committed selection, one seed, no tuning and no ablations."""
     if not args.selected.is_file():
         raise UserError(f"{args.selected}: no selection. Fix: run the full protocol once (make reproduce)")
-    selected = json.loads(args.selected.read_text())["selected"]
+    chosen = json.loads(args.selected.read_text())
+    selected = chosen["selected"]
     methods = args.methods or list(protocol.methods)
     unknown = sorted(set(methods) - set(protocol.methods))
     if unknown:
         raise UserError(f"--methods {unknown}: not in {protocol.path} (methods: {sorted(protocol.methods)})")
+    changed = [m for m in methods if chosen.get("entries", {}).get(m) != protocol.grid(m)[selected[m]]]
+    if changed:
+        raise UserError(
+            f"{args.selected}: the entries chosen for {changed} are no longer at those grid positions of "
+            f"{protocol.path}. Fix: rerun the tuning stage, or restore the grid"
+        )
     runs = [r for r in final_runs(protocol, selected) if r.method in methods and r.seed == protocol.seeds[0]]
     say(
         t0,
@@ -450,6 +476,7 @@ def main(argv: list[str] | None = None) -> None:
             return
 
     finals = final_runs(protocol, selected) + ablation_runs(protocol, selected)
+    runner.build_train_sets(finals)
     say(
         t0,
         f"final: {len(finals) + 1} runs (selected entries x seeds {protocol.seeds}, ablations at the same "

@@ -37,6 +37,7 @@ SPEC = {
         "tgrl_joint_norm": {"recipe": "tgrl", "overrides": {"expert_loss_norm": "joint"}},
         "tgrl_no_filter": {"recipe": "tgrl_no_filter", "train_set": "experts_nofilter"},
     },
+    "train_sets": {"experts": [], "experts_nofilter": ["--no-f1", "--no-f3"]},
 }
 
 

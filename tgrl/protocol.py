@@ -80,9 +80,8 @@ class Protocol:
     recipes: Path  # folder of the methods' recipes
     tuning_seeds: list[int] = field(default_factory=list)  # seeds of every grid entry (default: seeds[0])
     selection_tasks: dict[str, str] = field(default_factory=lambda: {SELECTION_TASK: "synthetic/val.jsonl"})
-    sealed: dict[str, Any] | None = (
-        None  # {seed, n_test, n_shifted, folder}: sealed test splits (tgrl/sealing.py)
-    )
+    sealed: dict[str, Any] | None = None  # {seed, n_test, n_shifted, folder}: tgrl/sealing.py
+    train_sets: dict[str, list[str]] = field(default_factory=lambda: {"experts": []})  # name -> filter flags
     raw: dict[str, Any] = field(default_factory=dict)  # the whole file (optional sections: sealed, ...)
 
     def grid(self, method: str) -> list[dict[str, Any]]:
@@ -131,6 +130,11 @@ def load_protocol(path: str | Path) -> Protocol:
     selection_tasks = raw.get("selection_tasks") or {SELECTION_TASK: "synthetic/val.jsonl"}
     if not isinstance(selection_tasks, dict):
         raise UserError(f"{where}: selection_tasks must map a task name to its JSONL under the data folder")
+    sets = raw.get("train_sets") or {"experts": []}
+    train_sets = {str(k): [str(f) for f in (v or [])] for k, v in sets.items()}
+    for name, spec in ablations.items():
+        if spec.get("train_set", "experts") not in train_sets:
+            raise UserError(f"{where}: ablations.{name}.train_set {spec['train_set']!r} is not in train_sets")
     sealed = raw.get("sealed")
     if sealed is not None:
         missing = [k for k in ("seed", "n_test", "n_shifted") if k not in (sealed or {})]
@@ -149,6 +153,7 @@ def load_protocol(path: str | Path) -> Protocol:
         tuning_seeds=tuning_seeds,
         selection_tasks={str(k): str(v) for k, v in selection_tasks.items()},
         sealed=sealed,
+        train_sets=train_sets,
         raw=raw,
     )
 
