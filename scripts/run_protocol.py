@@ -40,6 +40,7 @@ from tgrl.protocol import (
     RunSpec,
     ablation_runs,
     budget_of,
+    estimate_minutes,
     final_runs,
     load_protocol,
     select,
@@ -422,8 +423,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--rescore", metavar="REASON", help="score a checkpoint on a sealed split again (logged with REASON)"
     )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the run counts and the wall time estimated from OUT/summary.jsonl's recorded runs "
+        "(tgrl.protocol.estimate_minutes); runs nothing",
+    )
     args = p.parse_args(argv)
     protocol = load_protocol(args.protocol)
+    if args.plan:
+        rows = [row for _, row in read_jsonl(args.out / "summary.jsonl")]
+        print(json.dumps(estimate_minutes(protocol, rows, args.jobs), indent=1))
+        return
     if not (args.work / "base").is_dir():
         raise UserError(f"{args.work / 'base'}: no weak base. Fix: run scripts/reproduce_tiny.sh (stage 3)")
     args.out.mkdir(parents=True, exist_ok=True)

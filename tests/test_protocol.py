@@ -236,3 +236,37 @@ def test_demo_mode_skips_avg8_and_the_bases_validation(tmp_path, monkeypatch):
         probes = [c for c in calls if c[1].endswith("probe_expert_tokens.py")]
         assert decodings == ([] if quick else ["avg@8"]) and len(probes) == 1
         assert ("synthetic_val" in splits) is not quick and {"synthetic_test", "synthetic_shifted"} <= splits
+
+
+def test_run_counts_and_the_wall_time_arithmetic(tmp_path):
+    """plan_counts and estimate_minutes on recorded rows with round numbers: the sum over every training
+    and scoring, divided by the jobs."""
+    from tgrl.protocol import PROCESS_SECONDS, estimate_minutes, plan_counts
+
+    protocol = write(tmp_path, {**SPEC, "tuning_seeds": [0, 1]})
+    counts = plan_counts(protocol)
+    # 4 methods x 2 entries x 2 tuning seeds; 4 x (3 - 2) new final trainings; 2 ablations x 3 seeds
+    assert counts == {
+        "tuning_trainings": 16, "final_new_trainings": 4, "ablation_trainings": 6, "trainings": 26,
+        "final_scorings": 4 * 3 + 2 * 3 + 1, "tuning_scorings": 17,
+    }  # fmt: skip
+    rows = [{"metric": "train_minutes", "method": m, "value": 2.0, "run": m} for m in SPEC["methods"]]
+    evals = [("synthetic_val", "greedy", False, 6.0), ("synthetic_test", "greedy", False, 12.0),
+             ("synthetic_shifted", "greedy", False, 18.0), ("synthetic_test", "avg@8", False, 60.0),
+             ("synthetic_test", "greedy", True, 24.0)]  # fmt: skip
+    for i, (task, decoding, vis, seconds) in enumerate(evals):
+        rows.append({"run": "r", "key": str(i), "task": task, "decoding": decoding, "metric": "acc",
+                     "eval_seconds": seconds, "settings": {"visual_dependency": vis}})  # fmt: skip
+    rows.append(
+        {"run": "r", "key": "4", "metric": "vis_dep_reasoning", "grounding_seconds": 6.0, "task": "t"}
+    )
+    got = estimate_minutes(protocol, rows, jobs=2)
+    start = PROCESS_SECONDS / 60
+    train = {m: 2.0 + start * (2 if m == "sft_rl" else 1) for m in SPEC["methods"]}
+    assert got["train_minutes"]["tgrl_joint_norm"] == pytest.approx(2.0 + start)  # TGRL's, no rows of its own
+    tune_eval = (6.0 + PROCESS_SECONDS) / 60
+    final_eval = (12 + 18 + 24 + 60 + 6 + 5 * PROCESS_SECONDS) / 60
+    tuning = sum(train.values()) * 2 * 2 + 17 * tune_eval
+    final = sum(train.values()) * 1 + 2 * (2.0 + start) * 3 + 19 * final_eval
+    assert got["cpu_minutes"] == pytest.approx({"tuning": tuning, "final": final})
+    assert got["wall_minutes"] == pytest.approx((tuning + final) / 2)

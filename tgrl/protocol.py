@@ -364,3 +364,92 @@ def reading(rows: Iterable[dict[str, Any]], methods: Iterable[str] = ("grpo", "t
         "show whether the expert term moved the policy."
     )
     return first + "\n" + second
+
+
+PROCESS_SECONDS = 30.0  # start-up of one train / eval process on the 2-core tier (imports + model load)
+
+
+def plan_counts(protocol: Protocol) -> dict[str, int]:
+    """How many trainings and scorings the full protocol runs (whatever the selection: the selected entry's
+    tuning seeds are reused, so each method adds len(seeds) - len(tuning_seeds) trainings)."""
+    methods, seeds, tuning = len(protocol.methods), len(protocol.seeds), len(protocol.tuning_seeds)
+    entries = len(protocol.grid(next(iter(protocol.methods))))
+    reused = len(set(protocol.tuning_seeds) & set(protocol.seeds))
+    counts = {
+        "tuning_trainings": methods * entries * tuning,
+        "final_new_trainings": methods * (seeds - reused),
+        "ablation_trainings": len(protocol.ablations) * seeds,
+        "final_scorings": methods * seeds + len(protocol.ablations) * seeds + 1,  # + the weak base
+        "tuning_scorings": methods * entries * tuning + 1,
+    }
+    counts["trainings"] = (
+        counts["tuning_trainings"] + counts["final_new_trainings"] + counts["ablation_trainings"]
+    )
+    return counts
+
+
+def estimate_minutes(protocol: Protocol, rows: Iterable[dict[str, Any]], jobs: int = 2) -> dict[str, Any]:
+    """The protocol's wall time from recorded runs (a summary.jsonl): per-method training minutes (its
+    ``train_minutes`` rows, measured while ``jobs`` runs shared the cores; an ablation without rows: TGRL's),
+    each evaluation's ``eval_seconds`` (greedy validation, greedy test + shifted, --visual-dependency, avg@8;
+    the probe's forward taken as the grounding pass's ``grounding_seconds``), plus PROCESS_SECONDS per
+    process; the sum over all runs divided by ``jobs``. Returns the parts and the arithmetic."""
+    rows = list(rows)
+    train: dict[str, list[float]] = {}
+    evals: dict[str, list[float]] = {}
+    seen = set()
+    for row in rows:
+        if row.get("metric") == "train_minutes":
+            train.setdefault(row["method"], []).append(float(row["value"]))
+        if row.get("metric") == "vis_dep_reasoning" and row.get("grounding_seconds") is not None:
+            evals.setdefault("probe", []).append(float(row["grounding_seconds"]))
+        if "eval_seconds" not in row or (row["run"], row.get("key")) in seen:
+            continue
+        seen.add((row["run"], row.get("key")))  # one row per evaluation (a row per metric shares it)
+        vis = bool((row.get("settings") or {}).get("visual_dependency"))
+        kind = "visdep" if vis else f"{row['task'].split('_')[-1]}_{row.get('decoding', 'greedy')}"
+        evals.setdefault(kind, []).append(float(row["eval_seconds"]))
+
+    def mean(values: list[float] | None, what: str) -> float:
+        if not values:
+            raise UserError(f"no recorded {what} in the summary: cannot estimate the protocol's time")
+        return sum(values) / len(values)
+
+    tgrl = mean(train.get("tgrl"), "tgrl train_minutes")
+    per_method = {
+        m: mean(train.get(m), f"{m} train_minutes") + PROCESS_SECONDS / 60 for m in protocol.methods
+    }
+    for m, spec in protocol.methods.items():
+        if spec["kind"] == "sft_rl":
+            per_method[m] += PROCESS_SECONDS / 60  # its SFT stage is a process of its own
+    per_ablation = {a: mean(train.get(a) or [tgrl], a) + PROCESS_SECONDS / 60 for a in protocol.ablations}
+    val = len(protocol.selection_tasks) * mean(evals.get("val_greedy"), "validation eval_seconds")
+    tune_eval = (val + PROCESS_SECONDS) / 60
+    final_eval = (
+        mean(evals.get("test_greedy"), "test eval_seconds")
+        + mean(evals.get("shifted_greedy"), "shifted eval_seconds")
+        + mean(evals.get("visdep"), "--visual-dependency eval_seconds")
+        + mean(evals.get("test_avg@8"), "avg@8 eval_seconds")
+        + mean(evals.get("probe"), "grounding_seconds")
+        + 5 * PROCESS_SECONDS  # greedy, grounding, avg@8, probe, training summary
+    ) / 60
+    counts = plan_counts(protocol)
+    entries = len(protocol.grid(next(iter(protocol.methods))))
+    new_seeds = counts["final_new_trainings"] // len(protocol.methods)
+    parts = {
+        "tuning": sum(per_method.values()) * entries * len(protocol.tuning_seeds)
+        + counts["tuning_scorings"] * tune_eval,
+        "final": sum(per_method.values()) * new_seeds
+        + sum(per_ablation.values()) * len(protocol.seeds)
+        + counts["final_scorings"] * final_eval,
+    }
+    total = sum(parts.values())
+    return {
+        "train_minutes": {**per_method, **per_ablation},
+        "tuning_eval_minutes": tune_eval,
+        "final_eval_minutes": final_eval,
+        "cpu_minutes": parts,
+        "jobs": jobs,
+        "wall_minutes": total / jobs,
+        "counts": counts,
+    }
