@@ -19,7 +19,14 @@ import argparse
 
 import yaml
 
-from tgrl.evaluation.registered import evaluate, load_preregistration, render, spread_table
+from tgrl.evaluation.registered import (
+    evaluate,
+    load_preregistration,
+    minimal_detectable_difference,
+    render,
+    seeds_for,
+    spread_table,
+)
 from tgrl.evaluation.tables import InputError
 from tgrl.utils import UserError, atomic_write_text, cli
 
@@ -34,6 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def pooled(prereg, rows: list[dict]) -> list[dict]:
+    """Per registered task, the root mean square of the measured paired SDs (3 seeds each: one comparison's
+    SD is itself noisy) and the minimal detectable difference and seeds for 2 points at that spread."""
+    by_task: dict[str, list[float]] = {}
+    for c, row in zip(prereg.comparisons, rows, strict=True):
+        if str(row.get("source", "")).startswith("paired SD"):
+            by_task.setdefault(c.task, []).append(row["sd"])
+    out = []
+    alpha = prereg.alpha / len(prereg.comparisons)
+    for task, sds in by_task.items():
+        sd = (sum(v * v for v in sds) / len(sds)) ** 0.5
+        mdd = minimal_detectable_difference(len(prereg.seeds), sd, alpha, prereg.power)
+        row = {"task": task, "paired_sds": len(sds), "sd": float(f"{sd:.4g}"), "mdd": float(f"{mdd:.4g}")}
+        out.append({**row, "seeds_for_2pt": seeds_for(2.0, sd, alpha, prereg.power)})
+    return out
+
+
 @cli
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
@@ -46,7 +70,10 @@ def main(argv: list[str] | None = None) -> None:
                 for key in ("sd", "mdd", "alpha"):
                     if key in row:
                         row[key] = float(f"{row[key]:.4g}")
-            print(yaml.safe_dump({"power_analysis": rows}, sort_keys=False, width=110), end="")
+            print(
+                yaml.safe_dump({"power_analysis": rows, "pooled": pooled(prereg, rows)}, sort_keys=False),
+                end="",
+            )
             return
         results = evaluate(prereg, args.summary)
     except InputError as err:
