@@ -190,26 +190,20 @@ class Runner:
         jsonl = [arg for task, path in tasks.items() for arg in ("--jsonl", f"{task}={path}")]
         ident = ["--out", self.work / "eval", "--summary", self.summary, "--run", name, "--method", method]
         ident += ["--seed", seed]
-        self.sh(log, PY, "eval/run_lmms_eval.py", "--model", checkpoint, "--suite", "tiny", *jsonl, *ident)
-        if not final:
-            return
-        test_task, test_file = next(iter(tasks.items()))
-        test = ["--jsonl", f"{test_task}={test_file}"]
-        # grounding of the checkpoint's own greedy reasoning: its own settings key, so the greedy rows above
-        # stay valid and are not recomputed (its acc rows repeat theirs: same greedy responses)
-        self.sh(
-            log, PY, "eval/run_lmms_eval.py", "--model", checkpoint, "--suite", "tiny", *test,
-            "--visual-dependency", *ident,
-        )  # fmt: skip
-        if not self.quick:  # sampled behaviour: mean accuracy of 8 samples at T=1 (test split)
-            self.sh(
-                log, PY, "eval/run_lmms_eval.py", "--model", checkpoint, "--suite", "tiny", *test,
-                "--decoding", "avg@8", *ident,
-            )  # fmt: skip
-        self.sh(
-            log, PY, "eval/probe_expert_tokens.py", "--model", checkpoint,
-            "--jsonl", test_file, "--task", test_task, *ident[2:],
-        )  # fmt: skip
+        evaluation = ["eval/run_lmms_eval.py", "--model", checkpoint, "--suite", "tiny"]
+        commands = [[*evaluation, *jsonl, *ident]]
+        if final:
+            test_task, test_file = next(iter(tasks.items()))
+            test = ["--jsonl", f"{test_task}={test_file}"]
+            # grounding of the checkpoint's own greedy reasoning: its own settings key, so the greedy rows
+            # above stay valid and are not recomputed (its acc rows repeat theirs: same greedy responses)
+            commands.append([*evaluation, *test, "--visual-dependency", *ident])
+            if not self.quick:  # sampled behaviour: mean accuracy of 8 samples at T=1 (test split)
+                commands.append([*evaluation, *test, "--decoding", "avg@8", *ident])
+            probe = ["eval/probe_expert_tokens.py", "--model", checkpoint, "--jsonl", test_file]
+            commands.append([*probe, "--task", test_task, *ident[2:]])
+        # one process for all of them: the imports (~30 s on 2 cores) once, not once per command
+        self.sh(log, PY, "eval/run_batch.py", json.dumps([[str(a) for a in c] for c in commands]))
 
     def score_final(self, name: str, method: str, seed: int, checkpoint: Path) -> None:
         """The final evaluation on the test splits; sealed splits only under a frozen selection, once per

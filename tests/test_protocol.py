@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,19 @@ def test_test_means_and_reading_come_from_the_rows():
     assert len(text.splitlines()) == 2
 
 
+def record_commands(calls: list[list[str]]):
+    """A stand-in for Runner.sh that records each command, a batch (eval/run_batch.py) as its commands."""
+
+    def sh(log, *cmd):
+        cmd = [str(c) for c in cmd]
+        if cmd[1] == "eval/run_batch.py":
+            calls.extend([cmd[0], *c] for c in json.loads(cmd[2]))
+        else:
+            calls.append(cmd)
+
+    return sh
+
+
 def test_grounding_is_an_evaluation_of_its_own(tmp_path, monkeypatch):
     """The final evaluation adds --visual-dependency as a separate call on the test split only, after the
     unchanged greedy call: added to a finished protocol, a rerun runs just that call per checkpoint."""
@@ -202,7 +216,7 @@ def test_grounding_is_an_evaluation_of_its_own(tmp_path, monkeypatch):
     module = importlib.import_module("scripts.run_protocol")
     runner = module.Runner(write(tmp_path), tmp_path / "work", tmp_path / "data", tmp_path / "out")
     calls: list[list[str]] = []
-    monkeypatch.setattr(runner, "sh", lambda log, *cmd: calls.append([str(c) for c in cmd]))
+    monkeypatch.setattr(runner, "sh", record_commands(calls))
     runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", runner.test_files, final=True)
     evals = [c for c in calls if c[1].endswith("run_lmms_eval.py")]
     greedy, grounding = evals[0], [c for c in evals if "--visual-dependency" in c]
@@ -226,7 +240,7 @@ def test_demo_mode_skips_avg8_and_the_bases_validation(tmp_path, monkeypatch):
     for quick in (False, True):
         out = tmp_path / f"out_{quick}"
         runner = module.Runner(write(tmp_path), tmp_path / "w", tmp_path / "d", out, quick=quick)
-        monkeypatch.setattr(runner, "sh", lambda log, *cmd: calls.append([str(c) for c in cmd]))
+        monkeypatch.setattr(runner, "sh", record_commands(calls))
         calls.clear()
         if not quick:
             runner.base_tune()
@@ -265,7 +279,7 @@ def test_run_counts_and_the_wall_time_arithmetic(tmp_path):
     train = {m: 2.0 + start * (2 if m == "sft_rl" else 1) for m in SPEC["methods"]}
     assert got["train_minutes"]["tgrl_joint_norm"] == pytest.approx(2.0 + start)  # TGRL's, no rows of its own
     tune_eval = (6.0 + PROCESS_SECONDS) / 60
-    final_eval = (12 + 18 + 24 + 60 + 6 + 5 * PROCESS_SECONDS) / 60
+    final_eval = (12 + 18 + 24 + 60 + 6 + 2 * PROCESS_SECONDS) / 60
     tuning = sum(train.values()) * 2 * 2 + 17 * tune_eval
     final = sum(train.values()) * 1 + 2 * (2.0 + start) * 3 + 19 * final_eval
     assert got["cpu_minutes"] == pytest.approx({"tuning": tuning, "final": final})

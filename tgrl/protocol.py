@@ -431,7 +431,7 @@ def estimate_minutes(protocol: Protocol, rows: Iterable[dict[str, Any]], jobs: i
         + mean(evals.get("visdep"), "--visual-dependency eval_seconds")
         + mean(evals.get("test_avg@8"), "avg@8 eval_seconds")
         + mean(evals.get("probe"), "grounding_seconds")
-        + 5 * PROCESS_SECONDS  # greedy, grounding, avg@8, probe, training summary
+        + 2 * PROCESS_SECONDS  # one batch (greedy, grounding, avg@8, probe: eval/run_batch.py), the summary
     ) / 60
     counts = plan_counts(protocol)
     entries = len(protocol.grid(next(iter(protocol.methods))))
