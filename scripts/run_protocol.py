@@ -113,7 +113,8 @@ class Runner:
             fh.flush()
             code = subprocess.call([str(c) for c in cmd], stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
         if code:
-            raise RuntimeError(f"failed (exit {code}): see {log}")
+            lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+            raise RuntimeError(f"failed (exit {code}): {lines[-1] if lines else ''} (log: {log})")
 
     def train(self, run: RunSpec) -> Path:
         """Train ``run`` (skipped when its done marker exists); returns its checkpoint folder."""
@@ -163,13 +164,16 @@ class Runner:
         """The filtered expert sets the unfinished runs train on (the protocol's train_sets: filter flags
         beyond the common ones, data_prep/filter_trajectories.py; a set already built is a no-op)."""
         for name in sorted({r.train_set for r in runs if not self.stage_done(r, "final")}):
-            self.sh(
-                self.logs / f"train_set_{name}.log", PY, "data_prep/filter_trajectories.py",
-                "--data", self.data / "synthetic" / "train.jsonl",
-                "--trajectories", self.data / "teacher" / "trajectories.jsonl", "--out", self.data / name,
-                "--policy", self.work / "base", "--max-completion-tokens", 64, "--no-progress",
-                *self.protocol.train_sets[name],
-            )  # fmt: skip
+            try:
+                self.sh(
+                    self.logs / f"train_set_{name}.log", PY, "data_prep/filter_trajectories.py",
+                    "--data", self.data / "synthetic" / "train.jsonl",
+                    "--trajectories", self.data / "teacher" / "trajectories.jsonl", "--out", self.data / name,
+                    "--policy", self.work / "base", "--max-completion-tokens", 64, "--no-progress",
+                    *self.protocol.train_sets[name],
+                )  # fmt: skip
+            except RuntimeError as err:
+                raise UserError(f"training set {name}: {err}") from None
 
     def keep_curves(self, name: str, checkpoint: Path) -> None:
         """OUT/curves/<run>.metrics.jsonl.gz: the run's training curves beside its rows (plots without the
@@ -211,7 +215,7 @@ class Runner:
         if not self.sealed:
             self.evaluate(name, method, seed, checkpoint, self.test_files, final=True)
             return
-        manifest = require_frozen(self.out, self.out / "selected.json", self.protocol.path)
+        manifest = require_frozen(self.out, self.out / "selected.json", self.protocol.path, self.sealed_dir)
         log = ScoringLog(self.out, manifest["selection_sha256"])
         weights = weights_sha256(checkpoint)
         data = {task: sha256_file(path) for task, path in self.test_files.items()}

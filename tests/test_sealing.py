@@ -58,7 +58,7 @@ def test_no_sealed_scoring_before_the_freeze_nor_after_a_change(datasets, tmp_pa
     protocol.write_text("seeds: [0]\n")
     write_selection(selected, 3e-5)
     with pytest.raises(UserError, match="not frozen"):
-        require_frozen(out, selected, protocol)
+        require_frozen(out, selected, protocol, datasets / "sealed")
     prereg = tmp_path / "prereg.yaml"
     prereg.write_text("status: draft\n")
     with pytest.raises(UserError, match="not 'final'"):
@@ -68,16 +68,22 @@ def test_no_sealed_scoring_before_the_freeze_nor_after_a_change(datasets, tmp_pa
     manifest = freeze(out, selected, protocol, datasets / "sealed", prereg)
     assert manifest["selection_sha256"] == selection_sha256(selected)
     assert set(manifest["sealed"]) == {"sealed_test", "sealed_shifted"}
-    assert require_frozen(out, selected, protocol)["selection_sha256"] == manifest["selection_sha256"]
+    assert (
+        require_frozen(out, selected, protocol, datasets / "sealed")["selection_sha256"]
+        == manifest["selection_sha256"]
+    )
     write_selection(selected, 1e-4)  # a new choice after the freeze
     with pytest.raises(UserError, match="differs from the one frozen"):
-        require_frozen(out, selected, protocol)
+        require_frozen(out, selected, protocol, datasets / "sealed")
     with pytest.raises(UserError, match="frozen with another selection"):
         freeze(out, selected, protocol, datasets / "sealed", prereg)
     write_selection(selected, 3e-5)
     protocol.write_text("seeds: [0, 1]\n")
     with pytest.raises(UserError, match="changed since the freeze"):
-        require_frozen(out, selected, protocol)
+        require_frozen(out, selected, protocol, datasets / "sealed")
+    protocol.write_text("seeds: [0]\n")
+    with pytest.raises(UserError, match="missing or changed since the freeze"):  # another data folder
+        require_frozen(out, selected, protocol, tmp_path)
 
 
 def test_each_checkpoint_is_scored_once_and_every_event_is_logged(tmp_path):

@@ -62,7 +62,8 @@ def freeze(
         "selection_sha256": selection_sha256(selected_file),
         "selected_file": str(selected_file),
         "protocol_sha256": sha256_file(protocol_file),
-        "sealed": {task: {"file": str(path), "sha256": sha256_file(path)} for task, path in files.items()},
+        # file names only: a resumed run on another machine keeps its data elsewhere
+        "sealed": {task: {"file": path.name, "sha256": sha256_file(path)} for task, path in files.items()},
     }
     if preregistration is not None:
         if not preregistration.is_file():
@@ -90,9 +91,9 @@ def freeze(
     return manifest
 
 
-def require_frozen(out: Path, selected_file: Path, protocol_file: Path) -> dict[str, Any]:
-    """The manifest, when the selection, the protocol and every sealed file still match it; else an
-    error that says what changed."""
+def require_frozen(out: Path, selected_file: Path, protocol_file: Path, sealed_dir: Path) -> dict[str, Any]:
+    """The manifest, when the selection, the protocol and every sealed file (in ``sealed_dir``) still match
+    it; else an error that says what changed."""
     path = out / MANIFEST
     if not path.is_file():
         raise UserError(
@@ -107,8 +108,9 @@ def require_frozen(out: Path, selected_file: Path, protocol_file: Path) -> dict[
     if manifest["protocol_sha256"] != sha256_file(protocol_file):
         raise UserError(f"{protocol_file}: changed since the freeze ({path}); refusing to score")
     for task, entry in manifest["sealed"].items():
-        if not Path(entry["file"]).is_file() or sha256_file(entry["file"]) != entry["sha256"]:
-            raise UserError(f"{entry['file']} ({task}): missing or changed since the freeze ({path})")
+        file = sealed_dir / entry["file"]
+        if not file.is_file() or sha256_file(file) != entry["sha256"]:
+            raise UserError(f"{file} ({task}): missing or changed since the freeze ({path})")
     return manifest
 
 
