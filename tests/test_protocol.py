@@ -284,3 +284,21 @@ def test_run_counts_and_the_wall_time_arithmetic(tmp_path):
     final = sum(train.values()) * 1 + 2 * (2.0 + start) * 3 + 19 * final_eval
     assert got["cpu_minutes"] == pytest.approx({"tuning": tuning, "final": final})
     assert got["wall_minutes"] == pytest.approx((tuning + final) / 2)
+
+
+def test_the_demo_refuses_a_selection_whose_entries_moved(tmp_path):
+    """selected.json names grid positions; when the grid changed under it, the demo would train another
+    configuration than the one selected: it stops and says so."""
+    import argparse
+    import importlib
+
+    module = importlib.import_module("scripts.run_protocol")
+    protocol = write(tmp_path)
+    chosen = {"selected": {"grpo": 1, "tgrl": 0}, "entries": {"grpo": {"learning_rate": 3e-5}, "tgrl": {}}}
+    (tmp_path / "selected.json").write_text(json.dumps(chosen))
+    runner = module.Runner(protocol, tmp_path / "w", tmp_path / "d", tmp_path / "o", quick=True)
+    args = argparse.Namespace(
+        selected=tmp_path / "selected.json", methods=["grpo"], jobs=1, out=tmp_path, work=tmp_path
+    )
+    with pytest.raises(module.UserError, match=r"\['grpo'\] are no longer at those grid positions"):
+        module.demo(protocol, runner, args, 0.0)
