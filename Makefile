@@ -86,8 +86,9 @@ style: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# The full tiny mini-replication (fair protocol: 5 methods x 3-entry tuning grid, the selection at 3 seeds, 4
-# ablations; ~90 min on 2 cores, REPRODUCE.md section 5): results/tiny/
+# The full tiny mini-replication (train/tiny_protocol.yaml: 5 methods x 3-entry grid x 2 tuning seeds, the frozen
+# selection and 6 one-knob ablations at 8 seeds on sealed splits; `scripts/run_protocol.py --plan` estimates its
+# time from the recorded runs; REPRODUCE.md section 5): results/tiny/
 reproduce: install
 	bash scripts/reproduce_tiny.sh
 

@@ -3,7 +3,8 @@
     python data_prep/filter_trajectories.py --data data/synthetic/train.jsonl \\
         --trajectories data/teacher/oracle/trajectories.jsonl --policy checkpoints/tiny-init \\
         --out data/tgrl/oracle --max-completion-tokens 64
-    # ablations: --no-f1 / --no-f2 / --no-f3, --f3-min-logprob X, --f4 --f4-min X
+    # ablations: --no-f1 / --no-f2 / --no-f3, --f3-random-survivor, --f3-min-logprob X, --f4 --f4-min X,
+    # --f4-quantile Q
 
 Every flag can also come from ``--config file.yaml`` (keys = flag names; flags override the file).
 ``--max-completion-tokens`` must equal the trainer's rollout ``max_completion_length``.
@@ -49,6 +50,8 @@ from tgrl.utils import (
     write_jsonl,
 )
 
+NEW_SWITCHES = ("f4_quantile", "f3_random_survivor")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,7 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-f3", dest="f3", action="store_false", help="select by lowest sample_idx, not log-prob"
     )
+    p.add_argument(
+        "--f3-random-survivor",
+        action="store_true",
+        help="F3 off, and a survivor drawn at random (seeded by --seed and the problem id) is selected",
+    )
     p.add_argument("--f4", dest="f4", action="store_true", help="enable the visual-dependency filter")
+    p.add_argument(
+        "--f4-quantile",
+        type=float,
+        default=None,
+        help="F4 on, rejecting survivors whose mean s_t is below this quantile of all survivors' (e.g. 0.25)",
+    )
     p.add_argument("--max-completion-tokens", type=int, default=1024, help="rollout max length (F2)")
     p.add_argument("--f3-min-logprob", type=float, default=None, help="reject mean log-prob below this")
     p.add_argument("--f4-min", type=float, default=0.0, help="reject mean visual dependency s_t below this")
@@ -113,10 +127,12 @@ def main(argv: list[str] | None = None) -> dict:
         f2_format_length=args.f2,
         max_completion_tokens=args.max_completion_tokens,
         append_eos=args.append_eos,
-        f3_logprob=args.f3,
+        f3_logprob=args.f3 and not args.f3_random_survivor,
         min_mean_logprob=args.f3_min_logprob,
-        f4_visual_dependency=args.f4,
+        f4_visual_dependency=args.f4 or args.f4_quantile is not None,
         min_visual_dependency=args.f4_min,
+        f4_quantile=args.f4_quantile,
+        f3_random_survivor=args.f3_random_survivor,
         perturb_mode=args.perturb_mode,
         perturb_patch_size=args.perturb_patch_size,
         perturb_prob=args.perturb_prob,
@@ -137,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     run_key = {
         "inputs": inputs,
-        "config": config.__dict__,
+        # the newer switches only when set: training sets built before they existed stay valid
+        "config": {k: v for k, v in config.__dict__.items() if k not in NEW_SWITCHES or v},
         "dtype": args.dtype,
         "min_pixels": args.min_pixels,
         "max_pixels": args.max_pixels,

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             listed = json.loads(Path(args.runs_json).read_text())
             groups = {}
             for run in listed:
-                metrics = Path(run["checkpoint"]) / "metrics.jsonl"
+                # the curves the protocol kept under OUT (no checkpoint needed), else the checkpoint's
+                metrics = Path(run.get("metrics") or Path(run["checkpoint"]) / "metrics.jsonl")
                 if metrics.is_file():  # SFT runs log no RL metrics
                     runs[run["name"]] = load_metrics(metrics)
                     groups.setdefault(run["group"], [])

@@ -11,7 +11,8 @@ from the image), ``expert_low_p`` / ``expert_low_share`` (tokens with p < 0.5), 
 tokens). ``--temperature T`` scores under logits / T (the policy of runs whose rollouts sample at T); its
 rows get ``decoding: teacher_forced_t<T>``, so the tables (T = 1) never mix them.
 Comparable across every method, the weak base included (the start of every run). Idempotent: a row set
-is keyed by checkpoint, data and its hash, so a rerun adds nothing.
+is keyed by checkpoint, its weights' sha256, data and its hash, so a rerun adds nothing (and a checkpoint
+retrained at the same path is probed again).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tgrl.data import load_problems
 from tgrl.evaluation.runner import append_locked, finished_keys
 from tgrl.probe import completion_logps, content_token_stats
 from tgrl.teachers.oracle import oracle_trace
-from tgrl.utils import UserError, cli, git_commit, set_torch_threads, sha256_file
+from tgrl.utils import UserError, cli, git_commit, set_torch_threads, sha256_file, weights_sha256
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         "limit": args.limit,
         "task": args.task,
         "run": args.run,
+        "weights_sha256": weights_sha256(args.model),  # a retrained checkpoint is a new probe
     }
     if args.temperature != 1.0:  # keys of T = 1 rows stay what they were
         ident["temperature"] = args.temperature
@@ -92,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         "method": args.method,
         "seed": args.seed,
         "checkpoint": ident["checkpoint"],
+        "weights_sha256": ident["weights_sha256"],
         "task": args.task,
         "suite": args.suite,
         "decoding": "teacher_forced" if args.temperature == 1.0 else f"teacher_forced_t{args.temperature:g}",

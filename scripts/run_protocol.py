@@ -24,26 +24,41 @@ its log.
 from __future__ import annotations
 
 import argparse
+import gzip
+import hashlib
 import json
 import subprocess
 import sys
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict
 from pathlib import Path
 
-from tgrl.evaluation.runner import append_locked
+from tgrl.evaluation.runner import append_locked, finished_keys
 from tgrl.protocol import (
     Protocol,
     RunSpec,
     ablation_runs,
     budget_of,
+    estimate_minutes,
     final_runs,
     load_protocol,
     select,
     tuning_runs,
     tuning_table,
 )
-from tgrl.utils import UserError, atomic_write_text, cli, read_jsonl, write_json
+from tgrl.sealing import ScoringLog, freeze, require_frozen
+from tgrl.synthetic import build_sealed_splits
+from tgrl.utils import (
+    UserError,
+    atomic_write_bytes,
+    atomic_write_text,
+    cli,
+    read_jsonl,
+    sha256_file,
+    weights_sha256,
+    write_json,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -51,15 +66,45 @@ DONE = ".tgrl_done"
 
 
 class Runner:
-    """Trains and scores protocol runs with the repo's own CLIs (train/*.py, eval/*.py)."""
+    """Trains and scores protocol runs with the repo's own CLIs (train/*.py, eval/*.py).
 
-    def __init__(self, protocol: Protocol, work: Path, data: Path, out: Path, quick: bool = False) -> None:
+    Resumable per run and without checkpoints: a run whose stage finished has a ``protocol_done`` row in
+    the summary (key: the run's spec and stage), so a rerun, also from a fresh clone with only the committed
+    results, skips it before training; its curves are copied to OUT/curves/<run>.metrics.jsonl.gz."""
+
+    def __init__(
+        self,
+        protocol: Protocol,
+        work: Path,
+        data: Path,
+        out: Path,
+        quick: bool = False,
+        rescore: str | None = None,
+    ) -> None:
         self.protocol, self.work, self.data, self.out = protocol, work, data, out
         self.quick = quick  # demo: no avg@8 (2 min per checkpoint on 2 cores) and no validation of the base
+        self.rescore = rescore  # a reason to score a checkpoint on a sealed split again (logged)
         self.summary = out / "summary.jsonl"
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.recipes = protocol.recipes if protocol.recipes.is_absolute() else REPO / protocol.recipes
+        self.selection_files = {task: data / rel for task, rel in protocol.selection_tasks.items()}
+        synthetic = data / "synthetic"
+        self.test_files = {
+            "synthetic_test": synthetic / "test.jsonl",
+            "synthetic_shifted": synthetic / "shifted.jsonl",
+        }
+        self.sealed = protocol.sealed is not None and not quick  # the demo never touches a sealed split
+        if self.sealed:
+            self.sealed_dir = data / protocol.sealed["folder"]
+            self.test_files = {
+                t: self.sealed_dir / f"{s}.jsonl"
+                for t, s in (("sealed_test", "test"), ("sealed_shifted", "shifted"))
+            }
+
+    @property
+    def test_task(self) -> str:
+        return next(iter(self.test_files))
 
     # ------------------------------------------------------------------ commands
     def sh(self, log: Path, *cmd: object) -> None:
@@ -68,7 +113,8 @@ class Runner:
             fh.flush()
             code = subprocess.call([str(c) for c in cmd], stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
         if code:
-            raise RuntimeError(f"failed (exit {code}): see {log}")
+            lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+            raise RuntimeError(f"failed (exit {code}): {lines[-1] if lines else ''} (log: {log})")
 
     def train(self, run: RunSpec) -> Path:
         """Train ``run`` (skipped when its done marker exists); returns its checkpoint folder."""
@@ -98,48 +144,95 @@ class Runner:
                         f"model_name_or_path={base}", f"max_steps={sft_steps}", *common,
                     )  # fmt: skip
                     (start / DONE).touch()
-            self.sh(
-                log, PY, "train/rl.py", "--config", self.recipes / f"{run.recipe}.yaml", f"output_dir={out}",
-                f"model_name_or_path={start}", f"max_steps={rl_steps}", "save_steps=100",
-                "resume_from_checkpoint=auto", *common, *_kv(overrides),
-            )  # fmt: skip
+            self.sh(log, PY, "train/rl.py", *self.rl_argv(run, out, start, rl_steps))
         (out / DONE).touch()
+        self.keep_curves(run.name, out)
         return out
 
+    def rl_argv(self, run: RunSpec, out: Path, start: Path, rl_steps: int) -> list[object]:
+        """train/rl.py's arguments for ``run``: its recipe, then the protocol's keys (the run's grid entry
+        and ablation overrides win)."""
+        overrides = {k: v for k, v in run.overrides.items() if k != "sft_steps"}
+        return [
+            "--config", self.recipes / f"{run.recipe}.yaml", f"output_dir={out}",
+            f"model_name_or_path={start}", f"max_steps={rl_steps}", "save_steps=100",
+            "resume_from_checkpoint=auto", f"seed={run.seed}",
+            f"train_file={self.data / run.train_set / 'train.jsonl'}", *_kv(overrides),
+        ]  # fmt: skip
+
+    def build_train_sets(self, runs: list[RunSpec]) -> None:
+        """The filtered expert sets the unfinished runs train on (the protocol's train_sets: filter flags
+        beyond the common ones, data_prep/filter_trajectories.py; a set already built is a no-op)."""
+        for name in sorted({r.train_set for r in runs if not self.stage_done(r, "final")}):
+            try:
+                self.sh(
+                    self.logs / f"train_set_{name}.log", PY, "data_prep/filter_trajectories.py",
+                    "--data", self.data / "synthetic" / "train.jsonl",
+                    "--trajectories", self.data / "teacher" / "trajectories.jsonl", "--out", self.data / name,
+                    "--policy", self.work / "base", "--max-completion-tokens", 64, "--no-progress",
+                    *self.protocol.train_sets[name],
+                )  # fmt: skip
+            except RuntimeError as err:
+                raise UserError(f"training set {name}: {err}") from None
+
+    def keep_curves(self, name: str, checkpoint: Path) -> None:
+        """OUT/curves/<run>.metrics.jsonl.gz: the run's training curves beside its rows (plots without the
+        checkpoint)."""
+        metrics = checkpoint / "metrics.jsonl"
+        if metrics.is_file():
+            atomic_write_bytes(
+                self.out / "curves" / f"{name}.metrics.jsonl.gz", gzip.compress(metrics.read_bytes(), mtime=0)
+            )
+
     def evaluate(
-        self, name: str, method: str, seed: int, checkpoint: Path, splits: list[str], final: bool
+        self, name: str, method: str, seed: int, checkpoint: Path, tasks: dict[str, Path], final: bool
     ) -> None:
-        """Score ``checkpoint`` greedily on ``splits``; ``final`` (a run scored once on the test split) adds
-        avg@8 (not in demo mode) and the expert-token probe."""
+        """Score ``checkpoint`` greedily on ``tasks`` (task name -> JSONL); ``final`` (a run scored once on
+        the test splits) adds the grounding evaluation, avg@8 (not in demo mode) and the expert-token probe
+        on the first of them."""
         log = self.logs / f"{name}.eval.log"
-        specs = [f"synthetic_{s}={self.data / 'synthetic' / f'{s}.jsonl'}" for s in splits]
-        jsonl = [arg for spec in specs for arg in ("--jsonl", spec)]
+        jsonl = [arg for task, path in tasks.items() for arg in ("--jsonl", f"{task}={path}")]
         ident = ["--out", self.work / "eval", "--summary", self.summary, "--run", name, "--method", method]
         ident += ["--seed", seed]
-        self.sh(log, PY, "eval/run_lmms_eval.py", "--model", checkpoint, "--suite", "tiny", *jsonl, *ident)
-        if "test" in splits:  # grounding of the checkpoint's own greedy reasoning: its own settings key,
-            # so the greedy rows above stay valid and are not recomputed (its acc rows repeat theirs: same
-            # greedy responses, the extra teacher-forced passes come after generation)
-            test = ["--jsonl", f"synthetic_test={self.data / 'synthetic' / 'test.jsonl'}"]
-            self.sh(
-                log, PY, "eval/run_lmms_eval.py", "--model", checkpoint, "--suite", "tiny", *test,
-                "--visual-dependency", *ident,
-            )  # fmt: skip
-        if final and not self.quick:  # sampled behaviour: mean accuracy of 8 samples at T=1 (test split)
-            test = ["--jsonl", f"synthetic_test={self.data / 'synthetic' / 'test.jsonl'}"]
-            self.sh(
-                log, PY, "eval/run_lmms_eval.py", "--model", checkpoint, "--suite", "tiny", *test,
-                "--decoding", "avg@8", *ident,
-            )  # fmt: skip
+        evaluation = ["eval/run_lmms_eval.py", "--model", checkpoint, "--suite", "tiny"]
+        commands = [[*evaluation, *jsonl, *ident]]
         if final:
-            self.sh(
-                log, PY, "eval/probe_expert_tokens.py", "--model", checkpoint,
-                "--jsonl", self.data / "synthetic" / "test.jsonl", "--task", "synthetic_test", *ident[2:],
-            )  # fmt: skip
+            test_task, test_file = next(iter(tasks.items()))
+            test = ["--jsonl", f"{test_task}={test_file}"]
+            # grounding of the checkpoint's own greedy reasoning: its own settings key, so the greedy rows
+            # above stay valid and are not recomputed (its acc rows repeat theirs: same greedy responses)
+            commands.append([*evaluation, *test, "--visual-dependency", *ident])
+            if not self.quick:  # sampled behaviour: mean accuracy of 8 samples at T=1 (test split)
+                commands.append([*evaluation, *test, "--decoding", "avg@8", *ident])
+            probe = ["eval/probe_expert_tokens.py", "--model", checkpoint, "--jsonl", test_file]
+            commands.append([*probe, "--task", test_task, *ident[2:]])
+        # one process for all of them: the imports (~30 s on 2 cores) once, not once per command
+        self.sh(log, PY, "eval/run_batch.py", json.dumps([[str(a) for a in c] for c in commands]))
+
+    def score_final(self, name: str, method: str, seed: int, checkpoint: Path) -> None:
+        """The final evaluation on the test splits; sealed splits only under a frozen selection, once per
+        checkpoint, every scoring in OUT/scoring_log.jsonl."""
+        if not self.sealed:
+            self.evaluate(name, method, seed, checkpoint, self.test_files, final=True)
+            return
+        manifest = require_frozen(self.out, self.out / "selected.json", self.protocol.path, self.sealed_dir)
+        log = ScoringLog(self.out, manifest["selection_sha256"])
+        weights = weights_sha256(checkpoint)
+        data = {task: sha256_file(path) for task, path in self.test_files.items()}
+        for task in self.test_files:
+            log.start(name, weights, task, data[task], self.rescore)
+        self.evaluate(name, method, seed, checkpoint, self.test_files, final=True)
+        for task in self.test_files:
+            log.scored(name, weights, task, data[task])
 
     def record_budget(self, run: RunSpec, checkpoint: Path) -> None:
         """Budget rows (optimizer steps, sequences, training minutes) beside the run's test rows."""
-        if any(r.get("run") == run.name and r.get("metric") == "optimizer_steps" for r in self.rows()):
+        if any(
+            r.get("run") == run.name
+            and r.get("metric") == "optimizer_steps"
+            and r.get("task") == self.test_task
+            for r in self.rows()
+        ):
             return
         minutes = 0.0
         for folder in (checkpoint, self.work / f"{run.name}_sft"):
@@ -147,44 +240,106 @@ class Runner:
             if results.is_file():
                 minutes += json.loads(results.read_text()).get("train_runtime", 0.0) / 60
         values = {**budget_of(self.protocol, run), "train_minutes": minutes}
-        common = {"run": run.name, "method": run.method, "seed": run.seed, "task": "synthetic_test"}
+        common = {"run": run.name, "method": run.method, "seed": run.seed, "task": self.test_task}
         common.update(decoding="training", suite="tiny", checkpoint=str(checkpoint), config=run.label)
         append_locked(
             self.summary, [{**common, "metric": k, "value": float(v), "n": 1} for k, v in values.items()]
         )
 
     def rows(self) -> list[dict]:
-        return [row for _, row in read_jsonl(self.summary)] if self.summary.is_file() else []
+        return (
+            [row for _, row in read_jsonl(self.summary, tolerate_torn_tail=True)]
+            if self.summary.is_file()
+            else []
+        )
+
+    # ------------------------------------------------------------------ resumability without checkpoints
+    def stage_key(self, run: RunSpec | None, stage: str) -> str:
+        """What a finished stage of a run is: its spec, the stage and the tasks it was scored on."""
+        tasks = self.selection_files if stage == "tune" else self.test_files
+        spec = asdict(run) if run is not None else {"name": "base"}
+        ident = {
+            "run": spec,
+            "stage": stage,
+            "budget_steps": self.protocol.budget_steps,
+            "tasks": sorted(tasks),
+        }
+        return (
+            f"protocol-{stage}-" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+        )
+
+    def stage_done(self, run: RunSpec | None, stage: str) -> bool:
+        return self.stage_key(run, stage) in finished_keys(self.summary)
+
+    def mark_done(self, run: RunSpec | None, stage: str, minutes: float) -> None:
+        """The ``protocol_done`` row that lets a rerun skip this stage (its value: the stage's minutes)."""
+        name = run.name if run else "base"
+        row = {
+            "key": self.stage_key(run, stage), "run": name, "method": run.method if run else "base",
+            "seed": run.seed if run else 0,
+            "task": self.test_task if stage != "tune" else next(iter(self.selection_files)),
+            "metric": "protocol_done", "value": minutes, "n": 1, "decoding": "protocol", "stage": stage,
+            "suite": "tiny", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }  # fmt: skip
+        append_locked(self.summary, [row])
 
     # ------------------------------------------------------------------ stages
-    def tune(self, run: RunSpec) -> None:
+    def tune(self, run: RunSpec) -> str:
+        if self.stage_done(run, "tune"):
+            return "skipped (its rows are in the summary)"
+        t0 = time.time()
         checkpoint = self.train(run)
-        self.evaluate(run.name, run.method, run.seed, checkpoint, ["val"], final=False)
+        self.evaluate(run.name, run.method, run.seed, checkpoint, self.selection_files, final=False)
+        self.mark_done(run, "tune", (time.time() - t0) / 60)
+        return f"trained and scored on validation in {(time.time() - t0) / 60:.1f} min"
 
-    def final(self, run: RunSpec) -> None:
+    def final(self, run: RunSpec) -> str:
+        if self.stage_done(run, "final"):
+            return "skipped (its rows are in the summary)"
+        t0 = time.time()
         checkpoint = self.train(run)
-        self.evaluate(run.name, run.method, run.seed, checkpoint, ["test", "shifted"], final=True)
+        self.score_final(run.name, run.method, run.seed, checkpoint)
         if run.kind != "sft":
             self.sh(
                 self.logs / f"{run.name}.eval.log", PY, "eval/summarize_training.py", "--run-dir", checkpoint,
                 "--run", run.name, "--method", run.method, "--seed", run.seed, "--summary", self.summary,
+                "--task", self.test_task,
             )  # fmt: skip
         self.record_budget(run, checkpoint)
+        self.mark_done(run, "final", (time.time() - t0) / 60)
+        return f"trained and scored on {', '.join(self.test_files)} in {(time.time() - t0) / 60:.1f} min"
 
-    def base(self) -> None:
-        splits = ["test", "shifted"] if self.quick else ["val", "test", "shifted"]
-        self.evaluate("base", "base", 0, self.work / "base", splits, final=True)
+    def base_tune(self) -> str:
+        """The weak base on the validation splits (the tuning table's reference row)."""
+        if self.stage_done(None, "tune"):
+            return "skipped (its rows are in the summary)"
+        t0 = time.time()
+        self.evaluate("base", "base", 0, self.work / "base", self.selection_files, final=False)
+        self.mark_done(None, "tune", (time.time() - t0) / 60)
+        return f"scored on validation in {(time.time() - t0) / 60:.1f} min"
+
+    def base(self) -> str:
+        """The weak base on the test splits, like every final run."""
+        if self.stage_done(None, "final"):
+            return "skipped (its rows are in the summary)"
+        t0 = time.time()
+        self.score_final("base", "base", 0, self.work / "base")
+        self.mark_done(None, "final", (time.time() - t0) / 60)
+        return f"scored on {', '.join(self.test_files)} in {(time.time() - t0) / 60:.1f} min"
 
 
 def write_runs(out: Path, work: Path, runs: list[RunSpec], protocol: Protocol) -> None:
     """OUT/runs.json: the scored runs with their figure group (eval/plot_training.py --runs-json): the main
-    methods in one set of overlays, the ablations (with TGRL for reference) in another."""
+    methods in one set of overlays, the ablations (with TGRL for reference) in another; ``metrics`` is the
+    run's curves kept under OUT (plots without the checkpoints)."""
     listed = []
     for run in runs:
         group = "ablations" if run.method in protocol.ablations else "main"
-        listed.append(
-            {"name": run.name, "method": run.method, "group": group, "checkpoint": str(work / run.name)}
-        )
+        entry = {"name": run.name, "method": run.method, "group": group, "checkpoint": str(work / run.name)}
+        curves = out / "curves" / f"{run.name}.metrics.jsonl.gz"
+        if curves.is_file():
+            entry["metrics"] = str(curves)
+        listed.append(entry)
         if run.method == "tgrl" and protocol.ablations:
             listed.append({**listed[-1], "group": "ablations"})
     write_json(out / "runs.json", listed)
@@ -194,11 +349,18 @@ def demo(protocol: Protocol, runner: Runner, args: argparse.Namespace, t0: float
     """The short version (make demo): the committed selection, one seed, no tuning and no ablations."""
     if not args.selected.is_file():
         raise UserError(f"{args.selected}: no selection. Fix: run the full protocol once (make reproduce)")
-    selected = json.loads(args.selected.read_text())["selected"]
+    chosen = json.loads(args.selected.read_text())
+    selected = chosen["selected"]
     methods = args.methods or list(protocol.methods)
     unknown = sorted(set(methods) - set(protocol.methods))
     if unknown:
         raise UserError(f"--methods {unknown}: not in {protocol.path} (methods: {sorted(protocol.methods)})")
+    changed = [m for m in methods if chosen.get("entries", {}).get(m) != protocol.grid(m)[selected[m]]]
+    if changed:
+        raise UserError(
+            f"{args.selected}: the entries chosen for {changed} are no longer at those grid positions of "
+            f"{protocol.path}. Fix: rerun the tuning stage, or restore the grid"
+        )
     runs = [r for r in final_runs(protocol, selected) if r.method in methods and r.seed == protocol.seeds[0]]
     say(
         t0,
@@ -206,7 +368,7 @@ def demo(protocol: Protocol, runner: Runner, args: argparse.Namespace, t0: float
         f"{protocol.seeds[0]}",
     )
     # training first: the base's evaluation would hold a core while a run waits
-    pool(args.jobs, [(r.name, runner.final, r) for r in runs] + [("base", lambda _: runner.base(), None)])
+    pool(args.jobs, [(r.name, runner.final, r) for r in runs] + [("base", lambda _: runner.base(), None)], t0)
     write_runs(args.out, args.work, runs, protocol)
     say(t0, "done")
 
@@ -215,18 +377,18 @@ def _kv(overrides: dict) -> list[str]:
     return [f"{key}={value}" for key, value in overrides.items()]
 
 
-def pool(jobs: int, tasks: list) -> None:
-    """Run ``(label, fn, arg)`` tasks ``jobs`` at a time; the first failure cancels what has not started."""
+def pool(jobs: int, tasks: list, t0: float | None = None) -> None:
+    """Run ``(label, fn, arg)`` tasks ``jobs`` at a time, one progress line per finished task (``fn``
+    returns what it did); the first failure cancels what has not started."""
+    t0 = time.time() if t0 is None else t0
     with ThreadPoolExecutor(max_workers=jobs) as ex:
         futures = {ex.submit(fn, arg): label for label, fn, arg in tasks}
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in done:
+        for count, future in enumerate(as_completed(futures), start=1):
             if future.exception() is not None:
-                for other in pending:
+                for other in futures:
                     other.cancel()
                 raise UserError(f"{futures[future]}: {future.exception()}")
-        for future in pending:
-            future.result()
+            say(t0, f"[{count}/{len(futures)}] {futures[future]}: {future.result() or 'done'}")
 
 
 def say(t0: float, message: str) -> None:
@@ -243,19 +405,40 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, required=True, help="synthetic splits and filtered expert sets")
     p.add_argument("--out", type=Path, required=True, help="summary.jsonl, selected.json, tables")
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--stage", choices=["tune", "all"], default="all", help="tune: stop after the selection")
+    p.add_argument(
+        "--stage",
+        choices=["tune", "freeze", "all"],
+        default="all",
+        help="tune: stop after the selection; freeze: also build the sealed splits and freeze the selection "
+        "(OUT/sealed_manifest.json); all: everything, freezing first when not frozen yet",
+    )
     p.add_argument(
         "--selected",
         type=Path,
         help="demo mode: skip tuning, train the entries this selected.json (a full run's) chose, seed 0 only",
     )
     p.add_argument("--methods", nargs="+", help="with --selected: only these methods (default: all)")
+    p.add_argument(
+        "--rescore", metavar="REASON", help="score a checkpoint on a sealed split again (logged with REASON)"
+    )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the run counts and the wall time estimated from OUT/summary.jsonl's recorded runs "
+        "(tgrl.protocol.estimate_minutes); runs nothing",
+    )
     args = p.parse_args(argv)
     protocol = load_protocol(args.protocol)
+    if args.plan:
+        rows = [row for _, row in read_jsonl(args.out / "summary.jsonl")]
+        print(json.dumps(estimate_minutes(protocol, rows, args.jobs), indent=1))
+        return
     if not (args.work / "base").is_dir():
         raise UserError(f"{args.work / 'base'}: no weak base. Fix: run scripts/reproduce_tiny.sh (stage 3)")
     args.out.mkdir(parents=True, exist_ok=True)
-    runner = Runner(protocol, args.work, args.data, args.out, quick=args.selected is not None)
+    runner = Runner(
+        protocol, args.work, args.data, args.out, quick=args.selected is not None, rescore=args.rescore
+    )
     t0 = time.time()
 
     if args.selected:
@@ -265,24 +448,28 @@ def main(argv: list[str] | None = None) -> None:
     per_method = len(runs) // len(protocol.methods)
     say(
         t0,
-        f"tune: {len(runs)} runs ({len(protocol.methods)} methods x {per_method} configurations, seed "
-        f"{protocol.seeds[0]}, {protocol.budget_steps} optimizer steps each), validation split",
+        f"tune: {len(runs)} runs ({len(protocol.methods)} methods x {per_method} (entry, seed) pairs, "
+        f"seeds {protocol.tuning_seeds}, {protocol.budget_steps} optimizer steps each), scored on "
+        f"{', '.join(protocol.selection_tasks)}",
     )
-    pool(args.jobs, [("base", lambda _: runner.base(), None)] + [(r.name, runner.tune, r) for r in runs])
+    pool(
+        args.jobs,
+        [("base", lambda _: runner.base_tune(), None)] + [(r.name, runner.tune, r) for r in runs],
+        t0,
+    )
     rows = runner.rows()
     selected = select(protocol, rows)
     grid = {m: protocol.grid(m)[i] for m, i in selected.items()}
-    write_json(
-        args.out / "selected.json", {"protocol": str(args.protocol), "selected": selected, "entries": grid}
-    )
+    selected_file = args.out / "selected.json"
+    if not (selected_file.is_file() and json.loads(selected_file.read_text())["selected"] == selected):
+        write_json(selected_file, {"protocol": str(args.protocol), "selected": selected, "entries": grid})
     md, csv = tuning_table(protocol, rows, selected)
     caption = (
-        f"Validation accuracy of every tuning configuration (seed {protocol.seeds[0]}, "
-        f"{protocol.budget_steps} optimizer steps from the weak base, {protocol.path.name}); the selected "
-        f"entry "
-        "(best validation accuracy, ties to the earlier entry) is the one trained with every seed and "
-        "scored on "
-        "the test split. Generated by scripts/run_protocol.py from summary.jsonl; do not edit by hand.\n\n"
+        f"Greedy validation accuracy of every tuning configuration (mean over seeds {protocol.tuning_seeds}; "
+        f"selection score: the mean over {' and '.join(protocol.selection_tasks)}; {protocol.budget_steps} "
+        f"optimizer steps from the weak base, {protocol.path.name}); the selected entry (best selection "
+        "score, ties to the earlier entry) is the one trained with every seed and scored on the test splits. "
+        f"Generated by scripts/run_protocol.py from {runner.summary}; do not edit by hand.\n\n"
     )
     atomic_write_text(
         args.out / "tables" / "tiny_tuning.md",
@@ -292,15 +479,44 @@ def main(argv: list[str] | None = None) -> None:
     say(t0, "selected: " + ", ".join(f"{m} [{protocol.methods[m]['grid'][i]}]" for m, i in selected.items()))
     if args.stage == "tune":
         return
+    if runner.sealed:
+        seal(protocol, runner, args, t0)
+        if args.stage == "freeze":
+            return
 
     finals = final_runs(protocol, selected) + ablation_runs(protocol, selected)
+    runner.build_train_sets(finals)
     say(
         t0,
-        f"final: {len(finals)} runs (selected entries x seeds {protocol.seeds}, ablations), test + shifted",
+        f"final: {len(finals) + 1} runs (selected entries x seeds {protocol.seeds}, ablations at the same "
+        f"seeds, the base), scored on {', '.join(runner.test_files)}",
     )
-    pool(args.jobs, [(r.name, runner.final, r) for r in finals])
+    pool(
+        args.jobs, [(r.name, runner.final, r) for r in finals] + [("base", lambda _: runner.base(), None)], t0
+    )
     write_runs(args.out, args.work, finals, protocol)
     say(t0, "done")
+
+
+def seal(protocol: Protocol, runner: Runner, args: argparse.Namespace, t0: float) -> None:
+    """Build the sealed splits (a new generator seed) and freeze the selection before anything scores them."""
+    spec = protocol.sealed
+    build_sealed_splits(
+        runner.sealed_dir,
+        args.data / "synthetic",
+        int(spec["seed"]),
+        int(spec["n_test"]),
+        int(spec["n_shifted"]),
+    )
+    prereg = protocol.raw.get("preregistration")
+    manifest = freeze(
+        args.out,
+        args.out / "selected.json",
+        protocol.path,
+        runner.sealed_dir,
+        REPO / prereg if prereg else None,
+    )
+    say(t0, f"frozen: selection {manifest['selection_sha256'][:12]} ({args.out / 'sealed_manifest.json'})")
 
 
 if __name__ == "__main__":

@@ -175,6 +175,40 @@ def test_f3_threshold_and_f4(problems, trajectories, policy):
     assert f4.counts["problems"]["with_expert"] == 3
     f4_strict = run(problems, trajectories, policy, f4_visual_dependency=True, min_visual_dependency=1e9)
     assert f4_strict.counts["filters"]["f4_visual_dependency"]["rejected"] == {"low_visual_dependency": 6}
+    # a quantile threshold: of the 6 survivors' mean s_t, the one at rank floor(0.5 * 5) = 2
+    values = sorted(t["mean_visual_dependency"] for t in f4.trajectories if "mean_visual_dependency" in t)
+    half = run(problems, trajectories, policy, f4_visual_dependency=True, f4_quantile=0.5)
+    assert half.counts["f4_threshold"] == values[2]
+    rejected = half.counts["filters"]["f4_visual_dependency"]["rejected"].get("low_visual_dependency", 0)
+    assert rejected == sum(v < values[2] for v in values) >= 1  # ties at the threshold stay
+
+
+def test_f3_off_with_a_random_survivor(problems, trajectories, policy):
+    """--f3-random-survivor: among the same survivors as F3 off, one drawn by a seeded hash of the problem
+    id (reproducible, and not always the lowest sample index)."""
+    _, processor = policy
+
+    def pick(seed):
+        config = FilterConfig(
+            max_completion_tokens=MAX_TOKENS, f3_logprob=False, f3_random_survivor=True, seed=seed
+        )
+        result = filter_trajectories(problems, trajectories, config, processor=processor)
+        return result, {k: v["sample_idx"] for k, v in result.selected.items() if v}
+
+    lowest = FilterConfig(max_completion_tokens=MAX_TOKENS, f3_logprob=False)
+    base = filter_trajectories(problems, trajectories, lowest, processor=processor)
+    result, chosen = pick(0)
+    assert result.counts["selection"]["by"] == "random_survivor"
+    assert result.counts["selection"]["candidates"] == base.counts["selection"]["candidates"]
+    assert set(chosen) == {k for k, v in base.selected.items() if v}
+    survivors = {}
+    for t in base.trajectories:
+        if t["reject_reason"] in (None, "not_selected"):
+            survivors.setdefault(t["id"], []).append(t["sample_idx"])
+    assert all(chosen[k] in survivors[k] for k in chosen)
+    assert pick(0)[1] == chosen  # reproducible
+    draws = [pick(seed)[1] for seed in range(6)]
+    assert any(d != {k: min(v) for k, v in survivors.items()} for d in draws)  # not the lowest index
 
 
 def test_input_errors(problems, trajectories, policy):

@@ -147,3 +147,18 @@ def test_overlays_group_seeds_into_methods() -> None:
     # seed 2 missed step 3 (e.g. a resumed run): the band covers the steps all seeds logged
     xs, mean, lo, hi = pt.seed_band([([1, 2, 3], [0.0, 1.0, 2.0]), ([1, 2], [2.0, 3.0])])
     assert xs == [1, 2] and mean == [1.0, 2.0] and lo == [0.0, 1.0] and hi == [2.0, 3.0]
+
+
+def test_kept_gzipped_curves_read_like_the_checkpoints(tmp_path):
+    """The protocol keeps each run's curves as OUT/curves/<run>.metrics.jsonl.gz (plots from a fresh
+    clone, without checkpoints): the same steps and values as the plain file."""
+    import gzip
+
+    from tgrl.evaluation.plots import load_metrics
+
+    text = '{"step": 1, "train/reward": 0.25}\n{"step": 2, "train/reward": 0.5, "note": "x"}\n'
+    plain, packed = tmp_path / "metrics.jsonl", tmp_path / "run.metrics.jsonl.gz"
+    plain.write_text(text)
+    packed.write_bytes(gzip.compress(text.encode()))
+    expected = {1: {"step": 1.0, "reward": 0.25}, 2: {"step": 2.0, "reward": 0.5}}
+    assert load_metrics(packed) == load_metrics(plain) == expected

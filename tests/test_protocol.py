@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ SPEC = {
         "tgrl_joint_norm": {"recipe": "tgrl", "overrides": {"expert_loss_norm": "joint"}},
         "tgrl_no_filter": {"recipe": "tgrl_no_filter", "train_set": "experts_nofilter"},
     },
+    "train_sets": {"experts": [], "experts_nofilter": ["--no-f1", "--no-f3"]},
 }
 
 
@@ -46,8 +48,11 @@ def write(tmp_path, spec=None):
     return load_protocol(path)
 
 
-def val_row(run, value, metric="acc", task="synthetic_val"):
-    return {"run": run, "method": run.split("_c")[0], "task": task, "metric": metric, "value": value}
+def val_row(run, value, metric="acc", task="synthetic_val", decoding="greedy"):
+    return {
+        "run": run, "method": run.split("_c")[0], "task": task, "metric": metric, "value": value,
+        "decoding": decoding,
+    }  # fmt: skip
 
 
 def test_the_repo_protocol_is_fair():
@@ -78,8 +83,39 @@ def test_selection_uses_validation_only_and_ties_go_to_the_earlier_entry(tmp_pat
     rows += [val_row("sft_c0_s0", 0.99, task="synthetic_test")]  # a test row must not count
     rows += [val_row("sft_c1_s0", 0.4, metric="fact_acc")]  # nor another metric
     assert select(protocol, rows) == {"grpo": 1, "sft": 0, "sft_rl": 0, "tgrl": 0}
-    with pytest.raises(UserError, match="no synthetic_val acc row for run sft_rl_c1_s0"):
+    with pytest.raises(UserError, match=r"no synthetic_val acc \(greedy\) row for run sft_rl_c1_s0"):
         select(protocol, [r for r in rows if r["run"] != "sft_rl_c1_s0"])
+
+
+def test_an_avg8_validation_row_never_replaces_the_greedy_one(tmp_path):
+    """Selection and the tuning table read greedy rows only: an avg@8 row written after the greedy one
+    (the last row of a run wins) must not change the selection or the table."""
+    protocol = write(tmp_path)
+    rows = [val_row(r.name, 0.5) for r in tuning_runs(protocol)]
+    rows += [val_row("grpo_c1_s0", 0.6)]
+    before = select(protocol, rows), tuning_table(protocol, rows, select(protocol, rows))
+    rows += [val_row("grpo_c0_s0", 0.9, decoding="avg@8"), val_row("grpo_c1_s0", 0.1, decoding="avg@8")]
+    assert select(protocol, rows)["grpo"] == 1
+    assert (select(protocol, rows), tuning_table(protocol, rows, select(protocol, rows))) == before
+
+
+def test_selection_averages_tuning_seeds_and_validation_splits(tmp_path):
+    """Two tuning seeds and two validation splits: an entry is scored by the mean of its four greedy
+    scores, and every one of them must be there."""
+    tasks = {"synthetic_val": "synthetic/val.jsonl", "synthetic_val2": "synthetic/test.jsonl"}
+    spec = {**SPEC, "tuning_seeds": [0, 1], "selection_tasks": tasks}
+    protocol = write(tmp_path, spec)
+    runs = tuning_runs(protocol)
+    assert len(runs) == 4 * 2 * 2 and {r.seed for r in runs} == {0, 1}
+    rows = [val_row(r.name, 0.5, task=t) for r in runs for t in protocol.selection_tasks]
+    # grpo c1: one seed much better on one split (mean 0.55) beats c0's 0.52 everywhere
+    rows += [val_row(f"grpo_c0_s{s}", 0.52, task=t) for s in (0, 1) for t in protocol.selection_tasks]
+    rows += [val_row("grpo_c1_s1", 0.7, task="synthetic_val2")]
+    assert select(protocol, rows)["grpo"] == 1
+    with pytest.raises(UserError, match="synthetic_val2 .* run tgrl_c0_s1"):
+        select(protocol, [r for r in rows if (r["run"], r["task"]) != ("tgrl_c0_s1", "synthetic_val2")])
+    with pytest.raises(UserError, match="tuning_seeds"):
+        write(tmp_path, {**SPEC, "tuning_seeds": [5]})
 
 
 def test_final_and_ablation_runs_reuse_the_selected_entry(tmp_path):
@@ -89,7 +125,9 @@ def test_final_and_ablation_runs_reuse_the_selected_entry(tmp_path):
     names = [r.name for r in finals]
     assert "grpo_c1_s0" in names and "grpo_c1_s2" in names and "grpo_c0_s1" not in names
     assert len(finals) == 4 * 3
-    ablations = {r.method: r for r in ablation_runs(protocol, selected)}
+    every = ablation_runs(protocol, selected)
+    assert sorted(r.seed for r in every if r.method == "tgrl_joint_norm") == [0, 1, 2]  # paired seeds
+    ablations = {r.method: r for r in every}
     assert ablations["tgrl_joint_norm"].overrides == {"expert_coef": 4.0, "expert_loss_norm": "joint"}
     assert ablations["tgrl_no_filter"].train_set == "experts_nofilter"
     assert ablations["tgrl_no_filter"].overrides == {"expert_coef": 4.0}
@@ -133,8 +171,8 @@ def test_tuning_table_marks_the_selection_and_prints_every_entry(tmp_path):
     md, csv = tuning_table(protocol, rows, selected)
     lines = md.splitlines()
     assert len(lines) == 2 + 8 + 1  # header, rule, 8 grid entries, the base
-    assert "| grpo | learning_rate=0.0001 | 51.0 |" in md and lines[3].endswith("| yes |")
-    assert csv.splitlines()[0].startswith("method,grid entry,val acc")
+    assert "| grpo | learning_rate=0.0001 | 0 | 51.0 |" in md and lines[3].endswith("| yes |")
+    assert csv.splitlines()[0].startswith("method,grid entry,seeds,selection score")
 
 
 def test_test_means_and_reading_come_from_the_rows():
@@ -157,6 +195,19 @@ def test_test_means_and_reading_come_from_the_rows():
     assert len(text.splitlines()) == 2
 
 
+def record_commands(calls: list[list[str]]):
+    """A stand-in for Runner.sh that records each command, a batch (eval/run_batch.py) as its commands."""
+
+    def sh(log, *cmd):
+        cmd = [str(c) for c in cmd]
+        if cmd[1] == "eval/run_batch.py":
+            calls.extend([cmd[0], *c] for c in json.loads(cmd[2]))
+        else:
+            calls.append(cmd)
+
+    return sh
+
+
 def test_grounding_is_an_evaluation_of_its_own(tmp_path, monkeypatch):
     """The final evaluation adds --visual-dependency as a separate call on the test split only, after the
     unchanged greedy call: added to a finished protocol, a rerun runs just that call per checkpoint."""
@@ -165,8 +216,8 @@ def test_grounding_is_an_evaluation_of_its_own(tmp_path, monkeypatch):
     module = importlib.import_module("scripts.run_protocol")
     runner = module.Runner(write(tmp_path), tmp_path / "work", tmp_path / "data", tmp_path / "out")
     calls: list[list[str]] = []
-    monkeypatch.setattr(runner, "sh", lambda log, *cmd: calls.append([str(c) for c in cmd]))
-    runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", ["test", "shifted"], final=True)
+    monkeypatch.setattr(runner, "sh", record_commands(calls))
+    runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", runner.test_files, final=True)
     evals = [c for c in calls if c[1].endswith("run_lmms_eval.py")]
     greedy, grounding = evals[0], [c for c in evals if "--visual-dependency" in c]
     assert "--visual-dependency" not in greedy and "--decoding" not in greedy
@@ -175,7 +226,7 @@ def test_grounding_is_an_evaluation_of_its_own(tmp_path, monkeypatch):
         f"synthetic_test={tmp_path / 'data' / 'synthetic' / 'test.jsonl'}"
     ]
     calls.clear()
-    runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", ["val"], final=False)  # tuning: no grounding
+    runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", runner.selection_files, final=False)
     assert not any("--visual-dependency" in c for c in calls)
 
 
@@ -187,12 +238,67 @@ def test_demo_mode_skips_avg8_and_the_bases_validation(tmp_path, monkeypatch):
     module = importlib.import_module("scripts.run_protocol")
     calls: list[list[str]] = []
     for quick in (False, True):
-        runner = module.Runner(write(tmp_path), tmp_path / "w", tmp_path / "d", tmp_path / "o", quick=quick)
-        monkeypatch.setattr(runner, "sh", lambda log, *cmd: calls.append([str(c) for c in cmd]))
+        out = tmp_path / f"out_{quick}"
+        runner = module.Runner(write(tmp_path), tmp_path / "w", tmp_path / "d", out, quick=quick)
+        monkeypatch.setattr(runner, "sh", record_commands(calls))
         calls.clear()
+        if not quick:
+            runner.base_tune()
         runner.base()
         decodings = [c[c.index("--decoding") + 1] for c in calls if "--decoding" in c]
         splits = {a.split("=")[0] for c in calls for a in c if a.startswith("synthetic_")}
         probes = [c for c in calls if c[1].endswith("probe_expert_tokens.py")]
         assert decodings == ([] if quick else ["avg@8"]) and len(probes) == 1
         assert ("synthetic_val" in splits) is not quick and {"synthetic_test", "synthetic_shifted"} <= splits
+
+
+def test_run_counts_and_the_wall_time_arithmetic(tmp_path):
+    """plan_counts and estimate_minutes on recorded rows with round numbers: the sum over every training
+    and scoring, divided by the jobs."""
+    from tgrl.protocol import PROCESS_SECONDS, estimate_minutes, plan_counts
+
+    protocol = write(tmp_path, {**SPEC, "tuning_seeds": [0, 1]})
+    counts = plan_counts(protocol)
+    # 4 methods x 2 entries x 2 tuning seeds; 4 x (3 - 2) new final trainings; 2 ablations x 3 seeds
+    assert counts == {
+        "tuning_trainings": 16, "final_new_trainings": 4, "ablation_trainings": 6, "trainings": 26,
+        "final_scorings": 4 * 3 + 2 * 3 + 1, "tuning_scorings": 17,
+    }  # fmt: skip
+    rows = [{"metric": "train_minutes", "method": m, "value": 2.0, "run": m} for m in SPEC["methods"]]
+    evals = [("synthetic_val", "greedy", False, 6.0), ("synthetic_test", "greedy", False, 12.0),
+             ("synthetic_shifted", "greedy", False, 18.0), ("synthetic_test", "avg@8", False, 60.0),
+             ("synthetic_test", "greedy", True, 24.0)]  # fmt: skip
+    for i, (task, decoding, vis, seconds) in enumerate(evals):
+        rows.append({"run": "r", "key": str(i), "task": task, "decoding": decoding, "metric": "acc",
+                     "eval_seconds": seconds, "settings": {"visual_dependency": vis}})  # fmt: skip
+    rows.append(
+        {"run": "r", "key": "4", "metric": "vis_dep_reasoning", "grounding_seconds": 6.0, "task": "t"}
+    )
+    got = estimate_minutes(protocol, rows, jobs=2)
+    start = PROCESS_SECONDS / 60
+    train = {m: 2.0 + start * (2 if m == "sft_rl" else 1) for m in SPEC["methods"]}
+    assert got["train_minutes"]["tgrl_joint_norm"] == pytest.approx(2.0 + start)  # TGRL's, no rows of its own
+    tune_eval = (6.0 + PROCESS_SECONDS) / 60
+    final_eval = (12 + 18 + 24 + 60 + 6 + 2 * PROCESS_SECONDS) / 60
+    tuning = sum(train.values()) * 2 * 2 + 17 * tune_eval
+    final = sum(train.values()) * 1 + 2 * (2.0 + start) * 3 + 19 * final_eval
+    assert got["cpu_minutes"] == pytest.approx({"tuning": tuning, "final": final})
+    assert got["wall_minutes"] == pytest.approx((tuning + final) / 2)
+
+
+def test_the_demo_refuses_a_selection_whose_entries_moved(tmp_path):
+    """selected.json names grid positions; when the grid changed under it, the demo would train another
+    configuration than the one selected: it stops and says so."""
+    import argparse
+    import importlib
+
+    module = importlib.import_module("scripts.run_protocol")
+    protocol = write(tmp_path)
+    chosen = {"selected": {"grpo": 1, "tgrl": 0}, "entries": {"grpo": {"learning_rate": 3e-5}, "tgrl": {}}}
+    (tmp_path / "selected.json").write_text(json.dumps(chosen))
+    runner = module.Runner(protocol, tmp_path / "w", tmp_path / "d", tmp_path / "o", quick=True)
+    args = argparse.Namespace(
+        selected=tmp_path / "selected.json", methods=["grpo"], jobs=1, out=tmp_path, work=tmp_path
+    )
+    with pytest.raises(module.UserError, match=r"\['grpo'\] are no longer at those grid positions"):
+        module.demo(protocol, runner, args, 0.0)

@@ -301,3 +301,49 @@ def test_an_over_long_item_is_recorded_and_the_task_goes_on(tiny_checkpoint, syn
     assert all("error" not in samples[d] for d in (0, 1, 3))
     results = json.loads((results_dir / "results.json").read_text())
     assert list(results["item_errors"]) == ["2"]
+
+
+def test_a_retrained_checkpoint_at_the_same_path_is_evaluated_again(runner, tmp_path) -> None:
+    """The skip key includes the weights' sha256: rows of the old weights do not mark the retrained
+    checkpoint finished, and unchanged weights still skip (the hash is cached beside the weights)."""
+    from tgrl.utils import WEIGHTS_HASH_CACHE, weights_sha256
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes(b"old weights")
+    data = tmp_path / "val.jsonl"
+    data.write_text('{"id": "a"}\n')
+    summary = tmp_path / "summary.jsonl"
+    settings = runner.resolve_settings({}, None)
+
+    def pending() -> list[str]:
+        plan = runner.plan_evaluation(str(ckpt), [], [f"v={data}"], settings, summary=summary)
+        return [t["key"] for t in plan.pending]
+
+    (key,) = pending()
+    runner.append_locked(summary, [{"key": key, "metric": "acc", "value": 0.5}])
+    assert pending() == [] and (ckpt / WEIGHTS_HASH_CACHE).is_file()
+    old_hash = weights_sha256(ckpt)
+    (ckpt / "model.safetensors").write_bytes(b"new weights, other size")
+    assert weights_sha256(ckpt) != old_hash
+    (new_key,) = pending()
+    assert new_key != key
+    assert runner.pair_key("hub/id", {"task": "t", "lmms_task": "t"}, settings, None) == runner.pair_key(
+        "hub/id", {"task": "t", "lmms_task": "t"}, settings, None, None
+    )  # no weights (a hub id): the key of earlier runs
+
+
+def test_every_summary_row_records_the_cpu_model(runner, tmp_path) -> None:
+    from tgrl.utils import machine_info
+
+    summary = tmp_path / "summary.jsonl"
+    runner.append_locked(summary, [{"metric": "acc", "value": 1.0}])
+    (row,) = read_rows(summary)
+    assert row["machine"] == machine_info() and row["machine"]["cpu"] and row["machine"]["platform"]
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file() and "model name" in cpuinfo.read_text():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line
+        ]
+        assert row["machine"]["cpu"] == names[0]

@@ -11,11 +11,14 @@ Rules, each switchable for ablations (:class:`FilterConfig`), applied in this or
   (the rollout budget: rejected, never truncated).
 * **F4 visual dependency** (off by default): the mean VPPO s_t of the trajectory's tokens, between a
   forward pass on the clean image and one on a perturbed image (:func:`tgrl.perturb.perturb_image`,
-  :func:`tgrl.token_weights.visual_dependency`: the trainer's functions), at least ``min_visual_dependency``.
+  :func:`tgrl.token_weights.visual_dependency`: the trainer's functions), at least ``min_visual_dependency``,
+  or, with ``f4_quantile`` q, at least the q-quantile of every F1/F2 survivor's mean s_t (a threshold
+  that needs no knowledge of the policy's s_t scale).
 * **F3 log-prob**: the mean token log-prob under the initial policy, with exactly the trainer's
   encoding (:func:`tgrl.modeling.encode_prompts`, left-padded prompt + right-padded response);
   optionally rejected below ``min_mean_logprob``; among the survivors the highest is selected.
-  With F3 off the survivor with the lowest ``sample_idx`` is selected (samples are i.i.d.).
+  With F3 off the survivor with the lowest ``sample_idx`` is selected (samples are i.i.d.), or, with
+  ``f3_random_survivor``, one drawn at random (seeded by ``seed`` and the problem id).
 
 A safety check runs always: a text whose policy tokenization contains a vision special token
 (``<|image_pad|>`` ...) is rejected (``vision_token``): the trainer's forward would crash on it.
@@ -63,6 +66,8 @@ class FilterConfig:
     min_mean_logprob: float | None = None
     f4_visual_dependency: bool = False
     min_visual_dependency: float = 0.0
+    f4_quantile: float | None = None  # F4's threshold: this quantile of the survivors' mean s_t
+    f3_random_survivor: bool = False  # F3 off: a random survivor instead of the lowest sample_idx
     perturb_mode: str = "patch_blackening"
     perturb_patch_size: int = 14
     perturb_prob: float = 0.5
@@ -292,6 +297,12 @@ def filter_trajectories(
 
     selected: dict[str, dict[str, Any] | None] = {p.id: None for p in problems}
     selection: Counter = Counter()
+    f4_threshold = config.min_visual_dependency
+    if config.f4_visual_dependency and config.f4_quantile is not None and candidates:
+        if not 0.0 <= config.f4_quantile < 1.0:
+            raise UserError(f"f4_quantile {config.f4_quantile}: must be in [0, 1)")
+        values = sorted(c.mean_visdep for c in candidates)
+        f4_threshold = values[math.floor(config.f4_quantile * (len(values) - 1))]  # lower nearest rank
     for pid, group in survivors.items():
         alive = []
         for c in group:
@@ -300,7 +311,7 @@ def filter_trajectories(
                 c.record["mean_visual_dependency"] = c.mean_visdep
             if config.f4_visual_dependency:
                 steps["f4_visual_dependency"]["in"] += 1
-                if not c.mean_visdep >= config.min_visual_dependency:
+                if not c.mean_visdep >= f4_threshold:
                     reject(c.record, "f4_visual_dependency", "low_visual_dependency")
                     continue
             if config.f3_logprob:
@@ -313,6 +324,11 @@ def filter_trajectories(
             continue
         if config.f3_logprob:
             best = max(alive, key=lambda c: (c.mean_logprob, -int(c.record["sample_idx"])))
+        elif config.f3_random_survivor:
+            from tgrl.teachers.base import stable_int
+
+            by_index = sorted(alive, key=lambda c: int(c.record["sample_idx"]))
+            best = by_index[stable_int("tgrl-f3-random", config.seed, pid) % len(by_index)]
         else:
             best = min(alive, key=lambda c: int(c.record["sample_idx"]))
         for c in alive:
@@ -327,9 +343,13 @@ def filter_trajectories(
 
     counts = _counts(problems, out, selected, steps, config)
     counts["selection"] = {
-        "by": "max_mean_logprob" if config.f3_logprob else "lowest_sample_idx",
+        "by": "max_mean_logprob"
+        if config.f3_logprob
+        else ("random_survivor" if config.f3_random_survivor else "lowest_sample_idx"),
         **selection,
     }
+    if config.f4_visual_dependency:
+        counts["f4_threshold"] = f4_threshold
     return FilterResult(trajectories=out, selected=selected, counts=counts)
 
 

@@ -7,12 +7,14 @@ Rules (docs/tiny_tier.md#7-fair-protocol, REPRODUCE.md section 5), all encoded i
   same way: an SFT step and an RL step both count 1, and SFT-then-RL spends part of the budget on SFT;
   sequences seen and wall time are reported beside it;
 * every method gets a tuning grid of the same size over its own knobs (the learning rate for all, the
-  expert-term knobs for the guided methods, the SFT steps for the SFT methods), trained with seed 0 and
-  scored on the validation split;
-* the selected configuration (best validation accuracy; ties go to the earlier grid entry) is trained
-  with the remaining seeds, and only those runs (and the weak base) are scored on the test and shifted
-  splits, once;
-* ablations change one key of TGRL's selected configuration.
+  expert-term knobs for the guided methods, the SFT steps for the SFT methods), trained with the
+  ``tuning_seeds`` (default: the first seed) and scored greedily on the ``selection_tasks`` (validation
+  splits; default synthetic_val);
+* the selected configuration (best mean greedy validation accuracy over the tuning seeds and selection
+  tasks; ties go to the earlier grid entry) is trained with every seed, and only those runs (and the weak
+  base) are scored on the test and shifted splits, once (sealed splits: tgrl/sealing.py);
+* ablations change exactly one key of TGRL's selected configuration (a recipe key, or the training set:
+  one data key), at every seed.
 
 This module holds the pure logic (plans, selection, budgets, the tuning table); scripts/run_protocol.py
 runs the plan.
@@ -31,6 +33,7 @@ from tgrl.utils import UserError, load_yaml_mapping
 KINDS = ("rl", "sft", "sft_rl")
 SELECTION_TASK = "synthetic_val"
 SELECTION_METRIC = "acc"
+SELECTION_DECODING = "greedy"  # an avg@8 (or grounding) validation row never replaces the greedy score
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,11 @@ class Protocol:
     rollouts_per_step: int
     sft_batch: int
     recipes: Path  # folder of the methods' recipes
+    tuning_seeds: list[int] = field(default_factory=list)  # seeds of every grid entry (default: seeds[0])
+    selection_tasks: dict[str, str] = field(default_factory=lambda: {SELECTION_TASK: "synthetic/val.jsonl"})
+    sealed: dict[str, Any] | None = None  # {seed, n_test, n_shifted, folder}: tgrl/sealing.py
+    train_sets: dict[str, list[str]] = field(default_factory=lambda: {"experts": []})  # name -> filter flags
+    raw: dict[str, Any] = field(default_factory=dict)  # the whole file (optional sections: sealed, ...)
 
     def grid(self, method: str) -> list[dict[str, Any]]:
         return self.methods[method]["grid"]
@@ -115,55 +123,99 @@ def load_protocol(path: str | Path) -> Protocol:
     for name, spec in ablations.items():
         if "recipe" not in spec:
             raise UserError(f"{where}: ablations.{name} needs a recipe")
+    seeds = [int(s) for s in raw["seeds"]]
+    tuning_seeds = [int(s) for s in raw.get("tuning_seeds") or seeds[:1]]
+    if not tuning_seeds or not set(tuning_seeds) <= set(seeds):
+        raise UserError(f"{where}: tuning_seeds {tuning_seeds} must be a non-empty subset of seeds {seeds}")
+    selection_tasks = raw.get("selection_tasks") or {SELECTION_TASK: "synthetic/val.jsonl"}
+    if not isinstance(selection_tasks, dict):
+        raise UserError(f"{where}: selection_tasks must map a task name to its JSONL under the data folder")
+    sets = raw.get("train_sets") or {"experts": []}
+    train_sets = {str(k): [str(f) for f in (v or [])] for k, v in sets.items()}
+    for name, spec in ablations.items():
+        if spec.get("train_set", "experts") not in train_sets:
+            raise UserError(f"{where}: ablations.{name}.train_set {spec['train_set']!r} is not in train_sets")
+    sealed = raw.get("sealed")
+    if sealed is not None:
+        missing = [k for k in ("seed", "n_test", "n_shifted") if k not in (sealed or {})]
+        if missing:
+            raise UserError(f"{where}: sealed needs {missing} (a new generator seed and the split sizes)")
+        sealed = {"folder": "sealed", **sealed}
     return Protocol(
         path=path,
         budget_steps=budget,
-        seeds=[int(s) for s in raw["seeds"]],
+        seeds=seeds,
         methods=methods,
         ablations=ablations,
         rollouts_per_step=int(raw["rollouts_per_step"]),
         sft_batch=int(raw["sft_batch"]),
         recipes=Path(raw["recipes"]),
+        tuning_seeds=tuning_seeds,
+        selection_tasks={str(k): str(v) for k, v in selection_tasks.items()},
+        sealed=sealed,
+        train_sets=train_sets,
+        raw=raw,
     )
 
 
 def tuning_runs(protocol: Protocol) -> list[RunSpec]:
-    """Every grid entry of every method, with the first seed (scored on the validation split)."""
-    seed = protocol.seeds[0]
+    """Every grid entry of every method at every tuning seed (scored on the validation splits)."""
     return [
         RunSpec(name, spec["kind"], spec["recipe"], i, seed, dict(entry))
         for name, spec in protocol.methods.items()
         for i, entry in enumerate(spec["grid"])
+        for seed in protocol.tuning_seeds
     ]
 
 
 def select(protocol: Protocol, rows: Iterable[dict[str, Any]]) -> dict[str, int]:
-    """Per method, the grid index with the best validation accuracy of its seed-0 run (ties: earlier entry).
+    """Per method, the grid index with the best mean greedy validation accuracy over its tuning seeds and
+    the selection tasks (ties: earlier entry).
 
-    ``rows`` are summary rows (results/.../summary.jsonl); a grid entry without a validation row is an
-    error naming the run, never a silent pick among the rest."""
+    ``rows`` are summary rows (results/.../summary.jsonl); a tuning run without a validation row is an
+    error naming the run and the task, never a silent pick among the rest."""
     scores = validation_scores(protocol, rows)
-    selected = {}
     for run in tuning_runs(protocol):
-        if run.name not in scores:
-            raise UserError(
-                f"no {SELECTION_TASK} {SELECTION_METRIC} row for run {run.name}: the tuning stage is not "
-                "finished. Fix: rerun the protocol (it resumes)"
-            )
+        for task in protocol.selection_tasks:
+            if (run.name, task) not in scores:
+                raise UserError(
+                    f"no {task} {SELECTION_METRIC} ({SELECTION_DECODING}) row for run {run.name}: the tuning "
+                    "stage is not finished. Fix: rerun the protocol (it resumes)"
+                )
+    means = entry_scores(protocol, scores)
+    return {
+        name: max(range(len(protocol.grid(name))), key=lambda i, name=name: (means[(name, i)], -i))
+        for name in protocol.methods
+    }
+
+
+def entry_scores(protocol: Protocol, scores: dict[tuple[str, str], float]) -> dict[tuple[str, int], float]:
+    """(method, grid index) -> mean of its validation scores over tuning seeds and selection tasks (the
+    entries with every score)."""
+    out = {}
     for name in protocol.methods:
-        best = max(
-            range(len(protocol.grid(name))), key=lambda i: (scores[f"{name}_c{i}_s{protocol.seeds[0]}"], -i)
-        )
-        selected[name] = best
-    return selected
+        for i in range(len(protocol.grid(name))):
+            values = [
+                scores.get((f"{name}_c{i}_s{seed}", task))
+                for seed in protocol.tuning_seeds
+                for task in protocol.selection_tasks
+            ]
+            if all(v is not None for v in values):
+                out[(name, i)] = sum(values) / len(values)
+    return out
 
 
-def validation_scores(protocol: Protocol, rows: Iterable[dict[str, Any]]) -> dict[str, float]:
-    """run name -> validation accuracy (the last row of a run wins)."""
+def validation_scores(protocol: Protocol, rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str], float]:
+    """(run name, selection task) -> greedy validation accuracy (the last row of a run wins; rows of
+    another decoding, such as avg@8, never count)."""
     scores = {}
     for row in rows:
-        if row.get("task") == SELECTION_TASK and row.get("metric") == SELECTION_METRIC:
-            scores[row["run"]] = float(row["value"])
+        if (
+            row.get("task") in protocol.selection_tasks
+            and row.get("metric") == SELECTION_METRIC
+            and row.get("decoding", "greedy") == SELECTION_DECODING
+        ):
+            scores[(row["run"], row["task"])] = float(row["value"])
     return scores
 
 
@@ -180,7 +232,8 @@ def final_runs(protocol: Protocol, selected: dict[str, int]) -> list[RunSpec]:
 
 
 def ablation_runs(protocol: Protocol, selected: dict[str, int], base_method: str = "tgrl") -> list[RunSpec]:
-    """TGRL's selected entry with one change each (first seed): ``overrides`` of the ablation win."""
+    """TGRL's selected entry with one change each, at every seed (paired with TGRL's runs): ``overrides``
+    of the ablation win."""
     entry = protocol.grid(base_method)[selected[base_method]]
     return [
         RunSpec(
@@ -188,11 +241,12 @@ def ablation_runs(protocol: Protocol, selected: dict[str, int], base_method: str
             "rl",
             spec["recipe"],
             selected[base_method],
-            protocol.seeds[0],
+            seed,
             {**entry, **(spec.get("overrides") or {})},
             spec.get("train_set", "experts"),
         )
         for name, spec in protocol.ablations.items()
+        for seed in protocol.seeds
     ]
 
 
@@ -215,38 +269,48 @@ def budget_of(protocol: Protocol, run: RunSpec) -> dict[str, int]:
 
 
 def tuning_table(protocol: Protocol, rows: list[dict[str, Any]], selected: dict[str, int]) -> tuple[str, str]:
-    """(Markdown, CSV) of every grid entry's validation scores, the selected entry marked; from summary
-    rows."""
+    """(Markdown, CSV) of every grid entry's greedy validation scores (means over the tuning seeds), the
+    selection score and the selected entry marked; from summary rows (other decodings never count)."""
+    rows = list(rows)
+    scores = entry_scores(protocol, validation_scores(protocol, rows))
+    task = next(iter(protocol.selection_tasks))
     by_run: dict[str, dict[str, float]] = {}
     for row in rows:
-        if row.get("task") == SELECTION_TASK:
+        if row.get("task") == task and row.get("decoding", "greedy") == SELECTION_DECODING:
             by_run.setdefault(row["run"], {})[row["metric"]] = float(row["value"])
-    metrics = [
-        ("acc", "val acc"),
-        ("acc_sum", "sum"),
-        ("acc_diff", "diff"),
-        ("acc_cmp", "cmp"),
-        ("fact_acc", "fact acc"),
-    ]
-    header = ["method", "grid entry", *(label for _, label in metrics), "selected"]
+    metrics = [("acc_sum", "sum"), ("acc_diff", "diff"), ("acc_cmp", "cmp"), ("fact_acc", "fact acc")]
+    score_label = "selection score (" + " + ".join(protocol.selection_tasks) + ")"
+    header = ["method", "grid entry", "seeds", score_label, *(f"{task} {label}" for _, label in metrics)]
+    header.append("selected")
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    csv = [",".join(header)]
-    for run in tuning_runs(protocol):
-        values = by_run.get(run.name, {})
-        cells = [_pct(values.get(key)) for key, _ in metrics]
-        mark = "yes" if selected.get(run.method) == run.config_index else ""
-        md.append("| " + " | ".join([run.method, run.label, *cells, mark]) + " |")
-        csv.append(",".join([run.method, f'"{run.label}"', *cells, mark]))
+    csv = [",".join(f'"{h}"' if "," in h else h for h in header)]
+    for name in protocol.methods:
+        for i, entry in enumerate(protocol.grid(name)):
+            runs = [f"{name}_c{i}_s{seed}" for seed in protocol.tuning_seeds]
+            cells = [_pct(_mean([by_run.get(r, {}).get(key) for r in runs])) for key, _ in metrics]
+            label = config_label(entry)
+            mark = "yes" if selected.get(name) == i else ""
+            seeds = " ".join(map(str, protocol.tuning_seeds))
+            md.append(
+                "| " + " | ".join([name, label, seeds, _pct(scores.get((name, i))), *cells, mark]) + " |"
+            )
+            csv.append(",".join([name, f'"{label}"', seeds, _pct(scores.get((name, i))), *cells, mark]))
     base = by_run.get("base", {})
     if base:
-        md.append(
-            "| "
-            + " | ".join(
-                ["base", "(weak base, start of every run)", *(_pct(base.get(k)) for k, _ in metrics), ""]
-            )
-            + " |"
+        base_score = _mean(
+            [validation_scores(protocol, rows).get(("base", t)) for t in protocol.selection_tasks]
         )
+        cells = [_pct(base.get(k)) for k, _ in metrics]
+        md.append(
+            "| " + " | ".join(["base", "(weak base, start of every run)", "", _pct(base_score), *cells, ""])
+        )
+        md[-1] += " |"
     return "\n".join(md) + "\n", "\n".join(csv) + "\n"
+
+
+def _mean(values: list[float | None]) -> float | None:
+    """The mean when every value is there, else None (an unfinished entry shows no number)."""
+    return None if not values or any(v is None for v in values) else sum(values) / len(values)
 
 
 def _pct(value: float | None) -> str:
@@ -300,3 +364,92 @@ def reading(rows: Iterable[dict[str, Any]], methods: Iterable[str] = ("grpo", "t
         "show whether the expert term moved the policy."
     )
     return first + "\n" + second
+
+
+PROCESS_SECONDS = 30.0  # start-up of one train / eval process on the 2-core tier (imports + model load)
+
+
+def plan_counts(protocol: Protocol) -> dict[str, int]:
+    """How many trainings and scorings the full protocol runs (whatever the selection: the selected entry's
+    tuning seeds are reused, so each method adds len(seeds) - len(tuning_seeds) trainings)."""
+    methods, seeds, tuning = len(protocol.methods), len(protocol.seeds), len(protocol.tuning_seeds)
+    entries = len(protocol.grid(next(iter(protocol.methods))))
+    reused = len(set(protocol.tuning_seeds) & set(protocol.seeds))
+    counts = {
+        "tuning_trainings": methods * entries * tuning,
+        "final_new_trainings": methods * (seeds - reused),
+        "ablation_trainings": len(protocol.ablations) * seeds,
+        "final_scorings": methods * seeds + len(protocol.ablations) * seeds + 1,  # + the weak base
+        "tuning_scorings": methods * entries * tuning + 1,
+    }
+    counts["trainings"] = (
+        counts["tuning_trainings"] + counts["final_new_trainings"] + counts["ablation_trainings"]
+    )
+    return counts
+
+
+def estimate_minutes(protocol: Protocol, rows: Iterable[dict[str, Any]], jobs: int = 2) -> dict[str, Any]:
+    """The protocol's wall time from recorded runs (a summary.jsonl): per-method training minutes (its
+    ``train_minutes`` rows, measured while ``jobs`` runs shared the cores; an ablation without rows: TGRL's),
+    each evaluation's ``eval_seconds`` (greedy validation, greedy test + shifted, --visual-dependency, avg@8;
+    the probe's forward taken as the grounding pass's ``grounding_seconds``), plus PROCESS_SECONDS per
+    process; the sum over all runs divided by ``jobs``. Returns the parts and the arithmetic."""
+    rows = list(rows)
+    train: dict[str, list[float]] = {}
+    evals: dict[str, list[float]] = {}
+    seen = set()
+    for row in rows:
+        if row.get("metric") == "train_minutes":
+            train.setdefault(row["method"], []).append(float(row["value"]))
+        if row.get("metric") == "vis_dep_reasoning" and row.get("grounding_seconds") is not None:
+            evals.setdefault("probe", []).append(float(row["grounding_seconds"]))
+        if "eval_seconds" not in row or (row["run"], row.get("key")) in seen:
+            continue
+        seen.add((row["run"], row.get("key")))  # one row per evaluation (a row per metric shares it)
+        vis = bool((row.get("settings") or {}).get("visual_dependency"))
+        kind = "visdep" if vis else f"{row['task'].split('_')[-1]}_{row.get('decoding', 'greedy')}"
+        evals.setdefault(kind, []).append(float(row["eval_seconds"]))
+
+    def mean(values: list[float] | None, what: str) -> float:
+        if not values:
+            raise UserError(f"no recorded {what} in the summary: cannot estimate the protocol's time")
+        return sum(values) / len(values)
+
+    tgrl = mean(train.get("tgrl"), "tgrl train_minutes")
+    per_method = {
+        m: mean(train.get(m), f"{m} train_minutes") + PROCESS_SECONDS / 60 for m in protocol.methods
+    }
+    for m, spec in protocol.methods.items():
+        if spec["kind"] == "sft_rl":
+            per_method[m] += PROCESS_SECONDS / 60  # its SFT stage is a process of its own
+    per_ablation = {a: mean(train.get(a) or [tgrl], a) + PROCESS_SECONDS / 60 for a in protocol.ablations}
+    val = len(protocol.selection_tasks) * mean(evals.get("val_greedy"), "validation eval_seconds")
+    tune_eval = (val + PROCESS_SECONDS) / 60
+    final_eval = (
+        mean(evals.get("test_greedy"), "test eval_seconds")
+        + mean(evals.get("shifted_greedy"), "shifted eval_seconds")
+        + mean(evals.get("visdep"), "--visual-dependency eval_seconds")
+        + mean(evals.get("test_avg@8"), "avg@8 eval_seconds")
+        + mean(evals.get("probe"), "grounding_seconds")
+        + 2 * PROCESS_SECONDS  # one batch (greedy, grounding, avg@8, probe: eval/run_batch.py), the summary
+    ) / 60
+    counts = plan_counts(protocol)
+    entries = len(protocol.grid(next(iter(protocol.methods))))
+    new_seeds = counts["final_new_trainings"] // len(protocol.methods)
+    parts = {
+        "tuning": sum(per_method.values()) * entries * len(protocol.tuning_seeds)
+        + counts["tuning_scorings"] * tune_eval,
+        "final": sum(per_method.values()) * new_seeds
+        + sum(per_ablation.values()) * len(protocol.seeds)
+        + counts["final_scorings"] * final_eval,
+    }
+    total = sum(parts.values())
+    return {
+        "train_minutes": {**per_method, **per_ablation},
+        "tuning_eval_minutes": tune_eval,
+        "final_eval_minutes": final_eval,
+        "cpu_minutes": parts,
+        "jobs": jobs,
+        "wall_minutes": total / jobs,
+        "counts": counts,
+    }

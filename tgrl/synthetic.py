@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tgrl.utils import UserError, sha256_file, write_json, write_jsonl
+from tgrl.utils import UserError, read_jsonl, sha256_file, write_json, write_jsonl
 
 COLORS: dict[str, tuple[int, int, int]] = {"red": (220, 30, 30), "blue": (30, 70, 225)}
 # The shifted held-out split draws the same scenes in shades no training image has (a darker, bluish red and
@@ -242,6 +242,63 @@ def build_dataset(
     write_json(manifest_path, manifest)
     written = ", ".join(f"{len(items)} {name}" for name, items in splits.items())
     print(f"[make_synthetic] wrote {written} items to {out} in {time.time() - t0:.1f}s")
+    return manifest
+
+
+SEALED_SPLITS = ("test", "shifted")
+
+
+def build_sealed_splits(out: Path, source: Path, seed: int, n_test: int, n_shifted: int) -> dict:
+    """Sealed test and shifted splits (``OUT/test.jsonl``, ``OUT/shifted.jsonl`` + images +
+    ``OUT/manifest.json``) from generator ``seed``, which no split of the ``source`` dataset used, and
+    disjoint from every item of it (train, val, test, shifted). The protocol scores them once, after the
+    selection is frozen (tgrl/sealing.py). Hook for derived splits (twin scenes, blind copies): write them
+    into OUT as further ``*.jsonl`` files built from OUT/test.jsonl; every JSONL file in OUT is sealed.
+    Same arguments: byte-identical files, and a rerun is a no-op; other arguments need a new OUT."""
+    source_manifest = source / "manifest.json"
+    if not source_manifest.is_file():
+        raise UserError(f"{source_manifest}: not found. Fix: build the dataset first (make_synthetic.py)")
+    src = json.loads(source_manifest.read_text())
+    if int(src["args"]["seed"]) == seed:
+        raise UserError(
+            f"sealed seed {seed} is the seed of {source} (its splits may have been scored): choose a new one"
+        )
+    args = {
+        "seed": seed,
+        "n_test": n_test,
+        "n_shifted": n_shifted,
+        "generator_version": GENERATOR_VERSION,
+        "source_manifest_sha256": sha256_file(source_manifest),
+    }
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old.get("args") == args:
+            return old
+        raise UserError(
+            f"{out} holds sealed splits made with {old.get('args')}, not {args}. Fix: another folder (a "
+            "sealed split is never regenerated in place)"
+        )
+    seen = {record_key(r) for split in SPLITS if (source / f"{split}.jsonl").is_file()
+            for _, r in read_jsonl(source / f"{split}.jsonl")}  # fmt: skip
+    counts, files = {}, {}
+    for split, n in (("test", n_test), ("shifted", n_shifted)):
+        kwargs = {"colors": SHIFTED_COLORS} if split == "shifted" else {}
+        items = generate_split(f"sealed_{split}", n, seed, exclude=set(seen), **kwargs)
+        seen |= {record_key(r) for r, _ in items}
+        (out / "images" / f"sealed_{split}").mkdir(parents=True, exist_ok=True)
+        for record, image in items:
+            image.save(out / record["images"][0], format="PNG", optimize=False)
+        write_jsonl(out / f"{split}.jsonl", [r for r, _ in items])
+        counts[split] = {"n": len(items)}
+        files[f"{split}.jsonl"] = sha256_file(out / f"{split}.jsonl")
+    manifest = {
+        "args": args,
+        "counts": counts,
+        "sha256": files,
+        "note": f"sealed splits (tgrl/sealing.py), disjoint from every split of {source}",
+    }
+    write_json(manifest_path, manifest)
     return manifest
 
 

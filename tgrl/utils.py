@@ -6,10 +6,12 @@ and report bad input without a traceback, so those mechanics exist once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -187,6 +189,54 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+WEIGHTS_HASH_CACHE = ".tgrl_weights_sha256.json"
+
+
+def weights_sha256(checkpoint: str | os.PathLike) -> str | None:
+    """One sha256 over a checkpoint folder's weight files (``*.safetensors``, else ``pytorch_model*.bin``),
+    or None for a hub id / a folder without weights. Evaluation and probe keys include it, so a checkpoint
+    retrained at the same path never keeps the rows of the old weights.
+
+    Cached in ``<folder>/.tgrl_weights_sha256.json`` by each file's name, size and mtime (a 7B checkpoint
+    hashes once); a read-only folder just recomputes."""
+    folder = Path(checkpoint)
+    if not folder.is_dir():
+        return None
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        return None
+    stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    cache = folder / WEIGHTS_HASH_CACHE
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("files") == stamp:
+            return str(cached["sha256"])
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + sha256_file(f).encode() + b"\0")
+    digest = h.hexdigest()
+    with contextlib.suppress(OSError):  # a read-only folder: no cache
+        atomic_write_text(cache, json.dumps({"files": stamp, "sha256": digest}))
+    return digest
+
+
+@functools.cache
+def machine_info() -> dict[str, str]:
+    """The CPU model (``model name`` of /proc/cpuinfo, else platform.processor()) and the platform string.
+    Recorded with every summary row: floating-point differences between CPUs move tiny-tier scores."""
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu or platform.processor() or "unknown", "platform": platform.platform()}
 
 
 def git_commit(short: bool = True) -> str:

@@ -19,6 +19,7 @@ one colour, the mean of the seeds' smoothed curves, and a band from their minimu
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -78,11 +79,13 @@ class InputError(Exception):
 
 
 def load_metrics(path: Path) -> dict[int, dict[str, float]]:
-    """step -> {key: value} with numeric values only; a step logged twice keeps its later line."""
+    """step -> {key: value} with numeric values only; a step logged twice keeps its later line. A ``.gz``
+    file (the protocol's kept curves, OUT/curves/) is read the same way."""
     if not path.is_file():
         raise InputError(f"{path}: metrics file not found")
     steps: dict[int, dict[str, float]] = {}
-    with path.open(encoding="utf-8") as f:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for line_no, text in enumerate(f, start=1):
             if not text.strip():
                 continue

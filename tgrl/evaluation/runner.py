@@ -8,7 +8,8 @@ appends one row per metric to the summary file (default results/summary.jsonl):
 
     {"run", "method", "seed", "checkpoint", "task", "metric", "value" (a fraction in [0, 1]), "n",
      "decoding" ("greedy" | "avg@k"), "suite", "git_commit", "versions", "time", "settings": {...},
-     "key", "settings_hash", "lmms_task", "limit", "eval_seconds", "results_dir"}
+     "key", "weights_sha256", "settings_hash", "lmms_task", "limit", "eval_seconds", "results_dir",
+     "machine": {"cpu", "platform"}}
 
 Why the Python API and not lmms-eval's CLI in a subprocess: the CLI exits 0 on errors, strips <think>
 before scoring, bootstraps stderr 100,000 times and finds our model only through the package entry point;
@@ -17,9 +18,10 @@ stderr bootstrapping is off (bootstrap_iters=0; the tables report spread over se
 passed directly, and one model load serves all tasks.
 
 Resume: a (checkpoint, task) pair is finished when the summary holds rows with its key, a hash of the
-checkpoint (absolute path or hub id), the task, the JSONL file's sha256 (generic task), --limit and the
-settings below. A killed and rerun command redoes only unfinished tasks, and checks that before it imports
-lmms-eval or torch (a finished rerun takes about a second). --force redoes them.
+checkpoint (absolute path or hub id, and the sha256 of a local folder's weight files), the task, the JSONL
+file's sha256 (generic task), --limit and the settings below. A killed and rerun command redoes only
+unfinished tasks, and checks that before it imports lmms-eval or torch (a finished rerun takes about a
+second). --force redoes them.
 
 Settings (precedence: command line > --suite in eval/suites.yaml > defaults below): backend, dtype,
 batch_size, max_new_tokens, decoding (greedy | avg@k with --temperature/--top-p, lmms-eval ``repeats``),
@@ -64,9 +66,11 @@ from tgrl.utils import (
     UserError,
     append_jsonl,
     git_commit,
+    machine_info,
     package_versions,
     read_jsonl,
     sha256_file,
+    weights_sha256,
     write_json,
     write_jsonl,
 )
@@ -338,8 +342,16 @@ def list_checkpoints(manifest: str | None, checkpoints_dir: str, explicit: list[
 # summary bookkeeping
 
 
-def pair_key(checkpoint: str, task: dict[str, Any], settings: dict[str, Any], limit: int | None) -> str:
-    """The identity of a finished (checkpoint, task): what must match for a rerun to be skipped."""
+def pair_key(
+    checkpoint: str,
+    task: dict[str, Any],
+    settings: dict[str, Any],
+    limit: int | None,
+    weights: str | None = None,
+) -> str:
+    """The identity of a finished (checkpoint, task): what must match for a rerun to be skipped.
+    ``weights`` (:func:`tgrl.utils.weights_sha256` of a local checkpoint) makes a checkpoint retrained at the
+    same path a new pair; hub ids have none and keep their keys."""
     ident = {
         "checkpoint": checkpoint,
         "task": task["task"],
@@ -348,6 +360,8 @@ def pair_key(checkpoint: str, task: dict[str, Any], settings: dict[str, Any], li
         "limit": limit,
         "settings_hash": settings_hash(settings),
     }
+    if weights is not None:
+        ident["weights_sha256"] = weights
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -362,7 +376,9 @@ def finished_keys(summary: Path) -> set[str]:
 
 
 def append_locked(path: Path, rows: list[dict]) -> None:
-    """Append under an exclusive lock: several evaluation processes may share one summary file."""
+    """Append under an exclusive lock: several evaluation processes may share one summary file. Every row
+    gets ``machine`` (the CPU model and platform, :func:`tgrl.utils.machine_info`) unless it has one."""
+    rows = [{**row, "machine": row.get("machine") or machine_info()} for row in rows]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -545,8 +561,10 @@ def plan_evaluation(
     label = label_run(checkpoint, run, method, seed)
     summary = Path(summary)
     done = set() if force else finished_keys(summary)
+    weights = weights_sha256(checkpoint)
     for task in tasks:
-        task["key"] = pair_key(checkpoint, task, settings, limit)
+        task["key"] = pair_key(checkpoint, task, settings, limit, weights)
+        task["weights_sha256"] = weights
     pending = [t for t in tasks if t["key"] not in done]
     for task in tasks:
         if task not in pending:
@@ -761,6 +779,7 @@ def record_task(
             "extraction": "tgrl.rewards.score_completion" if not task["builtin"] else "lmms-eval built-in",
         },
         "key": task["key"],
+        "weights_sha256": task.get("weights_sha256"),
         "settings_hash": settings_id,
         "lmms_task": task["lmms_task"],
         "limit": plan.limit,

@@ -1,0 +1,161 @@
+"""Registered comparisons (tgrl/evaluation/registered.py, eval/registered_comparisons.py): the paired
+t-test, Holm, the minimal detectable difference and the table, against values computed by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+
+from tgrl.evaluation.registered import (
+    evaluate,
+    holm,
+    load_preregistration,
+    minimal_detectable_difference,
+    paired_t_test,
+    render,
+    seeds_for,
+    spread_table,
+)
+from tgrl.utils import REPO_ROOT, UserError
+
+
+def t3_two_sided_p(t: float) -> float:
+    """P(|T| > t) for Student's t with 3 degrees of freedom, closed form (A&S 26.7.3):
+    P(|T| <= t) = (2 / pi) (theta + sin(theta) cos(theta)), theta = atan(t / sqrt(3))."""
+    theta = math.atan(t / math.sqrt(3))
+    return 1 - 2 / math.pi * (theta + math.sin(theta) * math.cos(theta))
+
+
+def test_paired_t_test_by_hand():
+    # d = 1, 2, 3, 4: mean 2.5, sd sqrt(5/3), se sqrt(5/3)/2, t = 2.5 / se = sqrt(15) = 3.873
+    result = paired_t_test([1.0, 2.0, 3.0, 4.0])
+    se = math.sqrt(5 / 3) / 2
+    assert result.mean == 2.5 and result.sd == pytest.approx(math.sqrt(5 / 3))
+    assert result.t == pytest.approx(math.sqrt(15))
+    assert result.p == pytest.approx(t3_two_sided_p(math.sqrt(15)), abs=1e-9)
+    assert result.p == pytest.approx(0.0305, abs=5e-4)
+    # t_{0.975, 3} = 3.182446 (tables)
+    assert result.ci == pytest.approx((2.5 - 3.182446 * se, 2.5 + 3.182446 * se), abs=1e-5)
+    assert paired_t_test([-1.0, -2.0, -3.0, -4.0]).p == pytest.approx(result.p)  # two-sided
+    with pytest.raises(ValueError):
+        paired_t_test([1.0])
+
+
+def test_holm_by_hand():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone 0.04 -> 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_minimal_detectable_difference_matches_known_power_values():
+    # A paired t-test with effect size d = 1, alpha 0.05 two-sided, needs 10 pairs for power 0.8 (power
+    # 0.803 at n = 10, G*Power; 9 pairs fall short): so the MDD at n = 10 is just below 1 sigma, at 9 above
+    assert 0.98 < minimal_detectable_difference(10, 1.0, 0.05) < 1.0
+    assert minimal_detectable_difference(9, 1.0, 0.05) > 1.0
+    assert seeds_for(1.0, 1.0, 0.05) == 10
+    # large n: the normal approximation (z_{0.975} + z_{0.8}) sigma / sqrt(n)
+    assert minimal_detectable_difference(400, 2.0, 0.05) == pytest.approx(2 * 2.801585 / 20, rel=5e-3)
+    # it scales with sigma, and a stricter alpha (Holm's first step, alpha / m) needs a larger difference
+    assert minimal_detectable_difference(8, 3.0, 0.05) == pytest.approx(
+        3 * minimal_detectable_difference(8, 1, 0.05)
+    )
+    assert minimal_detectable_difference(8, 1.0, 0.05 / 12) > minimal_detectable_difference(8, 1.0, 0.05)
+
+
+def rows(method, values, task="sealed_test", metric="acc"):
+    return [
+        {"run": f"{method}_s{s}", "method": method, "seed": s, "task": task, "metric": metric, "value": v,
+         "n": 1000, "decoding": "greedy", "time": "2026-01-01T00:00:00"}
+        for s, v in enumerate(values)
+    ]  # fmt: skip
+
+
+PREREG = {
+    "status": "draft",
+    "seeds": [0, 1, 2, 3],
+    "test": {"type": "paired_t", "sides": "two", "correction": "holm", "alpha": 0.05},
+    "power": 0.8,
+    "comparisons": [
+        {"id": "tgrl_vs_grpo", "a": "tgrl", "b": "grpo", "task": "sealed_test", "metric": "acc"},
+        {"id": "tgrl_vs_luffy", "a": "tgrl", "b": "luffy_vl", "task": "sealed_test", "metric": "acc"},
+        {"id": "grounding", "a": "tgrl", "b": "grpo", "task": "sealed_twins", "metric": "TBD: tracking"},
+    ],
+}
+
+
+def test_registered_table_from_a_summary(tmp_path):
+    summary = tmp_path / "summary.jsonl"
+    data = rows("grpo", [0.60, 0.61, 0.62, 0.63]) + rows("tgrl", [0.61, 0.63, 0.65, 0.67])
+    data += rows("luffy_vl", [0.61, 0.63, 0.65])  # seed 3 missing
+    summary.write_text("".join(json.dumps(r) + "\n" for r in data))
+    path = tmp_path / "prereg.yaml"
+    path.write_text(yaml.safe_dump(PREREG))
+    prereg = load_preregistration(path)
+    results = {r.comparison.id: r for r in evaluate(prereg, [str(summary)])}
+    grpo = results["tgrl_vs_grpo"]
+    # differences in points: 1, 2, 3, 4 -> the hand-computed test above; Holm over 3 (two untested = 1)
+    assert grpo.test.mean == pytest.approx(2.5) and grpo.test.p == pytest.approx(
+        t3_two_sided_p(math.sqrt(15))
+    )
+    assert grpo.holm_p == pytest.approx(3 * grpo.test.p) and grpo.verdict == "not resolved"
+    assert results["tgrl_vs_luffy"].verdict.startswith("incomplete (no pair at seeds [3])")
+    assert results["grounding"].verdict == "pending (metric TBD)"
+    md, csv = render(prereg, list(results.values()), [str(summary)])
+    assert "| tgrl_vs_grpo | tgrl - grpo | sealed_test acc (greedy) | 4 | +2.50 |" in md
+    assert csv.splitlines()[1].startswith("tgrl_vs_grpo,tgrl,grpo,sealed_test,acc,greedy,4,2.5000,")
+    # a larger effect is resolved
+    data = rows("grpo", [0.60, 0.61, 0.62, 0.63]) + rows("tgrl", [0.70, 0.715, 0.73, 0.74])
+    summary.write_text("".join(json.dumps(r) + "\n" for r in data))
+    assert evaluate(prereg, [str(summary)])[0].verdict == "resolved"
+
+
+def test_power_analysis_uses_the_measured_paired_spread(tmp_path):
+    summary = tmp_path / "summary.jsonl"
+    data = rows("grpo", [0.60, 0.61, 0.62], task="synthetic_test")
+    data += rows("tgrl", [0.61, 0.63, 0.65], task="synthetic_test")
+    data += rows("luffy_vl", [0.61], task="synthetic_test")
+    summary.write_text("".join(json.dumps(r) + "\n" for r in data))
+    path = tmp_path / "prereg.yaml"
+    path.write_text(yaml.safe_dump(PREREG))
+    prereg = load_preregistration(path)
+    table = {r["id"]: r for r in spread_table(prereg, [str(summary)], {"sealed_test": "synthetic_test"})}
+    assert table["tgrl_vs_grpo"]["sd"] == pytest.approx(1.0)  # differences 1, 2, 3 points
+    assert table["tgrl_vs_grpo"]["alpha"] == pytest.approx(0.05 / 3)
+    assert table["tgrl_vs_grpo"]["mdd"] == pytest.approx(minimal_detectable_difference(4, 1.0, 0.05 / 3))
+    assert table["tgrl_vs_luffy"]["sd"] == pytest.approx(
+        math.sqrt(2) * 2.0
+    )  # one luffy seed: sqrt(2) x tgrl SD
+    assert table["grounding"]["source"] == "metric TBD"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: p.update(status="final"), "have no metric yet"),
+        (lambda p: p.update(seeds=[0]), "at least 2"),
+        (lambda p: p["test"].update(correction="bonferroni"), "holm"),
+        (lambda p: p["comparisons"].append(dict(p["comparisons"][0])), "given twice"),
+        (lambda p: p["comparisons"][0].pop("metric"), "misses"),
+    ],
+)
+def test_bad_preregistrations_are_errors_naming_the_file(tmp_path, change, message):
+    spec = yaml.safe_load(yaml.safe_dump(PREREG))
+    change(spec)
+    path = tmp_path / "prereg.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(UserError, match=message) as err:
+        load_preregistration(path)
+    assert "prereg.yaml" in str(err.value)
+
+
+def test_the_committed_draft_preregistration_loads():
+    prereg = load_preregistration(REPO_ROOT / "results" / "tiny" / "preregistration.yaml")
+    assert prereg.status == "draft" and len(prereg.seeds) >= 8
+    ids = {c.id for c in prereg.comparisons}
+    needed = ("grpo", "no_reweight", "no_f1", "no_f3", "luffy_vl", "sft_rl")
+    for other in needed:
+        needed_id = f"tgrl_vs_{other}"
+        assert {f"{needed_id}_test", f"{needed_id}_shifted"} <= ids

@@ -1,0 +1,188 @@
+"""Sealed splits (tgrl/sealing.py, tgrl.synthetic.build_sealed_splits) and the protocol's run-level resume
+(scripts/run_protocol.py): no sealed scoring before the freeze, each checkpoint once, every event logged;
+finished runs skipped from the summary alone."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tgrl.sealing import MANIFEST, SCORING_LOG, ScoringLog, freeze, require_frozen, selection_sha256
+from tgrl.synthetic import build_dataset, build_sealed_splits, record_key
+from tgrl.utils import UserError, read_jsonl
+
+from .test_protocol import SPEC
+
+run_protocol = importlib.import_module("scripts.run_protocol")
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    """A small seed-0 dataset and sealed splits from seed 7 beside it."""
+    root = tmp_path_factory.mktemp("sealed")
+    build_dataset(root / "synthetic", n_train=40, n_test=20, seed=0, n_val=20, n_shifted=20)
+    build_sealed_splits(root / "sealed", root / "synthetic", seed=7, n_test=30, n_shifted=30)
+    return root
+
+
+def keys(path):
+    return {record_key(row) for _, row in read_jsonl(path)}
+
+
+def test_sealed_splits_are_new_and_disjoint_from_every_earlier_split(datasets):
+    sealed, source = datasets / "sealed", datasets / "synthetic"
+    earlier = set().union(*(keys(source / f"{s}.jsonl") for s in ("train", "val", "test", "shifted")))
+    assert len(keys(sealed / "test.jsonl")) == 30 and len(keys(sealed / "shifted.jsonl")) == 30
+    assert not keys(sealed / "test.jsonl") & earlier and not keys(sealed / "shifted.jsonl") & earlier
+    assert not keys(sealed / "test.jsonl") & keys(sealed / "shifted.jsonl")
+    before = (sealed / "test.jsonl").read_bytes()
+    build_sealed_splits(sealed, source, seed=7, n_test=30, n_shifted=30)  # same arguments: a no-op
+    assert (sealed / "test.jsonl").read_bytes() == before
+    with pytest.raises(UserError, match="never regenerated in place"):
+        build_sealed_splits(sealed, source, seed=8, n_test=30, n_shifted=30)
+    with pytest.raises(UserError, match="seed 0 is the seed of"):
+        build_sealed_splits(datasets / "other", source, seed=0, n_test=5, n_shifted=5)
+
+
+def write_selection(path, lr):
+    path.write_text(json.dumps({"selected": {"grpo": 1}, "entries": {"grpo": {"learning_rate": lr}}}))
+
+
+def test_no_sealed_scoring_before_the_freeze_nor_after_a_change(datasets, tmp_path):
+    out, selected, protocol = tmp_path / "out", tmp_path / "selected.json", tmp_path / "protocol.yaml"
+    out.mkdir()
+    protocol.write_text("seeds: [0]\n")
+    write_selection(selected, 3e-5)
+    with pytest.raises(UserError, match="not frozen"):
+        require_frozen(out, selected, protocol, datasets / "sealed")
+    prereg = tmp_path / "prereg.yaml"
+    prereg.write_text("status: draft\n")
+    with pytest.raises(UserError, match="not 'final'"):
+        freeze(out, selected, protocol, datasets / "sealed", prereg)
+    assert not (out / MANIFEST).exists()
+    prereg.write_text("status: final\n")
+    manifest = freeze(out, selected, protocol, datasets / "sealed", prereg)
+    assert manifest["selection_sha256"] == selection_sha256(selected)
+    assert set(manifest["sealed"]) == {"sealed_test", "sealed_shifted"}
+    assert (
+        require_frozen(out, selected, protocol, datasets / "sealed")["selection_sha256"]
+        == manifest["selection_sha256"]
+    )
+    write_selection(selected, 1e-4)  # a new choice after the freeze
+    with pytest.raises(UserError, match="differs from the one frozen"):
+        require_frozen(out, selected, protocol, datasets / "sealed")
+    with pytest.raises(UserError, match="frozen with another selection"):
+        freeze(out, selected, protocol, datasets / "sealed", prereg)
+    write_selection(selected, 3e-5)
+    protocol.write_text("seeds: [0, 1]\n")
+    with pytest.raises(UserError, match="changed since the freeze"):
+        require_frozen(out, selected, protocol, datasets / "sealed")
+    protocol.write_text("seeds: [0]\n")
+    with pytest.raises(UserError, match="missing or changed since the freeze"):  # another data folder
+        require_frozen(out, selected, protocol, tmp_path)
+
+
+def test_each_checkpoint_is_scored_once_and_every_event_is_logged(tmp_path):
+    log = ScoringLog(tmp_path, "sel")
+    log.start("grpo_c1_s0", "w1", "sealed_test", "d", None)
+    log.start("grpo_c1_s0", "w1", "sealed_test", "d", None)  # killed before it finished: may resume
+    log.scored("grpo_c1_s0", "w1", "sealed_test", "d")
+    log.start("grpo_c1_s0", "w1", "sealed_shifted", "d", None)  # another split: its own scoring
+    for run, weights in (("grpo_c1_s0", "w2"), ("renamed", "w1")):  # same run retrained, same weights renamed
+        with pytest.raises(UserError, match="scored once"):
+            log.start(run, weights, "sealed_test", "d", None)
+    log.start("grpo_c1_s0", "w1", "sealed_test", "d", "the sampler was broken (issue 42)")
+    events = [
+        (e["event"], e["run"], e["task"], e.get("reason", "")) for _, e in read_jsonl(tmp_path / SCORING_LOG)
+    ]
+    assert [e[0] for e in events] == [
+        "started", "started", "scored", "started", "refused", "refused", "override", "started",
+    ]  # fmt: skip
+    assert events[6][3] == "the sampler was broken (issue 42)"
+    assert all(e["selection_sha256"] == "sel" and e["time"] for e in log.events())
+
+
+def fake_sh(calls):
+    """Records each command and creates the output_dir a training command names (no real training)."""
+
+    def sh(log, *cmd):
+        calls.append([str(c) for c in cmd])
+        for arg in map(str, cmd):
+            if arg.startswith("output_dir="):
+                out = Path(arg.split("=", 1)[1])
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "metrics.jsonl").write_text('{"step": 1, "reward": 0.5}\n')
+
+    return sh
+
+
+def protocol_file(tmp_path, **extra):
+    path = tmp_path / "protocol.yaml"
+    path.write_text(yaml.safe_dump({**SPEC, **extra}))
+    return run_protocol.load_protocol(path)
+
+
+def test_a_fresh_clone_skips_finished_runs_without_their_checkpoints(tmp_path, monkeypatch):
+    """A finished run's rows (its protocol_done row) are enough: a rerun with an empty work folder (a fresh
+    clone: no checkpoint) trains and scores nothing; a run that did not finish is redone."""
+    protocol = protocol_file(tmp_path)
+    run = run_protocol.tuning_runs(protocol)[0]
+    calls: list[list[str]] = []
+    first = run_protocol.Runner(protocol, tmp_path / "work1", tmp_path / "data", tmp_path / "out")
+    monkeypatch.setattr(first, "sh", fake_sh(calls))
+    assert "trained" in first.tune(run)
+    assert any(c[1] == "train/rl.py" for c in calls) and (tmp_path / "out" / "curves").is_dir()
+    assert (tmp_path / "out" / "curves" / f"{run.name}.metrics.jsonl.gz").is_file()
+    calls.clear()
+    clone = run_protocol.Runner(protocol, tmp_path / "work2", tmp_path / "data", tmp_path / "out")
+    monkeypatch.setattr(clone, "sh", fake_sh(calls))
+    assert clone.tune(run).startswith("skipped") and calls == []
+    other = run_protocol.tuning_runs(protocol)[1]
+    assert "trained" in clone.tune(other) and calls  # not finished before: trained and scored
+    changed = run_protocol.RunSpec(**{**run.__dict__, "overrides": {"learning_rate": 1.0}})
+    assert not clone.stage_done(changed, "tune")  # another spec under the same name is not the same run
+
+
+def test_sealed_final_scoring_goes_through_the_freeze_and_the_log(datasets, tmp_path, monkeypatch):
+    protocol = protocol_file(tmp_path, sealed={"seed": 7, "n_test": 30, "n_shifted": 30})
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "sealed").symlink_to(datasets / "sealed")
+    out = tmp_path / "out"
+    out.mkdir()
+    calls: list[list[str]] = []
+    runner = run_protocol.Runner(protocol, tmp_path / "work", data, out)
+    monkeypatch.setattr(runner, "sh", fake_sh(calls))
+    assert list(runner.test_files) == ["sealed_test", "sealed_shifted"]
+    run = run_protocol.final_runs(protocol, {"grpo": 0, "sft": 0, "sft_rl": 0, "tgrl": 0})[0]
+    with pytest.raises(UserError, match="not frozen"):
+        runner.final(run)
+    assert not [c for c in calls if c[1].startswith("eval/")]
+    write_selection(out / "selected.json", 1e-5)
+    freeze(out, out / "selected.json", protocol.path, data / "sealed", None)
+    assert "scored on sealed_test, sealed_shifted" in runner.final(run)
+    scored = [e for _, e in read_jsonl(out / SCORING_LOG) if e["event"] == "scored"]
+    assert {(e["run"], e["task"]) for e in scored} == {
+        (run.name, "sealed_test"),
+        (run.name, "sealed_shifted"),
+    }
+    assert runner.final(run).startswith("skipped")  # finished: skipped, nothing scored or logged again
+    assert len([e for _, e in read_jsonl(out / SCORING_LOG)]) == 4
+    demo = run_protocol.Runner(protocol, tmp_path / "work", data, out, quick=True)
+    assert list(demo.test_files) == ["synthetic_test", "synthetic_shifted"]  # the demo never touches them
+
+
+def test_one_progress_line_per_finished_run(capsys):
+    run_protocol.pool(2, [(f"run{i}", lambda i: f"did {i}", i) for i in range(3)], t0=0.0)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[protocol")]
+    assert len(lines) == 3 and all("/3] run" in line and "did" in line for line in lines)
+    with pytest.raises(UserError, match="run1: boom"):
+        run_protocol.pool(1, [("run0", lambda _: "ok", 0), ("run1", _raise, 1)])
+
+
+def _raise(_: object) -> str:
+    raise RuntimeError("boom")

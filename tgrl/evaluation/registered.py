@@ -1,0 +1,327 @@
+"""Registered comparisons: the pre-registered, seed-paired tests of the tiny protocol and their power.
+
+A pre-registration (YAML, committed before the final run; results/tiny/preregistration.yaml) lists the
+comparisons, each ``a`` vs ``b`` (methods, the summary rows' ``method``) on one primary metric (``task``,
+``metric``, ``decoding``), the seeds, and the test: for each comparison the per-seed differences
+d_s = a_s - b_s over the registered seeds, a two-sided one-sample t-test of mean(d) = 0 (the paired t-test)
+with n - 1 degrees of freedom, Holm's step-down correction over the whole registered family, and a 95%
+t-interval of the mean difference. A comparison is *resolved* when its Holm-adjusted p is below alpha; the
+sign of the effect says which way. Values in the tables are percentage points for fractions (``scale``).
+
+Minimal detectable difference (:func:`minimal_detectable_difference`): the smallest true mean paired
+difference that the test detects with probability ``power`` (0.8) at n paired seeds, paired-difference
+standard deviation sigma_d and level alpha / m, where m is the family size. Holm's first (strictest) step
+tests at alpha / m, so a difference this large is detected whatever the other comparisons show. Exactly:
+the delta with P(|T'| > t_{1 - alpha/(2m), n-1}) = power, T' noncentral t with n - 1 degrees of freedom and
+noncentrality delta * sqrt(n) / sigma_d (scipy.stats.nct); the familiar approximation is
+delta ~ (t_{1 - alpha/(2m), n-1} + t_{power, n-1}) * sigma_d / sqrt(n).
+
+Comparisons whose metric is not named yet carry ``metric: TBD...``: a draft counts them in the family (m is
+fixed at registration) and shows them as pending; a final pre-registration with one is an error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scipy import stats
+
+from tgrl.evaluation.tables import Row, latest_per_run, load_summary
+from tgrl.utils import UserError, load_yaml_mapping
+
+STATUSES = ("draft", "final")
+
+
+@dataclass
+class Comparison:
+    """One registered comparison: ``a`` minus ``b`` on (task, metric, decoding)."""
+
+    id: str
+    a: str
+    b: str
+    task: str
+    metric: str
+    decoding: str = "greedy"
+    scale: float = 100.0  # fractions shown in percentage points
+    question: str = ""
+
+    @property
+    def pending(self) -> bool:
+        return self.metric.upper().startswith("TBD") or self.task.upper().startswith("TBD")
+
+
+@dataclass
+class Preregistration:
+    path: Path
+    status: str
+    seeds: list[int]
+    alpha: float
+    power: float
+    comparisons: list[Comparison]
+
+
+def load_preregistration(path: str | Path) -> Preregistration:
+    """Read and check a pre-registration; errors name the file, the entry and the fix."""
+    path = Path(path)
+    raw = load_yaml_mapping(path, "pre-registration")
+    status = str(raw.get("status", "")).lower()
+    if status not in STATUSES:
+        raise UserError(f"{path}: status must be one of {STATUSES}, got {raw.get('status')!r}")
+    seeds = raw.get("seeds")
+    if not isinstance(seeds, list) or len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise UserError(f"{path}: seeds must be a list of at least 2 distinct integers, got {seeds!r}")
+    test = raw.get("test") or {}
+    if test.get("type", "paired_t") != "paired_t" or test.get("sides", "two") != "two":
+        raise UserError(f"{path}: test must be the two-sided paired t-test (type: paired_t, sides: two)")
+    if test.get("correction", "holm") != "holm":
+        raise UserError(f"{path}: test.correction must be holm")
+    comparisons, ids = [], set()
+    for i, entry in enumerate(raw.get("comparisons") or []):
+        missing = [k for k in ("id", "a", "b", "task", "metric") if not entry.get(k)]
+        if missing:
+            raise UserError(f"{path}: comparisons[{i}] misses {missing}")
+        if entry["id"] in ids:
+            raise UserError(f"{path}: comparisons[{i}]: id {entry['id']!r} given twice")
+        ids.add(entry["id"])
+        known = {"id", "a", "b", "task", "metric", "decoding", "scale", "question"}
+        if set(entry) - known:
+            raise UserError(f"{path}: comparisons[{i}] has unknown keys {sorted(set(entry) - known)}")
+        comparisons.append(Comparison(**{k: entry[k] for k in entry}))
+    if not comparisons:
+        raise UserError(f"{path}: no comparisons registered")
+    prereg = Preregistration(
+        path, status, [int(s) for s in seeds], float(test.get("alpha", 0.05)), float(raw.get("power", 0.8)),
+        comparisons,
+    )  # fmt: skip
+    pending = [c.id for c in comparisons if c.pending]
+    if status == "final" and pending:
+        raise UserError(f"{path}: status final, but {pending} have no metric yet (TBD). Fix: name them")
+    return prereg
+
+
+# --------------------------------------------------------------------------------------------------
+# statistics
+
+
+@dataclass
+class PairedTest:
+    n: int
+    mean: float
+    sd: float
+    ci: tuple[float, float]
+    t: float
+    p: float
+
+
+def paired_t_test(differences: list[float], confidence: float = 0.95) -> PairedTest:
+    """Two-sided one-sample t-test of mean(differences) = 0 and the t-interval of the mean."""
+    n = len(differences)
+    if n < 2:
+        raise ValueError("a paired t-test needs at least 2 pairs")
+    mean = sum(differences) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
+    se = sd / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * se
+    if se == 0:
+        t, p = (0.0, 1.0) if mean == 0 else (math.copysign(math.inf, mean), 0.0)
+    else:
+        t = mean / se
+        p = float(2 * stats.t.sf(abs(t), n - 1))
+    return PairedTest(n, mean, sd, (mean - half, mean + half), t, p)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (same order as given): p_(i) * (m - i + 1), made monotone."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def minimal_detectable_difference(n: int, sd: float, alpha: float, power: float = 0.8) -> float:
+    """The smallest true mean paired difference the two-sided paired t-test at level ``alpha`` detects with
+    probability ``power`` from ``n`` pairs whose differences have standard deviation ``sd`` (module
+    docstring: the exact noncentral-t power)."""
+    if n < 2 or sd <= 0:
+        raise ValueError("needs n >= 2 pairs and a positive spread")
+    df, crit = n - 1, stats.t.ppf(1 - alpha / 2, n - 1)
+
+    def achieved(delta: float) -> float:
+        nc = delta * math.sqrt(n) / sd
+        return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+
+    lo, hi = 0.0, sd
+    while achieved(hi) < power:
+        hi *= 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if achieved(mid) < power else (lo, mid)
+    return hi
+
+
+def seeds_for(target: float, sd: float, alpha: float, power: float = 0.8, most: int = 200) -> int | None:
+    """The fewest paired seeds whose minimal detectable difference is at most ``target``."""
+    for n in range(2, most + 1):
+        if minimal_detectable_difference(n, sd, alpha, power) <= target:
+            return n
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# from the summary
+
+
+def per_seed(
+    latest: dict[tuple[str, str, str, str], Row], method: str, task: str, metric: str, decoding: str
+):
+    """seed -> value of ``method``'s runs (the latest row per run); two runs of one method at one seed on
+    the same metric are an error naming them."""
+    out: dict[int, tuple[float, str]] = {}
+    for (run, row_task, row_metric, row_decoding), row in latest.items():
+        rec = row.record
+        if (rec.get("method"), row_task, row_metric, row_decoding) != (method, task, metric, decoding):
+            continue
+        seed = rec.get("seed")
+        if seed in out:
+            raise UserError(
+                f"{row.path}: runs {out[seed][1]} and {run} are both {method} seed {seed} on {task} "
+                f"{metric}; a registered comparison pairs one run per seed"
+            )
+        out[seed] = (float(rec["value"]), run)
+    return {seed: value for seed, (value, _) in out.items()}
+
+
+@dataclass
+class Result:
+    comparison: Comparison
+    seeds: list[int]  # the registered seeds both methods have
+    test: PairedTest | None
+    holm_p: float | None = None
+    verdict: str = ""
+
+
+def evaluate(prereg: Preregistration, summary_paths: list[str]) -> list[Result]:
+    """Every registered comparison on the registered seeds; Holm over the family. A comparison without both
+    methods at every registered seed is ``incomplete`` (never tested on fewer seeds than registered)."""
+    latest = latest_per_run(load_summary(summary_paths))
+    results = []
+    for c in prereg.comparisons:
+        if c.pending:
+            results.append(Result(c, [], None, verdict="pending (metric TBD)"))
+            continue
+        a = per_seed(latest, c.a, c.task, c.metric, c.decoding)
+        b = per_seed(latest, c.b, c.task, c.metric, c.decoding)
+        both = [s for s in prereg.seeds if s in a and s in b]
+        if len(both) < len(prereg.seeds):
+            missing = sorted(set(prereg.seeds) - set(both))
+            results.append(Result(c, both, None, verdict=f"incomplete (no pair at seeds {missing})"))
+            continue
+        results.append(Result(c, both, paired_t_test([c.scale * (a[s] - b[s]) for s in both])))
+    # Holm over the registered family: untested members count as p = 1 (the family size never shrinks)
+    adjusted = holm([r.test.p if r.test else 1.0 for r in results])
+    for r, p in zip(results, adjusted, strict=True):
+        if r.test is not None:
+            r.holm_p = p
+            r.verdict = "resolved" if p < prereg.alpha else "not resolved"
+    return results
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    return "" if x is None else f"{x:+.{digits}f}" if digits == 2 else f"{x:.{digits}f}"
+
+
+def _p(x: float | None) -> str:
+    if x is None:
+        return ""
+    return f"{x:.2g}" if x >= 0.001 else f"{x:.1e}"
+
+
+def render(prereg: Preregistration, results: list[Result], summary_paths: list[str]) -> tuple[str, str]:
+    """(Markdown, CSV) of the registered-comparisons table."""
+    header = [
+        "comparison",
+        "a - b",
+        "primary metric",
+        "n seeds",
+        "effect",
+        "95% CI",
+        "p",
+        "Holm p",
+        "verdict",
+    ]
+    md = ["| " + " | ".join(header) + " |", "|---|---|---|---:|---:|---|---:|---:|---|"]
+    csv = ["id,a,b,task,metric,decoding,n,effect,ci_lo,ci_hi,sd,t,p,holm_p,verdict"]
+    for r in results:
+        c, t = r.comparison, r.test
+        ci = f"[{t.ci[0]:+.2f}, {t.ci[1]:+.2f}]" if t else ""
+        cells = [c.id, f"{c.a} - {c.b}", f"{c.task} {c.metric} ({c.decoding})", str(len(r.seeds)),
+                 _num(t.mean) if t else "", ci, _p(t.p if t else None), _p(r.holm_p), r.verdict]  # fmt: skip
+        md.append("| " + " | ".join(cells) + " |")
+        values = (
+            [f"{t.mean:.4f}", f"{t.ci[0]:.4f}", f"{t.ci[1]:.4f}", f"{t.sd:.4f}", f"{t.t:.4f}"]
+            if t
+            else [""] * 5
+        )
+        csv.append(",".join([c.id, c.a, c.b, c.task, c.metric, c.decoding, str(len(r.seeds)), *values,
+                             f"{t.p:.6g}" if t else "", f"{r.holm_p:.6g}" if r.holm_p is not None else "",
+                             r.verdict]))  # fmt: skip
+    caption = (
+        f"Registered comparisons of {prereg.path} (status: {prereg.status}): per comparison the mean "
+        f"paired difference a - b over seeds {prereg.seeds} (percentage points for accuracies), its 95% "
+        f"t-interval, the two-sided paired t-test's p and Holm's adjusted p over the {len(results)} "
+        "registered comparisons; "
+        f"resolved: Holm p < {prereg.alpha}. Generated by eval/registered_comparisons.py from "
+        f"{' and '.join(summary_paths)}; do not edit by hand."
+    )
+    text = "## Tiny tier: registered comparisons\n\n" + caption + "\n\n" + "\n".join(md) + "\n"
+    return text, "\n".join(csv) + "\n"
+
+
+def spread_table(
+    prereg: Preregistration, summary_paths: list[str], aliases: dict[str, str], reference: str = "tgrl"
+) -> list[dict[str, Any]]:
+    """Per comparison, the measured spread of paired differences and the minimal detectable difference at
+    the registered seeds (alpha / m, ``power``), from an earlier summary (``aliases`` maps a registered task
+    to the task those rows used). The spread is the SD of the paired differences where both methods have
+    at least 2 common seeds; otherwise sqrt(2) times ``reference``'s seed SD on that metric (independent
+    runs of equal spread)."""
+    latest = latest_per_run(load_summary(summary_paths))
+    m = len(prereg.comparisons)
+    alpha = prereg.alpha / m
+    out = []
+    for c in prereg.comparisons:
+        row: dict[str, Any] = {"id": c.id, "alpha": alpha, "seeds": len(prereg.seeds)}
+        if c.pending:
+            out.append({**row, "source": "metric TBD"})
+            continue
+        task = aliases.get(c.task, c.task)
+        a = per_seed(latest, c.a, task, c.metric, c.decoding)
+        b = per_seed(latest, c.b, task, c.metric, c.decoding)
+        common = sorted(set(a) & set(b))
+        if len(common) >= 2:
+            test = paired_t_test([c.scale * (a[s] - b[s]) for s in common])
+            sd, source = test.sd, f"paired SD over seeds {common} ({task})"
+        else:
+            ref = per_seed(latest, reference, task, c.metric, c.decoding)
+            if len(ref) < 2:
+                out.append(
+                    {**row, "source": f"no spread: fewer than 2 {reference} seeds on {task} {c.metric}"}
+                )
+                continue
+            values = [c.scale * v for v in ref.values()]
+            mean = sum(values) / len(values)
+            ref_sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+            sd, source = (
+                math.sqrt(2) * ref_sd,
+                f"sqrt(2) x {reference} seed SD over seeds {sorted(ref)} ({task})",
+            )
+        mdd = minimal_detectable_difference(len(prereg.seeds), sd, alpha, prereg.power)
+        row.update(sd=sd, source=source, mdd=mdd, seeds_for_2pt=seeds_for(2.0, sd, alpha, prereg.power))
+        out.append(row)
+    return out
