@@ -39,11 +39,11 @@ from tgrl.protocol import (
     Protocol,
     RunSpec,
     ablation_runs,
-    budget_of,
     estimate_minutes,
     final_runs,
     load_protocol,
     select,
+    training_budget,
     tuning_runs,
     tuning_table,
 )
@@ -239,7 +239,7 @@ class Runner:
             results = folder / "train_results.json"
             if results.is_file():
                 minutes += json.loads(results.read_text()).get("train_runtime", 0.0) / 60
-        values = {**budget_of(self.protocol, run), "train_minutes": minutes}
+        values = {**training_budget(self.protocol, run), "train_minutes": minutes}
         common = {"run": run.name, "method": run.method, "seed": run.seed, "task": self.test_task}
         common.update(decoding="training", suite="tiny", checkpoint=str(checkpoint), config=run.label)
         append_locked(

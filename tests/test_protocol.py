@@ -10,12 +10,12 @@ import yaml
 
 from tgrl.protocol import (
     ablation_runs,
-    budget_of,
     final_runs,
     load_protocol,
     reading,
     select,
     split_means,
+    training_budget,
     tuning_runs,
     tuning_table,
 )
@@ -66,7 +66,7 @@ def test_the_repo_protocol_is_fair():
     for spec in protocol.ablations.values():
         assert (REPO / protocol.recipes / f"{spec['recipe']}.yaml").is_file()
     for run in tuning_runs(protocol):
-        assert budget_of(protocol, run)["optimizer_steps"] <= protocol.budget_steps
+        assert training_budget(protocol, run)["optimizer_steps"] <= protocol.budget_steps
 
 
 def test_tuning_runs_and_names(tmp_path):
@@ -136,13 +136,13 @@ def test_final_and_ablation_runs_reuse_the_selected_entry(tmp_path):
 def test_budgets_count_sft_and_rl_steps_the_same_way(tmp_path):
     protocol = write(tmp_path)
     by_name = {r.name: r for r in tuning_runs(protocol)}
-    assert budget_of(protocol, by_name["grpo_c0_s0"]) == {
+    assert training_budget(protocol, by_name["grpo_c0_s0"]) == {
         "optimizer_steps": 400, "sft_steps": 0, "rl_steps": 400, "sequences": 400 * 32,
     }  # fmt: skip
-    assert budget_of(protocol, by_name["sft_rl_c1_s0"]) == {
+    assert training_budget(protocol, by_name["sft_rl_c1_s0"]) == {
         "optimizer_steps": 400, "sft_steps": 300, "rl_steps": 100, "sequences": 300 * 8 + 100 * 32,
     }  # fmt: skip
-    assert budget_of(protocol, by_name["sft_c0_s0"])["sequences"] == 100 * 8
+    assert training_budget(protocol, by_name["sft_c0_s0"])["sequences"] == 100 * 8
 
 
 @pytest.mark.parametrize(

@@ -250,7 +250,7 @@ def ablation_runs(protocol: Protocol, selected: dict[str, int], base_method: str
     ]
 
 
-def budget_of(protocol: Protocol, run: RunSpec) -> dict[str, int]:
+def training_budget(protocol: Protocol, run: RunSpec) -> dict[str, int]:
     """Optimizer steps (the budget, equal for all), and the split into SFT / RL steps and sequences."""
     total = protocol.budget_steps
     if run.kind == "sft":
