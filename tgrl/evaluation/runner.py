@@ -45,6 +45,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -395,6 +396,8 @@ def summary_rows(
         metric = full_name.split(",", 1)[0]
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise RuntimeError(f"task {base['task']}: metric {metric} has no number ({value!r})")
+        if math.isnan(value):  # an aggregation with nothing to score (e.g. twin pairs cut by --limit)
+            continue
         row = {**base, "metric": metric, "value": float(value), "n": metric_n(samples, metric)}
         if value > 1.0 or value < 0.0:
             if builtin and 1.0 < value <= 100.0:  # lmms-eval built-ins report percent
