@@ -52,3 +52,47 @@ def test_run_without_logged_steps_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         summarize_training.main(["--run-dir", str(run), "--run", "r", "--method", "m"])
     assert err.value.code == 2 and "no logged steps" in capsys.readouterr().err
+
+
+def dip_curve(step: int) -> float:
+    """p starts at 0.58, falls to 0.33 by step 100, stays there to step 130, recovers to 0.48 at step 200."""
+    if step <= 100:
+        return 0.58 - 0.25 * step / 100
+    if step <= 130:
+        return 0.33
+    return 0.33 + 0.15 * (step - 130) / 70
+
+
+def test_curve_points_follow_a_dip_that_start_and_end_windows_hide(tmp_path, capsys):
+    """A curve that starts high, dips and recovers part of the way (the shape of TGRL's expert fact-token p):
+    the summary reports step 1, the lowest 20-step mean and its step, and the last 20-step mean, and its
+    sentence says the run ended below its start; the same for the on-policy fact accuracy beside it."""
+    run = tmp_path / "tgrl_s0"
+    run.mkdir()
+    rows = [
+        {
+            "step": s,
+            "expert/p_fact": dip_curve(s),
+            "fact_accuracy": 0.4 if s < 60 else (0.12 if s < 140 else 0.33),
+        }
+        for s in range(1, 201)
+    ]
+    rows[50]["expert/p_fact"] = float("nan")  # a step without experts: skipped, not a zero
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = tmp_path / "summary.jsonl"
+    summarize_training.main(
+        ["--run-dir", str(run), "--run", "r", "--method", "tgrl", "--summary", str(summary)]
+    )
+    got = {r["metric"]: r["value"] for r in summary_rows(summary)}
+    assert got["expert_p_fact_step0"] == pytest.approx(dip_curve(1))
+    assert got["expert_p_fact_min"] == pytest.approx(0.33)
+    assert got["expert_p_fact_min_step"] == 119  # the first 20-step window inside the floor (steps 100-119)
+    assert got["expert_p_fact_last"] == pytest.approx(sum(dip_curve(s) for s in range(181, 201)) / 20)
+    assert got["fact_acc_train_step0"] == pytest.approx(0.4) and got["fact_acc_train_min"] == pytest.approx(
+        0.12
+    )
+    assert got["fact_acc_train_last"] == pytest.approx(0.33)
+    out = capsys.readouterr().out
+    assert "expert fact-token p: 0.578 at step 1 (before any update), lowest 0.330" in out
+    assert "ended below its start (-0.1" in out and "on-policy fact accuracy: 0.400 at step 1" in out
+    assert not any("start" in m for m in got if m.startswith("expert_p"))  # no start-window rows
