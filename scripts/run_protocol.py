@@ -12,10 +12,13 @@ finished evaluations a summary row; a rerun only does what is missing):
    the tuning table OUT/tables/tiny_tuning.{md,csv};
 3. final: the selected entries at every seed, the ablations (one key of TGRL's selected entry changed)
    and the weak base, scored once on the test and shifted splits (greedy, and avg@8 at T=1), with the
-   teacher-forced expert content-token probability and the training diagnostics; plus, as an evaluation of
-   its own (its settings key differs only by --visual-dependency), the visual dependency s_t of each
-   checkpoint's own greedy reasoning on the test split (tgrl/grounding.py). Added to a finished protocol,
-   a rerun runs only that evaluation per checkpoint: every other key is already in the summary.
+   teacher-forced expert content-token probability and the training diagnostics; plus, as evaluations of
+   their own (each with its own settings key), the visual dependency s_t of each checkpoint's own greedy
+   reasoning on the test split (tgrl/grounding.py), the counterfactual twin split of the test split
+   (synthetic_test_twins: twin tracking, move invariance), the blind control (--blind: accuracy with
+   the images blanked, and the multimodal gain) and the s_t at the fact tokens of the oracle trajectories
+   at the run's rollout temperature (probe --fact-dependency). Added to a finished protocol, a rerun runs
+   only the evaluations whose keys the summary lacks.
 
 Runs go JOBS at a time (each a single-threaded process); the first failure stops the scheduling and names
 its log.
@@ -30,6 +33,8 @@ import sys
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
+
+import yaml
 
 from tgrl.evaluation.runner import append_locked
 from tgrl.protocol import (
@@ -106,11 +111,31 @@ class Runner:
         (out / DONE).touch()
         return out
 
+    def rollout_temperature(self, recipe: str | None) -> float:
+        """The temperature a run's rollouts sample at (its recipe's ``temperature``); the base and SFT,
+        which have none, get GRPO's: the temperature every RL run from them samples at."""
+        for name in (recipe, "grpo"):
+            path = self.recipes / f"{name}.yaml"
+            if name and path.is_file():
+                value = yaml.safe_load(path.read_text()).get("temperature")
+                if value is not None:
+                    return float(value)
+        raise UserError(f"{self.recipes}: no recipe gives a rollout temperature (grpo.yaml: temperature)")
+
     def evaluate(
-        self, name: str, method: str, seed: int, checkpoint: Path, splits: list[str], final: bool
+        self,
+        name: str,
+        method: str,
+        seed: int,
+        checkpoint: Path,
+        splits: list[str],
+        final: bool,
+        temperature: float | None = None,
     ) -> None:
         """Score ``checkpoint`` greedily on ``splits``; ``final`` (a run scored once on the test split) adds
-        avg@8 (not in demo mode) and the expert-token probe."""
+        avg@8 (not in demo mode), the twin split, the blind control and the expert-token probes (T = 1,
+        and s_t at the fact tokens at ``temperature``, the run's rollout temperature; default GRPO's)."""
+        temperature = temperature if temperature is not None else self.rollout_temperature(None)
         log = self.logs / f"{name}.eval.log"
         specs = [f"synthetic_{s}={self.data / 'synthetic' / f'{s}.jsonl'}" for s in splits]
         jsonl = [arg for spec in specs for arg in ("--jsonl", spec)]
@@ -132,10 +157,16 @@ class Runner:
                 "--decoding", "avg@8", *ident,
             )  # fmt: skip
         if final:
-            self.sh(
-                log, PY, "eval/probe_expert_tokens.py", "--model", checkpoint,
-                "--jsonl", self.data / "synthetic" / "test.jsonl", "--task", "synthetic_test", *ident[2:],
-            )  # fmt: skip
+            test = ["--jsonl", f"synthetic_test={self.data / 'synthetic' / 'test.jsonl'}"]
+            twins = ["--jsonl", f"synthetic_test_twins={self.data / 'synthetic' / 'test_twins.jsonl'}"]
+            model = ["--model", checkpoint, "--suite", "tiny"]
+            self.sh(log, PY, "eval/run_lmms_eval.py", *model, *twins, *ident)
+            self.sh(log, PY, "eval/run_lmms_eval.py", *model, *test, "--blind", *ident)
+            probe = ["--model", checkpoint, "--jsonl", self.data / "synthetic" / "test.jsonl"]
+            probe += ["--task", "synthetic_test", *ident[2:]]
+            self.sh(log, PY, "eval/probe_expert_tokens.py", *probe)
+            at_rollout = ["--temperature", temperature, "--fact-dependency"]
+            self.sh(log, PY, "eval/probe_expert_tokens.py", *probe, *at_rollout)
 
     def record_budget(self, run: RunSpec, checkpoint: Path) -> None:
         """Budget rows (optimizer steps, sequences, training minutes) beside the run's test rows."""
@@ -163,7 +194,16 @@ class Runner:
 
     def final(self, run: RunSpec) -> None:
         checkpoint = self.train(run)
-        self.evaluate(run.name, run.method, run.seed, checkpoint, ["test", "shifted"], final=True)
+        temperature = float(run.overrides.get("temperature") or self.rollout_temperature(run.recipe))
+        self.evaluate(
+            run.name,
+            run.method,
+            run.seed,
+            checkpoint,
+            ["test", "shifted"],
+            final=True,
+            temperature=temperature,
+        )
         if run.kind != "sft":
             self.sh(
                 self.logs / f"{run.name}.eval.log", PY, "eval/summarize_training.py", "--run-dir", checkpoint,
