@@ -147,3 +147,46 @@ def test_overlays_group_seeds_into_methods() -> None:
     # seed 2 missed step 3 (e.g. a resumed run): the band covers the steps all seeds logged
     xs, mean, lo, hi = pt.seed_band([([1, 2, 3], [0.0, 1.0, 2.0]), ([1, 2], [2.0, 3.0])])
     assert xs == [1, 2] and mean == [1.0, 2.0] and lo == [0.0, 1.0] and hi == [2.0, 3.0]
+
+
+def test_grounding_plot_gathers_runs_and_correlations(tmp_path: Path) -> None:
+    """eval/plot_grounding.py: per run the latest ground-truth and s_t rows, Pearson r over the runs that
+    have both (checked against the standard library), a PNG drawn from the JSON, and the same from
+    --from-json."""
+    import statistics
+
+    from eval import plot_grounding
+
+    rows, truth, fact_s = [], [0.2, 0.5, 0.4, 0.7], [0.10, 0.30, 0.20, 0.35]
+    for i, (t, s) in enumerate(zip(truth, fact_s, strict=True)):
+        run = {"run": f"r{i}", "method": "tgrl" if i % 2 else "grpo", "n": 10}
+        rows.append(
+            {
+                **run,
+                "task": "synthetic_test_twins",
+                "metric": "twin_tracking",
+                "decoding": "greedy",
+                "value": t,
+            }
+        )
+        rows.append(
+            {**run, "task": "synthetic_test", "metric": "fact_acc", "decoding": "greedy", "value": 0.3}
+        )
+        fs = {"task": "synthetic_test", "metric": "expert_fact_s", "decoding": "teacher_forced_t0.3"}
+        rows.append({**run, **fs, "value": 9.0})  # superseded by the later row
+        rows.append({**run, **fs, "value": s})
+        rows.append({**run, **fs, "decoding": "teacher_forced", "value": 5.0})  # T = 1: not this measure
+    summary = tmp_path / "summary.jsonl"
+    summary.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data_file, png = tmp_path / "g.json", tmp_path / "g.png"
+    plot_grounding.main(["--summary", str(summary), "--json", str(data_file), "--out", str(png)])
+    data = json.loads(data_file.read_text())
+    assert [r["fact_token_s"] for r in data["runs"]] == fact_s
+    corr = data["correlations"]["fact_token_s ~ twin_tracking"]
+    assert corr["runs"] == 4 and corr["r"] == pytest.approx(statistics.correlation(fact_s, truth))
+    assert data["correlations"]["fact_token_s ~ fact_acc"]["r"] is None  # constant ground truth
+    assert data["correlations"]["own_reasoning_s ~ fact_acc"]["runs"] == 0
+    assert png.stat().st_size > 0
+    again = tmp_path / "again.png"
+    plot_grounding.main(["--from-json", str(data_file), "--out", str(again)])
+    assert again.stat().st_size > 0
