@@ -1,6 +1,7 @@
 """Plot the visual-dependency measures against the ground truth, one point per run (issue 18).
 
-    python eval/plot_grounding.py --summary results/tiny_demo/summary.jsonl \
+    python eval/plot_grounding.py --summary committed=results/tiny/summary.jsonl \
+        --summary demo=results/tiny_demo/summary.jsonl \
         --json results/tiny/plots/grounding_vs_truth.json --out results/tiny/plots/grounding_vs_truth.png
     python eval/plot_grounding.py --from-json results/tiny/plots/grounding_vs_truth.json \
         --out results/tiny/plots/grounding_vs_truth.png      # redraw from the committed data
@@ -24,7 +25,12 @@ from tgrl.utils import UserError, cli
 @cli
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--summary", type=Path, action="append", default=[], help="summary JSONL (repeatable)")
+    p.add_argument(
+        "--summary",
+        action="append",
+        default=[],
+        help="[LABEL=]summary JSONL (repeatable; LABEL prefixes runs)",
+    )
     p.add_argument("--json", type=Path, help="where the gathered data goes (with --summary)")
     p.add_argument("--from-json", type=Path, help="redraw from a JSON this script wrote")
     p.add_argument("--out", type=Path, required=True, help="the PNG")
@@ -34,7 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.summary:
         if args.json is None:
             raise UserError("--summary needs --json OUT: the plot is drawn from the data it writes")
-        write_json(gather(args.summary), args.json)
+        specs = [spec.partition("=") for spec in args.summary]
+        summaries = [(label, Path(path)) if sep else (None, Path(label)) for label, sep, path in specs]
+        write_json(gather(summaries), args.json)
         source = args.json
     else:
         source = args.from_json

@@ -101,7 +101,7 @@ def test_pngs_per_run_and_overlays(tmp_path: Path, two_runs: list[Path], monkeyp
         "overlay_visual_dependency_s_t.png",
         "overlay_fact_accuracy.png",
         "overlay_expert_content_token_p.png",
-        "overlay_expert_share_of_the_update.png",
+        "overlay_expert_gradient_norm_ratio.png",
     ]
     for name in expected:
         data = (out / name).read_bytes()
@@ -181,12 +181,19 @@ def test_grounding_plot_gathers_runs_and_correlations(tmp_path: Path) -> None:
     data_file, png = tmp_path / "g.json", tmp_path / "g.png"
     plot_grounding.main(["--summary", str(summary), "--json", str(data_file), "--out", str(png)])
     data = json.loads(data_file.read_text())
-    assert [r["fact_token_s"] for r in data["runs"]] == fact_s
+    assert [r["fact_token_s"] for r in data["runs"]] == fact_s and data["runs"][0]["run"] == "r0"
     corr = data["correlations"]["fact_token_s ~ twin_tracking"]
     assert corr["runs"] == 4 and corr["r"] == pytest.approx(statistics.correlation(fact_s, truth))
     assert data["correlations"]["fact_token_s ~ fact_acc"]["r"] is None  # constant ground truth
     assert data["correlations"]["own_reasoning_s ~ fact_acc"]["runs"] == 0
     assert png.stat().st_size > 0
+    two = tmp_path / "two.json"  # labels keep two summaries' runs of the same name apart
+    plot_grounding.main(
+        ["--summary", f"a={summary}", "--summary", f"b={summary}", "--json", str(two), "--out", str(png)]
+    )
+    assert [r["run"] for r in json.loads(two.read_text())["runs"]] == [
+        f"{x}/r{i}" for x in "ab" for i in range(4)
+    ]
     again = tmp_path / "again.png"
     plot_grounding.main(["--from-json", str(data_file), "--out", str(again)])
     assert again.stat().st_size > 0

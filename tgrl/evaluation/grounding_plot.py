@@ -69,22 +69,26 @@ def pearson(xs: list[float], ys: list[float]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / math.sqrt(sxx * syy)
 
 
-def gather(summaries: list[Path]) -> dict[str, Any]:
-    """Per run: every GROUND_TRUTH and MEASURES value it has (the latest row of each), and the correlation
-    of each measure with each ground truth over the runs that have both."""
+def gather(summaries: list[tuple[str | None, Path]]) -> dict[str, Any]:
+    """Per run of each (label, summary): every GROUND_TRUTH and MEASURES value it has (the latest row of
+    each; a label prefixes the run names, ``label/run``, so two summaries' runs stay apart), and the
+    correlation of each measure with each ground truth over the runs that have both."""
     wanted = {(t, m, d): name for name, (t, m, d, _) in {**GROUND_TRUTH, **MEASURES}.items()}
     runs: dict[str, dict[str, Any]] = {}
-    for path in summaries:
+    for label, path in summaries:
         if not path.is_file():
             raise UserError(f"{path}: summary file not found")
         for _, row in read_jsonl(path):
             name = wanted.get((row.get("task"), row.get("metric"), row.get("decoding")))
             if name is None:
                 continue
-            entry = runs.setdefault(row["run"], {"run": row["run"], "method": row.get("method")})
+            run = f"{label}/{row['run']}" if label else row["run"]
+            entry = runs.setdefault(run, {"run": run, "method": row.get("method"), "source": str(path)})
             entry[name] = float(row["value"])  # appended in time order: the last row wins
     if not runs:
-        raise UserError(f"{', '.join(map(str, summaries))}: no grounding rows (twin split, probes, eval)")
+        raise UserError(
+            f"{', '.join(str(p) for _, p in summaries)}: no grounding rows (twin split, probes, eval)"
+        )
     correlations = {}
     for m in MEASURES:
         for g in GROUND_TRUTH:
@@ -95,7 +99,7 @@ def gather(summaries: list[Path]) -> dict[str, Any]:
         "runs": [runs[name] for name in sorted(runs)],
         "correlations": correlations,
         "definitions": {k: v[3] for k, v in {**GROUND_TRUTH, **MEASURES}.items()},
-        "sources": [str(p) for p in summaries],
+        "sources": [str(p) for _, p in summaries],
     }
 
 
