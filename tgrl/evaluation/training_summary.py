@@ -38,6 +38,7 @@ DIAGNOSTICS = {
     "expert_p_low_end": "expert/p_low",
     "grad_expert_share": "grad/expert_share",
 }
+ROWS_VERSION = 2  # 2: curve points instead of start-window means
 # summary prefix -> trainer key, summarised by its curve points (step 0, minimum, last)
 CURVES = {"expert_p_fact": "expert/p_fact", "fact_acc_train": "fact_accuracy"}
 CURVE_LABELS = {"expert_p_fact": "expert fact-token p", "fact_acc_train": "on-policy fact accuracy"}
@@ -141,9 +142,9 @@ def summarize_run(
         "suite": suite,
         "tail": tail,
         "metrics_sha256": sha256_file(metrics_path),
+        "rows": ROWS_VERSION,  # a new set of rows is a new key: a rerun adds them to older summaries
+        "window": window,
     }
-    if window != 20:  # the key of the default stays what it was
-        ident["window"] = window
     key = "train-" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
     if key in finished_keys(summary):
         return None
