@@ -78,13 +78,16 @@ def test_curve_points_follow_a_dip_that_start_and_end_windows_hide(tmp_path, cap
         for s in range(1, 201)
     ]
     rows[50]["expert/p_fact"] = float("nan")  # a step without experts: skipped, not a zero
+    rows[0]["expert/p_fact"] = 0.30  # step 1 is one batch: noisy; the sentence compares 20-step means
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = tmp_path / "summary.jsonl"
     summarize_training.main(
         ["--run-dir", str(run), "--run", "r", "--method", "tgrl", "--summary", str(summary)]
     )
     got = {r["metric"]: r["value"] for r in summary_rows(summary)}
-    assert got["expert_p_fact_step0"] == pytest.approx(dip_curve(1))
+    assert got["expert_p_fact_step0"] == pytest.approx(0.30)
+    first = (0.30 + sum(dip_curve(s) for s in range(2, 21))) / 20
+    assert got["expert_p_fact_first"] == pytest.approx(first)
     assert got["expert_p_fact_min"] == pytest.approx(0.33)
     assert got["expert_p_fact_min_step"] == 119  # the first 20-step window inside the floor (steps 100-119)
     assert got["expert_p_fact_last"] == pytest.approx(sum(dip_curve(s) for s in range(181, 201)) / 20)
@@ -93,6 +96,11 @@ def test_curve_points_follow_a_dip_that_start_and_end_windows_hide(tmp_path, cap
     )
     assert got["fact_acc_train_last"] == pytest.approx(0.33)
     out = capsys.readouterr().out
-    assert "expert fact-token p: 0.578 at step 1 (before any update), lowest 0.330" in out
-    assert "ended below its start (-0.1" in out and "on-policy fact accuracy: 0.400 at step 1" in out
+    assert f"expert fact-token p: first 20 steps {first:.3f} (step 1 alone, before any update: 0.300)" in out
+    assert "lowest 0.330 (20-step mean ending at step 119)" in out
+    last = got["expert_p_fact_last"]
+    assert (
+        f"ended below its start ({last - first:+.3f}) after a dip of {0.33 - first:+.3f}" in out
+    )  # not above 0.30
+    assert "on-policy fact accuracy: first 20 steps 0.400" in out
     assert not any("start" in m for m in got if m.startswith("expert_p"))  # no start-window rows

@@ -6,13 +6,13 @@ Two kinds of rows (``decoding: training``), from the run's metrics.jsonl:
   quantities that settle (``vis_dep_expert`` / ``vis_dep_on_policy``, the mean s_t of the trainer,
   docs/design.md#58-diagnostics; ``grad_expert_share``; ``expert_p_fact_end``);
 * curve points (:data:`CURVES`) for quantities that move: ``<name>_step0``, the value logged at the first
-  step (computed by that step's forward, before the first optimizer update: the start of the run),
-  ``<name>_min`` and ``<name>_min_step`` (the lowest ``window``-step trailing mean and the step it ends at)
-  and ``<name>_last`` (the mean of the last ``window`` logged steps). For the expert fact-token p
-  (``expert_p_fact_*``) and, beside it, the on-policy fact accuracy of the rollouts (``fact_acc_train_*``).
-  Means over a start and an end window can hide a dip and a net fall (a curve that starts high, dips
-  and recovers part of the way reads as a rise between the two windows); :func:`curve_sentence` says
-  what the three points say, and nothing else.
+  step (computed by that step's forward, before the first optimizer update: the start of the run, but one
+  batch of a handful of experts), ``<name>_first`` (the mean of the first ``window`` logged steps, inside
+  the learning-rate warm-up), ``<name>_min`` and ``<name>_min_step`` (the lowest ``window``-step trailing
+  mean and the step it ends at) and ``<name>_last`` (the mean of the last ``window`` logged steps). For
+  the expert fact-token p (``expert_p_fact_*``) and, beside it, the on-policy fact accuracy of the
+  rollouts (``fact_acc_train_*``). Means over the first and last 30% of training hid a dip and a net fall;
+  :func:`curve_sentence` compares windows of the same short size and names the dip between them.
 
 Idempotent: the rows carry a key (run, checkpoint, task, suite, tail, window and the hash of
 metrics.jsonl), and a rerun on the same metrics adds nothing.
@@ -38,7 +38,7 @@ DIAGNOSTICS = {
     "expert_p_low_end": "expert/p_low",
     "grad_expert_share": "grad/expert_share",
 }
-ROWS_VERSION = 2  # 2: curve points instead of start-window means
+ROWS_VERSION = 3  # 2: curve points instead of 30% window means; 3: with the first-window mean
 # summary prefix -> trainer key, summarised by its curve points (step 0, minimum, last)
 CURVES = {"expert_p_fact": "expert/p_fact", "fact_acc_train": "fact_accuracy"}
 CURVE_LABELS = {"expert_p_fact": "expert fact-token p", "fact_acc_train": "on-policy fact accuracy"}
@@ -77,9 +77,10 @@ def tail_means(metrics_path: Path, tail: float) -> dict[str, tuple[float, int]]:
 
 def curve_points(metrics_path: Path, window: int = 20) -> dict[str, tuple[float, int]]:
     """Per CURVES entry: ``_step0`` (the value at step 1, logged from the forward before the first update;
-    absent when the log does not start at step 1), ``_min`` / ``_min_step`` (the lowest trailing mean over
-    ``window`` logged values, and the step that window ends at) and ``_last`` (the mean of the last
-    ``window`` logged values); each as (value, number of logged values behind it)."""
+    absent when the log does not start at step 1), ``_first`` (the mean of the first ``window`` logged
+    values), ``_min`` / ``_min_step`` (the lowest trailing mean over ``window`` logged values, and the step
+    that window ends at) and ``_last`` (the mean of the last ``window`` logged values); each as (value,
+    number of logged values behind it)."""
     if window < 1:
         raise UserError(f"--window {window}: must be >= 1")
     rows = logged_steps(metrics_path)
@@ -96,6 +97,7 @@ def curve_points(metrics_path: Path, window: int = 20) -> dict[str, tuple[float,
             for i in range(w - 1, len(points))
         ]
         low_step, low = min(means, key=lambda m: m[1])  # the earliest of equal minima
+        out[f"{name}_first"] = (means[0][1], w)
         out[f"{name}_min"] = (low, w)
         out[f"{name}_min_step"] = (float(low_step), w)
         out[f"{name}_last"] = (means[-1][1], w)
@@ -103,20 +105,23 @@ def curve_points(metrics_path: Path, window: int = 20) -> dict[str, tuple[float,
 
 
 def curve_sentence(points: dict[str, tuple[float, int]], name: str) -> str | None:
-    """One sentence that reads a curve from its points (never typed): start, lowest and last value, and
-    whether the run ended above or below its start."""
+    """One sentence that reads a curve from its points (never typed): its first, lowest and last
+    ``window``-step means, the value at step 1 alone, and whether the run ended above or below its start.
+    Start and end are means of the same size: one step is one batch (a handful of experts), too few to
+    carry a comparison on its own."""
     if f"{name}_last" not in points:
         return None
-    last, w = points[f"{name}_last"]
+    first, w = points[f"{name}_first"]
+    last = points[f"{name}_last"][0]
     low, low_step = points[f"{name}_min"][0], int(points[f"{name}_min_step"][0])
-    text = f"{CURVE_LABELS[name]}: "
+    text = f"{CURVE_LABELS[name]}: first {w} steps {first:.3f}"
     if f"{name}_step0" in points:
-        start = points[f"{name}_step0"][0]
-        text += f"{start:.3f} at step 1 (before any update), "
-    text += f"lowest {low:.3f} ({w}-step mean ending at step {low_step}), last {last:.3f} (last {w} steps)"
-    if f"{name}_step0" in points:
-        change = last - start
-        text += f": ended {'above' if change > 0 else 'below'} its start ({change:+.3f})"
+        text += f" (step 1 alone, before any update: {points[f'{name}_step0'][0]:.3f})"
+    text += f", lowest {low:.3f} ({w}-step mean ending at step {low_step}), last {w} steps {last:.3f}"
+    change = last - first
+    text += f": ended {'above' if change > 0 else 'below'} its start ({change:+.3f})"
+    if low < min(first, last):
+        text += f" after a dip of {low - first:+.3f}"
     return text + "."
 
 
