@@ -10,6 +10,15 @@ scores it by teacher forcing in the trainer's token layout. Rows (``decoding: te
 from the image), ``expert_low_p`` / ``expert_low_share`` (tokens with p < 0.5), ``expert_mean_p`` (all
 tokens). ``--temperature T`` scores under logits / T (the policy of runs whose rollouts sample at T); its
 rows get ``decoding: teacher_forced_t<T>``, so the tables (T = 1) never mix them.
+
+``--fact-dependency`` adds the visual dependency s_t at the same fact tokens of the same common text
+(one more teacher-forced pass with the perturbed image: the trainer's perturbation, half the 14x14
+patches black, and its s_t, both passes under logits / T): ``expert_fact_s`` (mean s_t over the fact
+tokens) and ``expert_fact_s_share`` (share of them with s_t >= ln 2 - 1/2: the digit's probability at least
+halves without half the image). Every checkpoint scores the same text at the same positions, so the
+number compares models on what they read from the image, not on what they chose to write; score each
+model at its own rollout temperature (tiny RL recipes: 0.3).
+
 Comparable across every method, the weak base included (the start of every run). Idempotent: a row set
 is keyed by checkpoint, its weights' sha256, data and its hash, so a rerun adds nothing (and a checkpoint
 retrained at the same path is probed again).
@@ -25,7 +34,14 @@ from pathlib import Path
 
 from tgrl.data import load_problems
 from tgrl.evaluation.runner import append_locked, finished_keys
-from tgrl.probe import completion_logps, content_token_stats
+from tgrl.grounding import GroundingSpec
+from tgrl.probe import (
+    Perturbation,
+    completion_logps,
+    completion_visual_dependency,
+    content_token_stats,
+    fact_dependency,
+)
 from tgrl.teachers.oracle import oracle_trace
 from tgrl.utils import UserError, cli, git_commit, set_torch_threads, sha256_file, weights_sha256
 
@@ -43,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N problems (tests)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--temperature", type=float, default=1.0, help="score under logits / T (default 1)")
+    p.add_argument(
+        "--fact-dependency",
+        action="store_true",
+        help="also s_t at the fact tokens (expert_fact_s, expert_fact_s_share): one perturbed pass more",
+    )
+    p.add_argument(
+        "--perturb-seed", type=int, default=1234, help="seed of the perturbed images (row i: [seed, i])"
+    )
     return p
 
 
@@ -62,7 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.temperature != 1.0:  # keys of T = 1 rows stay what they were
         ident["temperature"] = args.temperature
     key = "probe-" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
-    if key in finished_keys(args.summary):
+    spec = GroundingSpec()
+    s_ident = {**ident, "fact_dependency": spec.settings(), "perturb_seed": args.perturb_seed}
+    s_key = "probe-s-" + hashlib.sha256(json.dumps(s_ident, sort_keys=True).encode()).hexdigest()[:24]
+    done = finished_keys(args.summary)
+    want_p, want_s = key not in done, args.fact_dependency and s_key not in done
+    if not want_p and not want_s:
         print(f"[probe] {args.run}: already in {args.summary}; nothing to do")
         return
     set_torch_threads()
@@ -78,15 +107,18 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     model, processor = load_model_and_processor(args.model)
     texts = [oracle_trace(p.meta) for p in problems]
-    logps = completion_logps(
-        model,
-        processor,
-        [p.question for p in problems],
-        [p.load_images() for p in problems],
-        texts,
-        batch_size=args.batch_size,
-        temperature=args.temperature,
-    )
+    inputs = ([p.question for p in problems], [p.load_images() for p in problems], texts)
+    if want_s:  # the clean pass of the s_t pair is the p probe's pass: one forward less
+        perturbation = Perturbation(spec.perturb_mode, spec.perturb_prob, args.perturb_seed)
+        scored = completion_visual_dependency(
+            model, processor, *inputs, perturbation, batch_size=args.batch_size, temperature=args.temperature
+        )
+        logps = [dep.logp for dep in scored]
+        dependency = fact_dependency(processor.tokenizer, texts, scored, spec.threshold)
+    else:
+        logps = completion_logps(
+            model, processor, *inputs, batch_size=args.batch_size, temperature=args.temperature
+        )
     stats = content_token_stats(processor.tokenizer, texts, logps)
     common = {
         "key": key,
@@ -108,6 +140,18 @@ def main(argv: list[str] | None = None) -> None:
         "expert_mean_p": (stats.mean_p, stats.n_tokens),
     }
     rows = [{**common, "metric": m, "value": v, "n": n} for m, (v, n) in values.items() if v is not None]
+    rows = rows if want_p else []
+    if want_s:
+        s_common = {**common, "key": s_key, "settings": {"visual_dependency": spec.settings(), **s_ident}}
+        s_values = {
+            "expert_fact_s": (dependency.fact_s, "s_t"),
+            "expert_fact_s_share": (dependency.fact_share, "share"),
+        }
+        rows += [
+            {**s_common, "metric": m, "value": v, "n": dependency.n_fact_tokens, "unit": unit}
+            for m, (v, unit) in s_values.items()
+            if v is not None
+        ]
     append_locked(args.summary, rows)
     shown = ", ".join(f"{r['metric']}={r['value']:.3f}" for r in rows)
     print(f"[probe] {args.run}: {shown} ({len(problems)} trajectories, {time.time() - t0:.1f}s)")

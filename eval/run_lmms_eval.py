@@ -6,6 +6,7 @@
     accelerate launch --num_processes 8 eval/run_lmms_eval.py --model CKPT --suite paper ...  # data parallel
     python eval/run_lmms_eval.py --list-checkpoints [--manifest runs.jsonl | --checkpoints-dir checkpoints]
     python eval/run_lmms_eval.py --model CKPT --jsonl problems.jsonl --visual-dependency  # + grounding rows
+    python eval/run_lmms_eval.py --model CKPT --suite tiny --blind  # images blanked: blind acc, + mg_* rows
 
 The runner writes raw lmms-eval outputs to ``OUT/<run>/<task>__<settings hash>/`` and appends one row per
 metric to the summary file; a rerun skips finished (checkpoint, task) pairs. What is recorded, how it
@@ -75,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
         "vis_dep_reasoning_share (and _correct / _incorrect) rows and per-token s_t in samples.jsonl. "
         "hf backend only (batched; on GPU for 7B): with vllm the run stops with an error, because vLLM "
         "cannot score a given response under a perturbed image. Off by default",
+    )
+    g.add_argument(
+        "--blind",
+        action="store_true",
+        default=None,
+        help="the blind control: every image replaced by an all-black image of its size (same prompt, "
+        "image tokens and pixel budget), on any task, ours or lmms-eval built-ins. Rows get decoding "
+        "<decoding>_blind; once the same evaluation with the image is in the summary too, mg_<metric> rows "
+        "hold the multimodal gain (with image - blind, MMStar's MG, arXiv 2403.20330)",
     )
     m = p.add_argument_group("helpers for scripts/eval_all.sh")
     m.add_argument(

@@ -3,12 +3,13 @@
     python eval/summarize_training.py --run-dir checkpoints/tiny_tgrl_s0 --run tgrl_s0 --method tgrl \
         --seed 0 --summary results/tiny/summary.jsonl
 
-The visual-dependency diagnostic of docs/design.md#58-diagnostics (mean s_t, expert vs on-policy) is measured
-by the trainer, not by evaluation: this script averages the logged values over the last ``--tail``
-share of training and writes them as summary rows (``metric: vis_dep_expert`` / ``vis_dep_on_policy``,
-``decoding: training``), next to the evaluation rows of the same run. Idempotent: the rows carry a
-key (run, checkpoint, task, suite, tail and the hash of metrics.jsonl), and a rerun on the same
-metrics adds nothing.
+Rows (``decoding: training``): tail means over the last ``--tail`` share of training (the trainer's mean
+s_t ``vis_dep_expert`` / ``vis_dep_on_policy``, ``grad_expert_share``, ``expert_p_fact_end``) and the points
+of the curves that move: the expert fact-token p and the on-policy fact accuracy at step 1 (before any
+update), their lowest ``--window``-step mean (and its step) and their last ``--window``-step mean
+(tgrl/evaluation/training_summary.py). Prints one sentence per curve, read from those points. Idempotent:
+the rows carry a key (run, checkpoint, task, suite, tail, window and the hash of metrics.jsonl), and a
+rerun on the same metrics adds nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tgrl.evaluation.training_summary import summarize_run
+from tgrl.evaluation.training_summary import CURVES, curve_sentence, summarize_run
 from tgrl.utils import cli
 
 
@@ -32,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--task", default="synthetic_test", help="task the rows sit beside in the tables")
     parser.add_argument("--suite", default="tiny")
-    parser.add_argument("--tail", type=float, default=0.3, help="share of the run to average over")
+    parser.add_argument("--tail", type=float, default=0.3, help="share of the run the tail means cover")
+    parser.add_argument("--window", type=int, default=20, help="logged steps per mean of the curve points")
     parser.add_argument("--summary", type=Path, default=Path("results/summary.jsonl"))
     return parser
 
@@ -41,7 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     rows = summarize_run(
-        args.run_dir, args.run, args.method, args.seed, args.summary, args.task, args.suite, args.tail
+        args.run_dir,
+        args.run,
+        args.method,
+        args.seed,
+        args.summary,
+        args.task,
+        args.suite,
+        args.tail,
+        args.window,
     )
     if rows is None:
         print(f"[summarize_training] {args.run}: already in {args.summary} (same metrics); nothing to do")
@@ -50,6 +60,10 @@ def main(argv: list[str] | None = None) -> None:
         f"[summarize_training] {args.run}: "
         + ", ".join(f"{r['metric']}={r['value']:.3f} (n={r['n']})" for r in rows)
     )
+    points = {r["metric"]: (r["value"], r["n"]) for r in rows}
+    for name in CURVES:
+        if sentence := curve_sentence(points, name):
+            print(f"[summarize_training] {args.run}: {sentence}")
 
 
 if __name__ == "__main__":

@@ -43,10 +43,10 @@ T0=$(date +%s)
 say() { printf '[%s +%ss] %s\n' "$(date +%H:%M:%S)" "$(( $(date +%s) - T0 ))" "$*"; }
 done_marker() { [ -f "$1/.tgrl_done" ]; }
 
-say "1/6 tiny model + synthetic scenes (train, val, test, shifted)"
+say "1/6 tiny model + synthetic scenes (train, val, test, shifted, and the held-out splits' twins)"
 $PY data_prep/build_tiny_model.py --out "$WORK/tiny-init" --size S --seed 0
 $PY data_prep/make_synthetic.py --out "$DATA/synthetic" --n-train "$N_TRAIN" --n-val "$N_VAL" --n-test "$N_TEST" \
-  --n-shifted "$N_SHIFTED" --seed 0
+  --n-shifted "$N_SHIFTED" --seed 0 --twins
 
 say "2/6 oracle teacher trajectories (K=4, 20% wrong facts)"
 $PY data_prep/build_teacher_trajectories.py --data "$DATA/synthetic/train.jsonl" --out "$DATA/teacher" \

@@ -12,10 +12,13 @@ finished evaluations a summary row; a rerun only does what is missing):
    the tuning table OUT/tables/tiny_tuning.{md,csv};
 3. final: the selected entries at every seed, the ablations (one key of TGRL's selected entry changed)
    and the weak base, scored once on the test and shifted splits (greedy, and avg@8 at T=1), with the
-   teacher-forced expert content-token probability and the training diagnostics; plus, as an evaluation of
-   its own (its settings key differs only by --visual-dependency), the visual dependency s_t of each
-   checkpoint's own greedy reasoning on the test split (tgrl/grounding.py). Added to a finished protocol,
-   a rerun runs only that evaluation per checkpoint: every other key is already in the summary.
+   teacher-forced expert content-token probability and the training diagnostics; plus, as evaluations of
+   their own (each with its own settings key), the visual dependency s_t of each checkpoint's own greedy
+   reasoning on the test split (tgrl/grounding.py), the counterfactual twin split of the test split
+   (synthetic_test_twins: twin tracking, move invariance), the blind control (--blind: accuracy with
+   the images blanked, and the multimodal gain) and the s_t at the fact tokens of the oracle trajectories
+   at the run's rollout temperature (probe --fact-dependency). Added to a finished protocol, a rerun runs
+   only the evaluations whose keys the summary lacks.
 
 Runs go JOBS at a time (each a single-threaded process); the first failure stops the scheduling and names
 its log.
@@ -33,6 +36,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
+
+import yaml
 
 from tgrl.evaluation.runner import append_locked, finished_keys
 from tgrl.protocol import (
@@ -184,12 +189,32 @@ class Runner:
                 self.out / "curves" / f"{name}.metrics.jsonl.gz", gzip.compress(metrics.read_bytes(), mtime=0)
             )
 
+    def rollout_temperature(self, recipe: str | None) -> float:
+        """The temperature a run's rollouts sample at (its recipe's ``temperature``); the base and SFT,
+        which have none, get GRPO's: the temperature every RL run from them samples at."""
+        for name in (recipe, "grpo"):
+            path = self.recipes / f"{name}.yaml"
+            if name and path.is_file():
+                value = yaml.safe_load(path.read_text()).get("temperature")
+                if value is not None:
+                    return float(value)
+        raise UserError(f"{self.recipes}: no recipe gives a rollout temperature (grpo.yaml: temperature)")
+
     def evaluate(
-        self, name: str, method: str, seed: int, checkpoint: Path, tasks: dict[str, Path], final: bool
+        self,
+        name: str,
+        method: str,
+        seed: int,
+        checkpoint: Path,
+        tasks: dict[str, Path],
+        final: bool,
+        temperature: float | None = None,
     ) -> None:
         """Score ``checkpoint`` greedily on ``tasks`` (task name -> JSONL); ``final`` (a run scored once on
-        the test splits) adds the grounding evaluation, avg@8 (not in demo mode) and the expert-token probe
-        on the first of them."""
+        the test splits) adds, on the first of them, the grounding evaluation, avg@8 (not in demo mode),
+        its twin split, the blind control and the expert-token probes (T = 1, and s_t at the fact tokens at
+        ``temperature``, the run's rollout temperature; default GRPO's)."""
+        temperature = temperature if temperature is not None else self.rollout_temperature(None)
         log = self.logs / f"{name}.eval.log"
         jsonl = [arg for task, path in tasks.items() for arg in ("--jsonl", f"{task}={path}")]
         ident = ["--out", self.work / "eval", "--summary", self.summary, "--run", name, "--method", method]
@@ -204,16 +229,30 @@ class Runner:
             commands.append([*evaluation, *test, "--visual-dependency", *ident])
             if not self.quick:  # sampled behaviour: mean accuracy of 8 samples at T=1 (test split)
                 commands.append([*evaluation, *test, "--decoding", "avg@8", *ident])
+            twins = test_file.with_name(f"{test_file.stem}_twins.jsonl")
+            if not twins.is_file():
+                raise UserError(
+                    f"{twins}: the twin split of {test_file} is missing (the grounding measures score it). "
+                    "Fix: build it with data_prep/make_synthetic.py (it writes <split>_twins.jsonl)"
+                )
+            commands.append([*evaluation, "--jsonl", f"{test_task}_twins={twins}", *ident])
+            commands.append([*evaluation, *test, "--blind", *ident])
             probe = ["eval/probe_expert_tokens.py", "--model", checkpoint, "--jsonl", test_file]
-            commands.append([*probe, "--task", test_task, *ident[2:]])
+            probe += ["--task", test_task, *ident[2:]]
+            commands.append(probe)
+            commands.append([*probe, "--temperature", temperature, "--fact-dependency"])
         # one process for all of them: the imports (~30 s on 2 cores) once, not once per command
         self.sh(log, PY, "eval/run_batch.py", json.dumps([[str(a) for a in c] for c in commands]))
 
-    def score_final(self, name: str, method: str, seed: int, checkpoint: Path) -> None:
+    def score_final(
+        self, name: str, method: str, seed: int, checkpoint: Path, temperature: float | None = None
+    ) -> None:
         """The final evaluation on the test splits; sealed splits only under a frozen selection, once per
         checkpoint, every scoring in OUT/scoring_log.jsonl."""
         if not self.sealed:
-            self.evaluate(name, method, seed, checkpoint, self.test_files, final=True)
+            self.evaluate(
+                name, method, seed, checkpoint, self.test_files, final=True, temperature=temperature
+            )
             return
         manifest = require_frozen(self.out, self.out / "selected.json", self.protocol.path, self.sealed_dir)
         log = ScoringLog(self.out, manifest["selection_sha256"])
@@ -221,7 +260,7 @@ class Runner:
         data = {task: sha256_file(path) for task, path in self.test_files.items()}
         for task in self.test_files:
             log.start(name, weights, task, data[task], self.rescore)
-        self.evaluate(name, method, seed, checkpoint, self.test_files, final=True)
+        self.evaluate(name, method, seed, checkpoint, self.test_files, final=True, temperature=temperature)
         for task in self.test_files:
             log.scored(name, weights, task, data[task])
 
@@ -298,7 +337,8 @@ class Runner:
             return "skipped (its rows are in the summary)"
         t0 = time.time()
         checkpoint = self.train(run)
-        self.score_final(run.name, run.method, run.seed, checkpoint)
+        temperature = float(run.overrides.get("temperature") or self.rollout_temperature(run.recipe))
+        self.score_final(run.name, run.method, run.seed, checkpoint, temperature)
         if run.kind != "sft":
             self.sh(
                 self.logs / f"{run.name}.eval.log", PY, "eval/summarize_training.py", "--run-dir", checkpoint,

@@ -165,3 +165,40 @@ def test_an_over_long_prompt_is_an_item_error_and_the_batch_goes_on(tiny_checkpo
     assert [out[0], out[2]] == unlimited
     fits = lm.generate_until(make_requests(lm, [short], gen))  # exactly one token to spare would also fit
     assert fits == unlimited[:1] and lm.pop_item_errors(TASK) == {}
+
+
+def vision_inputs(lm, questions: list[str]) -> list:
+    """The pixel_values the vision tower receives while ``lm`` answers ``questions`` (greedy)."""
+    seen = []
+
+    def capture(module, args, kwargs):
+        seen.append((args[0] if args else next(iter(kwargs.values()))).detach().clone())
+
+    handle = lm.model.model.visual.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        lm.generate_until(make_requests(lm, questions, {"max_new_tokens": 3, "temperature": 0}))
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_blind_model_receives_an_all_black_image_of_the_same_size(tiny_checkpoint) -> None:
+    """--blind: the pixels that reach the vision tower are those of an all-black image (the processor's
+    normalisation of 0 in every channel), with as many patches as the sighted run (same pixel budget)."""
+    import torch
+
+    from tgrl.lmms_model import TGRLModel
+
+    questions = ["How many red objects?", "Red or blue?"]
+    sighted = TGRLModel(pretrained=str(tiny_checkpoint), device="cpu", batch_size=2)
+    blind = TGRLModel(pretrained=str(tiny_checkpoint), device="cpu", batch_size=2, blind=True)
+    seen_sighted, seen_blind = vision_inputs(sighted, questions), vision_inputs(blind, questions)
+    assert seen_blind and len(seen_blind) == len(seen_sighted)
+    processor = blind.processor.image_processor
+    black = -torch.tensor(processor.image_mean) / torch.tensor(processor.image_std)  # (0 - mean) / std
+    for with_image, without in zip(seen_sighted, seen_blind, strict=True):
+        assert without.shape == with_image.shape
+        per_channel = without.reshape(without.shape[0], 3, -1)
+        assert torch.allclose(per_channel, black.view(1, 3, 1).expand_as(per_channel), atol=1e-5)
+        assert not torch.allclose(with_image, without)  # the sighted run saw the red image
+    assert blind.settings()["blind"] and "blind" not in sighted.settings()

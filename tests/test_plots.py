@@ -101,7 +101,7 @@ def test_pngs_per_run_and_overlays(tmp_path: Path, two_runs: list[Path], monkeyp
         "overlay_visual_dependency_s_t.png",
         "overlay_fact_accuracy.png",
         "overlay_expert_content_token_p.png",
-        "overlay_expert_share_of_the_update.png",
+        "overlay_expert_gradient_norm_ratio.png",
     ]
     for name in expected:
         data = (out / name).read_bytes()
@@ -162,3 +162,53 @@ def test_kept_gzipped_curves_read_like_the_checkpoints(tmp_path):
     packed.write_bytes(gzip.compress(text.encode()))
     expected = {1: {"step": 1.0, "reward": 0.25}, 2: {"step": 2.0, "reward": 0.5}}
     assert load_metrics(packed) == load_metrics(plain) == expected
+
+
+def test_grounding_plot_gathers_runs_and_correlations(tmp_path: Path) -> None:
+    """eval/plot_grounding.py: per run the latest ground-truth and s_t rows, Pearson r over the runs that
+    have both (checked against the standard library), a PNG drawn from the JSON, and the same from
+    --from-json."""
+    import statistics
+
+    from eval import plot_grounding
+
+    rows, truth, fact_s = [], [0.2, 0.5, 0.4, 0.7], [0.10, 0.30, 0.20, 0.35]
+    for i, (t, s) in enumerate(zip(truth, fact_s, strict=True)):
+        run = {"run": f"r{i}", "method": "tgrl" if i % 2 else "grpo", "n": 10}
+        rows.append(
+            {
+                **run,
+                "task": "synthetic_test_twins",
+                "metric": "twin_tracking",
+                "decoding": "greedy",
+                "value": t,
+            }
+        )
+        rows.append(
+            {**run, "task": "synthetic_test", "metric": "fact_acc", "decoding": "greedy", "value": 0.3}
+        )
+        fs = {"task": "synthetic_test", "metric": "expert_fact_s", "decoding": "teacher_forced_t0.3"}
+        rows.append({**run, **fs, "value": 9.0})  # superseded by the later row
+        rows.append({**run, **fs, "value": s})
+        rows.append({**run, **fs, "decoding": "teacher_forced", "value": 5.0})  # T = 1: not this measure
+    summary = tmp_path / "summary.jsonl"
+    summary.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data_file, png = tmp_path / "g.json", tmp_path / "g.png"
+    plot_grounding.main(["--summary", str(summary), "--json", str(data_file), "--out", str(png)])
+    data = json.loads(data_file.read_text())
+    assert [r["fact_token_s"] for r in data["runs"]] == fact_s and data["runs"][0]["run"] == "r0"
+    corr = data["correlations"]["fact_token_s ~ twin_tracking"]
+    assert corr["runs"] == 4 and corr["r"] == pytest.approx(statistics.correlation(fact_s, truth))
+    assert data["correlations"]["fact_token_s ~ fact_acc"]["r"] is None  # constant ground truth
+    assert data["correlations"]["own_reasoning_s ~ fact_acc"]["runs"] == 0
+    assert png.stat().st_size > 0
+    two = tmp_path / "two.json"  # labels keep two summaries' runs of the same name apart
+    plot_grounding.main(
+        ["--summary", f"a={summary}", "--summary", f"b={summary}", "--json", str(two), "--out", str(png)]
+    )
+    assert [r["run"] for r in json.loads(two.read_text())["runs"]] == [
+        f"{x}/r{i}" for x in "ab" for i in range(4)
+    ]
+    again = tmp_path / "again.png"
+    plot_grounding.main(["--from-json", str(data_file), "--out", str(again)])
+    assert again.stat().st_size > 0

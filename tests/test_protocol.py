@@ -248,7 +248,7 @@ def test_demo_mode_skips_avg8_and_the_bases_validation(tmp_path, monkeypatch):
         decodings = [c[c.index("--decoding") + 1] for c in calls if "--decoding" in c]
         splits = {a.split("=")[0] for c in calls for a in c if a.startswith("synthetic_")}
         probes = [c for c in calls if c[1].endswith("probe_expert_tokens.py")]
-        assert decodings == ([] if quick else ["avg@8"]) and len(probes) == 1
+        assert decodings == ([] if quick else ["avg@8"]) and len(probes) == 2
         assert ("synthetic_val" in splits) is not quick and {"synthetic_test", "synthetic_shifted"} <= splits
 
 
@@ -302,3 +302,42 @@ def test_the_demo_refuses_a_selection_whose_entries_moved(tmp_path):
     )
     with pytest.raises(module.UserError, match=r"\['grpo'\] are no longer at those grid positions"):
         module.demo(protocol, runner, args, 0.0)
+
+
+def test_final_evaluation_adds_twins_blind_and_fact_s_at_the_rollout_temperature(tmp_path, monkeypatch):
+    """A final run is also scored on the test split's twin split and blind, and probed for s_t at the fact
+    tokens at its own rollout temperature (the recipe's, an override's when its grid sets one); the base
+    gets GRPO's. Tuning runs get none of it."""
+    import importlib
+
+    module = importlib.import_module("scripts.run_protocol")
+    runner = module.Runner(write(tmp_path), tmp_path / "work", tmp_path / "data", tmp_path / "out")
+    calls: list[list[str]] = []
+    monkeypatch.setattr(runner, "sh", lambda log, *cmd: calls.append([str(c) for c in cmd]))
+    monkeypatch.setattr(runner, "train", lambda run: tmp_path / "ckpt")
+    monkeypatch.setattr(runner, "record_budget", lambda run, checkpoint: None)
+    grpo_t = yaml.safe_load((REPO / "train/recipes/tiny/grpo.yaml").read_text())["temperature"]
+    for run, temperature in (
+        (module.RunSpec("tgrl", "rl", "tgrl", 0, 0, {}), grpo_t),
+        (module.RunSpec("tgrl", "rl", "tgrl", 1, 0, {"temperature": 0.7}), 0.7),
+    ):
+        calls.clear()
+        runner.final(run)
+        evals = [c for c in calls if c[1].endswith("run_lmms_eval.py")]
+        twins = [c for c in evals if any(a.startswith("synthetic_test_twins=") for a in c)]
+        blind = [c for c in evals if "--blind" in c]
+        assert len(twins) == 1 and twins[0][twins[0].index("--jsonl") + 1].endswith("test_twins.jsonl")
+        assert (
+            len(blind) == 1 and f"synthetic_test={tmp_path / 'data' / 'synthetic' / 'test.jsonl'}" in blind[0]
+        )
+        probes = [c for c in calls if c[1].endswith("probe_expert_tokens.py")]
+        fact_s = [c for c in probes if "--fact-dependency" in c]
+        assert len(probes) == 2 and len(fact_s) == 1
+        assert float(fact_s[0][fact_s[0].index("--temperature") + 1]) == temperature
+    calls.clear()
+    runner.base()
+    fact_s = [c for c in calls if "--fact-dependency" in c]
+    assert float(fact_s[0][fact_s[0].index("--temperature") + 1]) == grpo_t
+    calls.clear()
+    runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", ["val"], final=False)
+    assert not any("--blind" in c or "--fact-dependency" in c for c in calls)

@@ -345,3 +345,48 @@ def test_page_as_a_browser_shows_it(synthetic_dir, tmp_path) -> None:
     assert _count_near(pixels, _hex(S_COLOURS[8]), tol=4) > 50
     assert _count_near(pixels, _hex(S_COLOURS[5]), tol=4) > 50
     assert seen["count"] == ("5", "2") and seen["visible"] == (5, 2)
+
+
+def test_twin_pairs_are_drawn_side_by_side_with_their_verdict(tmp_path) -> None:
+    """An evaluation of a twin split: each twin is one item with its source scene (both images and texts),
+    what changed and whether the stated facts tracked it; a twin the cap keeps brings its source along."""
+    from tgrl.synthetic import build_dataset
+
+    data = tmp_path / "data"
+    build_dataset(data, 6, 4, seed=0, twins=True)
+    rows = [json.loads(line) for line in (data / "test_twins.jsonl").read_text().splitlines()]
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    samples = []
+    for i, p in enumerate(rows):
+        counts = dict(p["meta"]["counts"])
+        if p["meta"]["twin"]["kind"] == "recolor":  # the model misses the recolouring: states the source's
+            source = next(r for r in rows if r["id"] == p["meta"]["twin"]["source"])
+            counts = source["meta"]["counts"]
+        text = f"<think>red {counts['red']}, blue {counts['blue']}</think><answer>{p['answer']}</answer>"
+        doc = {
+            "id": p["id"],
+            "question": p["question"],
+            "answer_type": p["answer_type"],
+            "images_json": json.dumps([str(data / im) for im in p["images"]]),
+            "meta_json": json.dumps(p["meta"]),
+        }
+        samples.append({"doc_id": i, "doc": doc, "target": p["answer"], "resps": [[text]], "acc": 1.0})
+    write_jsonl(folder / "samples.jsonl", samples)
+    out = tmp_path / "report.html"
+    build_report([("tgrl", folder)], out)
+    text = out.read_text()
+    page = Page(text)
+    n_twins = sum(r["meta"]["twin"]["kind"] != "source" for r in rows)
+    assert text.count('<section class="pair"') == n_twins and 'value="twin pair"' in text
+    assert len(page.articles) == 2 * n_twins and len(page.images) == 2 * n_twins
+    kinds = {r["meta"]["twin"]["kind"] for r in rows} - {"source"}
+    assert text.count("remove (") == sum(r["meta"]["twin"]["kind"] == "remove" for r in rows)
+    assert "remove" in kinds and "stated facts tracked the change" in text
+    assert text.count("stated facts did not track it") == sum(
+        r["meta"]["twin"]["kind"] == "recolor" for r in rows
+    )
+    capped = tmp_path / "capped.html"
+    build_report([("tgrl", folder)], capped, max_samples=2, seed=1)
+    shown = capped.read_text()
+    assert shown.count('<section class="pair"') >= 1  # a kept twin came with its source

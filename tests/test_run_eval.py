@@ -111,6 +111,58 @@ def test_several_tasks_share_one_model_load(tiny_checkpoint, synthetic_dir, tmp_
     assert tasks == {"synthetic_test", "synthetic_train"}
 
 
+def test_blind_rows_and_multimodal_gain(tiny_checkpoint, synthetic_dir, tmp_path) -> None:
+    """--blind writes its own rows (decoding greedy_blind, a key of its own); once the sighted evaluation is
+    there too, mg_<metric> = sighted - blind, written once."""
+    summary = tmp_path / "summary.jsonl"
+    args = [
+        "--model", str(tiny_checkpoint), "--out", str(tmp_path / "raw"), "--summary", str(summary),
+        "--jsonl", f"synthetic_test={synthetic_dir / 'test.jsonl'}", "--suite", "tiny", "--limit", "6",
+        "--max-new-tokens", "8", "--device", "cpu",
+    ]  # fmt: skip
+    blind = run(*args, "--blind")
+    assert blind.returncode == 0, blind.stderr[-3000:]
+    rows = read_rows(summary)
+    assert {r["decoding"] for r in rows} == {"greedy_blind"} and not any(
+        r["metric"].startswith("mg_") for r in rows
+    )
+    assert all(r["settings"]["blind"] and r["settings"]["model"]["blind"] for r in rows)
+    sighted = run(*args)
+    assert sighted.returncode == 0, sighted.stderr[-3000:]
+    rows = read_rows(summary)
+    value = {(r["decoding"], r["metric"]): r["value"] for r in rows}
+    gains = {r["metric"]: r for r in rows if r["metric"].startswith("mg_")}
+    assert set(gains) == {f"mg_{m}" for d, m in value if d == "greedy" and (d + "_blind", m) in value}
+    assert "mg_acc" in gains and gains["mg_acc"]["decoding"] == "greedy_blind"
+    for metric, row in gains.items():
+        base = metric.removeprefix("mg_")
+        assert row["value"] == value[("greedy", base)] - value[("greedy_blind", base)]
+    again = run(*args, "--blind")  # finished: nothing redone, no second gain row
+    assert again.returncode == 0 and "finished earlier" in again.stdout
+    assert len(read_rows(summary)) == len(rows)
+    from tgrl.evaluation.tables import load_summary
+
+    assert len(load_summary([str(summary)])) == len(rows)
+
+
+def test_twin_split_through_the_runner(tiny_checkpoint, tmp_path) -> None:
+    """A twin split evaluates through the generic task and gets the twin_* rows (n = source scenes)."""
+    from tgrl.synthetic import build_dataset
+
+    data = tmp_path / "data"
+    build_dataset(data, 6, 5, seed=0, twins=True)
+    summary = tmp_path / "summary.jsonl"
+    result = run(
+        "--model", str(tiny_checkpoint), "--out", str(tmp_path / "raw"), "--summary", str(summary),
+        "--jsonl", f"synthetic_test_twins={data / 'test_twins.jsonl'}", "--suite", "tiny",
+        "--max-new-tokens", "8", "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {r["metric"]: r for r in read_rows(summary)}
+    assert {"twin_tracking", "twin_move_invariance", "acc", "fact_acc"} <= set(rows)
+    assert rows["twin_tracking"]["n"] == 5 and 0.0 <= rows["twin_tracking"]["value"] <= 1.0
+
+
 def test_errors_exit_nonzero_with_a_message(tiny_checkpoint, tmp_path) -> None:
     missing = run(
         "--model", str(tmp_path / "nope"), "--jsonl", "x.jsonl", "--summary", str(tmp_path / "s.jsonl")

@@ -424,8 +424,9 @@ def test_mmmu_pro_overall_is_derived_from_both_settings(tmp_path: Path) -> None:
 
 
 def test_tiny_tables_show_grounding_columns_where_present(tmp_path: Path) -> None:
-    """The real tables.yaml: with --visual-dependency rows the tiny table gets its grounding columns for every
-    method that has them (values raw, share in percent); without them the columns are left out."""
+    """The real tables.yaml: the tiny table carries the ground-truth grounding columns (twin tracking, move
+    invariance, blind accuracy, the multimodal gain in signed points) and no s_t column; the s_t columns are
+    in tiny_grounding (values raw, shares in percent); columns without rows are left out and noted."""
     methods = ["base", "sft", "grpo", "sft_rl", "luffy_vl", "tgrl"]
     rows = []
     for i, method in enumerate(methods):
@@ -437,23 +438,50 @@ def test_tiny_tables_show_grounding_columns_where_present(tmp_path: Path) -> Non
             "suite": "tiny",
         }
         common.update(decoding="greedy", n=1000)
+        twins = {**common, "task": "synthetic_test_twins"}
+        blind = {**common, "decoding": "greedy_blind"}
         rows.append({**common, "metric": "acc", "value": 0.5})
         rows.append({**common, "metric": "vis_dep_reasoning", "value": 0.1 * (i + 1)})
         rows.append({**common, "metric": "vis_dep_reasoning_share", "value": 0.05 * (i + 1)})
-        rows.append({**common, "metric": "vis_dep_reasoning_correct", "value": 0.2})
+        rows.append({**twins, "metric": "twin_tracking", "value": 0.1 * i})
+        rows.append({**twins, "metric": "twin_move_invariance", "value": 0.9})
+        rows.append({**blind, "metric": "acc", "value": 0.3})
+        rows.append({**blind, "metric": "mg_acc", "value": 0.2 - 0.1 * i})  # negative from the 4th method on
+        fact_s = {**common, "decoding": "teacher_forced_t0.3", "metric": "expert_fact_s", "value": 0.01 * i}
+        rows.append(fact_s)
     summary = tmp_path / "summary.jsonl"
     summary.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "with"
     assert make_tables.main(["--summary", str(summary), "--out", str(out), "--table", "tiny"]) == 0
+    assert make_tables.main(["--summary", str(summary), "--out", str(out), "--table", "tiny_grounding"]) == 0
     tiny = read_csv(out / "tiny.csv")
+    assert not [
+        r for r in tiny if r["metric"].startswith("vis_dep_") or r["metric"].startswith("expert_fact_s")
+    ]
     for i, method in enumerate(methods):
-        assert float(cell(tiny, method, "synthetic_test", "vis_dep_reasoning")["ours_mean"]) == pytest.approx(
-            0.1 * (i + 1)
+        assert float(
+            cell(tiny, method, "synthetic_test_twins", "twin_tracking")["ours_mean"]
+        ) == pytest.approx(10.0 * i)
+        blind = [r for r in tiny if r["method"] == method and r["column"] == "Blind acc."]
+        assert float(blind[0]["ours_mean"]) == pytest.approx(30.0)
+        assert float(cell(tiny, method, "synthetic_test", "mg_acc")["ours_mean"]) == pytest.approx(
+            20.0 - 10.0 * i
         )
-    assert "Reasoning s_t" in (out / "tiny.md").read_text() and "| 30.0" in (out / "tiny.md").read_text()
+    md = (out / "tiny.md").read_text()
+    assert "| +20.0 |" in md and "| -30.0 |" in md and "Twin tracking" in md and "Move inv." in md
+    grounding = read_csv(out / "tiny_grounding.csv")
+    assert float(
+        cell(grounding, "tgrl", "synthetic_test", "vis_dep_reasoning")["ours_mean"]
+    ) == pytest.approx(0.6)
+    assert float(cell(grounding, "tgrl", "synthetic_test", "expert_fact_s")["ours_mean"]) == pytest.approx(
+        0.05
+    )
     plain = tmp_path / "plain.jsonl"
-    plain.write_text("".join(json.dumps(r) + "\n" for r in rows if r["metric"] == "acc"))
+    plain.write_text(
+        "".join(json.dumps(r) + "\n" for r in rows if r["metric"] == "acc" and r["decoding"] == "greedy")
+    )
     out = tmp_path / "without"
     assert make_tables.main(["--summary", str(plain), "--out", str(out), "--table", "tiny"]) == 0
-    assert not [r for r in read_csv(out / "tiny.csv") if r["metric"].startswith("vis_dep_")]
-    assert "Reasoning s_t, Grounded share, s_t (correct)" in (out / "tiny.md").read_text()  # noted
+    assert (
+        "Twin tracking, Move inv., Answer tracking, Blind acc., MG" in (out / "tiny.md").read_text()
+    )  # noted

@@ -25,6 +25,12 @@ Backends: ``hf`` (transformers ``generate``, CPU or GPU, batched; several proces
 launch`` split the documents: data parallel) and ``vllm`` (GPU only, imported lazily, tensor parallel
 inside one process).
 
+Blind control (``blind``, both backends): every image is replaced by an all-black image of the same size
+(:func:`tgrl.perturb.perturb_image`, mode ``full_mask``) before it reaches the processor, so the prompt, the
+image placeholders and the pixel budget are those of the sighted run and only the visual content is gone.
+Accuracy with the image minus accuracy blind is MMStar's multimodal gain (arXiv 2403.20330; the runner
+writes it).
+
 Visual dependency (``visual_dependency``, hf backend only): after each generated batch, the same batch of
 prompts and responses goes through one clean and one perturbed-image teacher-forced pass
 (:func:`tgrl.grounding.score_texts`: tgrl.probe, tgrl.perturb, the trainer's s_t). Per response the token
@@ -137,6 +143,7 @@ class TGRLModel(lmms):
         max_batch_size: accepted because lmms-eval passes it; unused.
         visual_dependency: score s_t of every response (hf only; see the module docstring): True or
             ``"true"`` for the defaults of :class:`tgrl.grounding.GroundingSpec`, or its settings dict.
+        blind: blank every image (same size, all black) before it reaches the model: the blind control.
     """
 
     is_simple = True
@@ -159,8 +166,10 @@ class TGRLModel(lmms):
         max_images_per_prompt: int = 8,
         max_batch_size: int | None = None,
         visual_dependency: bool | str | dict | None = None,
+        blind: bool | str = False,
     ) -> None:
         super().__init__()
+        self.blind = str(blind).lower() in ("true", "1")
         if backend not in BACKENDS:
             raise UserError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
         self.pretrained = str(pretrained)
@@ -309,6 +318,8 @@ class TGRLModel(lmms):
             out["tensor_parallel_size"] = self.tensor_parallel_size
         if self.grounding_spec is not None:
             out["visual_dependency"] = self.grounding_spec.settings()
+        if self.blind:
+            out["blind"] = "every image replaced by an all-black image of its size (tgrl.perturb full_mask)"
         return out
 
     # ----------------------------------------------------------------------------------------------
@@ -346,7 +357,7 @@ class TGRLModel(lmms):
                     context, _, doc_to_visual, doc_id, _, _ = requests[i].args
                     doc = self.task_dict[task][split][doc_id]
                     contexts.append(context)
-                    visuals.append([v.convert("RGB") for v in (doc_to_visual(doc) or [])])
+                    visuals.append(self.visuals_of(doc_to_visual(doc) or []))
                 errors = self._over_long(contexts, visuals)
                 keep = [p for p in range(len(chunk)) if p not in errors]
                 texts = self._generate(
@@ -365,6 +376,15 @@ class TGRLModel(lmms):
                 progress.update(len(chunk))
         progress.close()
         return [r if r is not None else "" for r in responses]
+
+    def visuals_of(self, images: list) -> list:
+        """The RGB images of one request as the model receives them: blanked in the blind control."""
+        images = [v.convert("RGB") for v in images]
+        if self.blind:
+            from tgrl.perturb import perturb_image
+
+            images = [perturb_image(v, "full_mask") for v in images]
+        return images
 
     def _score_grounding(
         self,

@@ -185,12 +185,22 @@ def completion_visual_dependency(
     *,
     batch_size: int = 32,
     row_keys: Sequence[Sequence[int]] | None = None,
+    temperature: float = 1.0,
 ) -> list[TokenDependency]:
     """s_t of every completion token (docs/design.md#54-token-quantities) from one clean and one perturbed
     teacher-forced pass: the trainer's perturbation and s_t definition applied to any given text (an
-    evaluation response, an expert trajectory, a logged rollout)."""
+    evaluation response, an expert trajectory, a logged rollout). ``temperature``: both passes under
+    logits / T, the trainer's s_t of a run whose rollouts sample at T (TRL divides its logits by T)."""
     clean, perturbed = _teacher_forced(
-        model, processor, questions, images, completions, [None, perturbation], row_keys, batch_size
+        model,
+        processor,
+        questions,
+        images,
+        completions,
+        [None, perturbation],
+        row_keys,
+        batch_size,
+        temperature,
     )
     out = []
     for a, b in zip(clean, perturbed, strict=True):
@@ -209,6 +219,30 @@ class ContentTokenStats:
     mean_p: float  # mean p over all tokens (template tokens dominate it)
     n_fact_tokens: int
     n_tokens: int
+
+
+@dataclass
+class FactDependency:
+    """Visual dependency s_t of expert trajectories' fact tokens, pooled over all trajectories."""
+
+    fact_s: float | None  # mean s_t over the fact tokens (None: no trajectory states facts)
+    fact_share: float | None  # share of fact tokens with s_t >= threshold
+    n_fact_tokens: int
+
+
+def fact_dependency(
+    tokenizer, texts: Sequence[str], scored: Sequence[TokenDependency], threshold: float
+) -> FactDependency:
+    """Pool :func:`completion_visual_dependency` output over the fact tokens (:func:`fact_token_positions`):
+    the tokens a grounded reasoning can only get from the image."""
+    values = [
+        dep.s[[j for j in fact_token_positions(tokenizer, text) if j < dep.s.numel()]]
+        for text, dep in zip(texts, scored, strict=True)
+    ]
+    s = torch.cat(values) if values else torch.zeros(0)
+    if not s.numel():
+        return FactDependency(None, None, 0)
+    return FactDependency(s.mean().item(), (s >= threshold).float().mean().item(), int(s.numel()))
 
 
 def content_token_stats(tokenizer, texts: Sequence[str], logps: Sequence[torch.Tensor]) -> ContentTokenStats:

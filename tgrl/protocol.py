@@ -359,7 +359,7 @@ def reading(rows: Iterable[dict[str, Any]], methods: Iterable[str] = ("grpo", "t
         else "Every method shown rose on diff and cmp. "
     )
     second += (
-        "Where to look: the training curves (expert content-token p, expert share of the update, fact "
+        "Where to look: the training curves (expert content-token p, expert gradient-norm ratio, fact "
         "accuracy) "
         "show whether the expert term moved the policy."
     )

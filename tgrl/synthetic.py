@@ -12,6 +12,12 @@ types rotating evenly:
 
 ``meta`` carries the scene ground truth (per-colour counts, object cells and shapes, question type and
 colours), so the oracle teacher can write grounded reasoning and the facts a model states can be checked.
+
+Counterfactual twins (:func:`make_twins`, ``<split>_twins`` splits): each held-out scene with twins that
+change one visual fact while the question stays the same (one object removed, one recoloured) and a
+control that moves one object (counts unchanged). A model whose stated facts come from the image must
+change them exactly as the image changed (tgrl/evaluation/twins.py scores it): a measure no logit scale or
+confidence can fake.
 """
 
 from __future__ import annotations
@@ -169,12 +175,119 @@ def record_key(record: dict[str, Any]) -> tuple:
     return scene_key(objects, record["question"])
 
 
+# --- Counterfactual twins: one visual fact changed, the question fixed ---
+
+TWIN_KINDS = ("remove", "recolor", "move")  # "source" marks the unchanged scene inside a twin split
+
+
+def well_posed(qtype: str, a: str, b: str, counts: dict[str, int]) -> bool:
+    """The question has one computable answer that the generator could have drawn: at least one object,
+    diff non-negative (a >= b), cmp never tied."""
+    if sum(counts.values()) < 1:
+        return False
+    if qtype == "diff":
+        return counts[a] >= counts[b]
+    if qtype == "cmp":
+        return counts[a] != counts[b]
+    return qtype == "sum"
+
+
+def _counts(objects: list[SceneObject]) -> dict[str, int]:
+    return {c: sum(o.color == c for o in objects) for c in COLOR_ORDER}
+
+
+def twin_candidates(objects: list[SceneObject], kind: str) -> list[tuple[list[SceneObject], dict[str, Any]]]:
+    """Every scene one ``kind`` edit away from ``objects``, each with what changed (sorted like the
+    generator's objects, by cell)."""
+    out = []
+    if kind == "remove":
+        for i, o in enumerate(objects):
+            out.append((objects[:i] + objects[i + 1 :], {"cell": [o.row, o.col], "color": o.color}))
+    elif kind == "recolor":
+        for i, o in enumerate(objects):
+            new = next(c for c in COLOR_ORDER if c != o.color)
+            edited = [*objects[:i], SceneObject(o.row, o.col, new, o.shape), *objects[i + 1 :]]
+            out.append((edited, {"cell": [o.row, o.col], "from": o.color, "to": new}))
+    elif kind == "move":
+        taken = {(o.row, o.col) for o in objects}
+        free = [(r, c) for r in range(GRID) for c in range(GRID) if (r, c) not in taken]
+        for i, o in enumerate(objects):
+            for r, c in free:
+                rest = objects[:i] + objects[i + 1 :]
+                edited = sorted([*rest, SceneObject(r, c, o.color, o.shape)], key=lambda x: (x.row, x.col))
+                out.append((edited, {"from": [o.row, o.col], "to": [r, c], "color": o.color}))
+    else:
+        raise ValueError(f"unknown twin kind {kind!r}; expected one of {TWIN_KINDS}")
+    return out
+
+
+def make_twins(
+    record: dict[str, Any], rng: random.Random, exclude: set[tuple] | None = None
+) -> list[tuple[str, list[SceneObject], dict[str, Any]]]:
+    """The twins of one scene record: (kind, objects, change) for each kind that has a well-posed edit
+    (the question unchanged, its answer computable; see :func:`well_posed`) whose item is not in
+    ``exclude``. A scene without such an edit of a kind (e.g. one object: nothing to remove) gets no twin
+    of that kind. ``change`` says what was edited and the per-colour count ``delta`` (twin - source)."""
+    meta = record["meta"]
+    a, b = meta["question_colors"]
+    objects = [SceneObject(**o) for o in meta["objects"]]
+    before = _counts(objects)
+    exclude = exclude if exclude is not None else set()
+    out = []
+    for kind in TWIN_KINDS:
+        options = [
+            (edited, change)
+            for edited, change in twin_candidates(objects, kind)
+            if well_posed(meta["qtype"], a, b, _counts(edited))
+            and scene_key(edited, record["question"]) not in exclude
+        ]
+        if not options:
+            continue
+        edited, change = rng.choice(options)
+        after = _counts(edited)
+        change = {**change, "delta": {c: after[c] - before[c] for c in COLOR_ORDER}}
+        out.append((kind, edited, change))
+    return out
+
+
+def twin_split(
+    split: str,
+    items: list[tuple[dict[str, Any], Any]],
+    seed: int,
+    exclude: set[tuple] | None = None,
+    colors: dict[str, tuple[int, int, int]] = COLORS,
+) -> list[tuple[dict[str, Any], Any]]:
+    """The ``<split>_twins`` split of a held-out split's (record, image) items: each source scene (kind
+    ``source``, its own image file) followed by its twins, every record's ``meta.twin`` = {"source": the
+    source id, "kind", "change"}. Own random stream, so it never moves another split."""
+    name = f"{split}_twins"
+    rng = random.Random(f"tgrl-synthetic/{name}/{seed}")
+    out = []
+    for record, image in items:
+        source_id = record["id"]
+        out.append(
+            ({**record, "meta": {**record["meta"], "twin": {"source": source_id, "kind": "source"}}}, image)
+        )
+        idx = int(source_id.rsplit("-", 1)[1])
+        meta = record["meta"]
+        a, b = meta["question_colors"]
+        for kind, objects, change in make_twins(record, rng, exclude):
+            twin = make_record(idx, name, objects, meta["qtype"], a, b, f"images/{name}/{idx:06d}_{kind}.png")
+            twin["id"] = f"{source_id}-{kind}"
+            if colors != COLORS:
+                twin["meta"]["rgb"] = {n: list(rgb) for n, rgb in colors.items()}
+            twin["meta"]["twin"] = {"source": source_id, "kind": kind, "change": change}
+            out.append((twin, render_scene(objects, colors)))
+    return out
+
+
 # --- A dataset on disk (data_prep/make_synthetic.py) ---
 
 GENERATOR_VERSION = 1
 
 
 SPLITS = ("train", "val", "test", "shifted")
+HELD_OUT = ("val", "test", "shifted")  # the splits that get twins
 
 
 def build_dataset(
@@ -185,20 +298,27 @@ def build_dataset(
     force: bool = False,
     n_val: int = 0,
     n_shifted: int = 0,
+    twins: bool = False,
 ) -> dict:
     """Write the splits (``OUT/<split>.jsonl`` + ``OUT/images/<split>/``) and ``OUT/manifest.json``
     (data_prep/make_synthetic.py). The same arguments give byte-identical files and a rerun is a no-op;
-    other arguments into an existing folder need ``force``. Returns the manifest."""
+    other arguments into an existing folder need ``force``. ``twins``: also a ``<split>_twins`` split per
+    held-out split (:func:`twin_split`); asked of a folder that holds the same dataset without them, it
+    adds them and leaves every other file as it is. Returns the manifest."""
     args = {"n_train": n_train, "n_test": n_test, "seed": seed, "generator_version": GENERATOR_VERSION}
     if n_val or n_shifted:  # recorded only when asked for, so older manifests stay valid
         args.update(n_val=n_val, n_shifted=n_shifted)
+    if twins:
+        args["twins"] = True
     manifest_path = out / "manifest.json"
+    only_twins = False
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
         if old.get("args") == args:
             print(f"[make_synthetic] {out} already holds this dataset (manifest matches); nothing to do")
             return old
-        if not force:
+        only_twins = twins and old.get("args") == {k: v for k, v in args.items() if k != "twins"}
+        if not force and not only_twins:
             raise UserError(
                 f"{out} holds a dataset made with {old.get('args')}; "
                 "pass --force to replace it or choose another --out"
@@ -206,8 +326,11 @@ def build_dataset(
     sizes = {"train": n_train, "val": n_val, "test": n_test, "shifted": n_shifted}
     if min(sizes.values()) < 0 or n_train + n_test == 0:
         raise UserError("--n-train/--n-val/--n-test/--n-shifted must be >= 0 and train + test not both 0")
+    old_hashes = json.loads(manifest_path.read_text())["sha256"] if only_twins else {}
     manifest_path.unlink(missing_ok=True)  # the manifest is written last: its presence marks completion
-    for split in SPLITS:
+    for split in (*SPLITS, *(f"{s}_twins" for s in HELD_OUT)):
+        if only_twins and split in SPLITS:
+            continue
         shutil.rmtree(out / "images" / split, ignore_errors=True)
         (out / f"{split}.jsonl").unlink(missing_ok=True)
 
@@ -220,24 +343,37 @@ def build_dataset(
             kwargs = {"colors": SHIFTED_COLORS} if split == "shifted" else {}
             splits[split] = generate_split(split, sizes[split], seed, exclude=set(seen), **kwargs)
             seen |= {record_key(r) for r, _ in splits[split]}
+    if twins:  # a twin is never an item of another split (train included)
+        for split in HELD_OUT:
+            if splits.get(split):
+                kwargs = {"colors": SHIFTED_COLORS} if split == "shifted" else {}
+                splits[f"{split}_twins"] = twin_split(split, splits[split], seed, exclude=seen, **kwargs)
     counts, files = {}, {}
-    for split, items in ((name, splits[name]) for name in SPLITS if name in splits):
-        (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        for record, image in items:
-            image.save(out / record["images"][0], format="PNG", optimize=False)
-        write_jsonl(out / f"{split}.jsonl", [r for r, _ in items])
+    order = [*SPLITS, *(f"{s}_twins" for s in HELD_OUT)]
+    for split, items in ((name, splits[name]) for name in order if name in splits):
+        if not (only_twins and split in SPLITS):
+            (out / "images" / split).mkdir(parents=True, exist_ok=True)
+            for record, image in items:
+                if record["images"][0].startswith(f"images/{split}/"):  # twin splits reuse source images
+                    image.save(out / record["images"][0], format="PNG", optimize=False)
+            write_jsonl(out / f"{split}.jsonl", [r for r, _ in items])
         counts[split] = {
             "n": len(items),
             "qtype": dict(sorted(Counter(r["meta"]["qtype"] for r, _ in items).items())),
         }
+        if split.endswith("_twins"):
+            counts[split]["kind"] = dict(sorted(Counter(r["meta"]["twin"]["kind"] for r, _ in items).items()))
         files[f"{split}.jsonl"] = sha256_file(out / f"{split}.jsonl")
+        if old_hashes.get(f"{split}.jsonl", files[f"{split}.jsonl"]) != files[f"{split}.jsonl"]:
+            raise UserError(f"{out}/{split}.jsonl differs from its manifest hash. Fix: rebuild with --force")
     manifest = {
         "args": args,
         "qtypes": list(QTYPES),
         "counts": counts,
         "sha256": files,
         "note": "generated by data_prep/make_synthetic.py; splits pairwise disjoint by (image, question); "
-        f"shifted: colours {SHIFTED_COLORS} (unseen in training)",
+        f"shifted: colours {SHIFTED_COLORS} (unseen in training)"
+        + ("; <split>_twins: each held-out scene and its twins (tgrl.synthetic.twin_split)" if twins else ""),
     }
     write_json(manifest_path, manifest)
     written = ", ".join(f"{len(items)} {name}" for name, items in splits.items())

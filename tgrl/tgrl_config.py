@@ -86,8 +86,9 @@ class TGRLConfig(GRPOConfig):
     expert_coef: float = field(
         default=1.0,
         metadata={
-            "help": "Scale of the expert term (CHORD's mu; LUFFY's prefix_reward_weight_alpha = 1). The peak "
-            "value when a schedule is set."
+            "help": "Weight lambda of the expert term, loss = L_on + lambda L_exp (LUFFY's "
+            "prefix_reward_weight_alpha = 1; not CHORD's mu, docs/design.md#57-expert-term-strength). The "
+            "peak value when a schedule is set."
         },
     )
     expert_coef_schedule: str = field(

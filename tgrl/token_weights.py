@@ -400,8 +400,9 @@ def tgrl_loss_terms(
 
     Per valid token: on-policy tokens l_on = u * onpolicy_token_loss; expert tokens
     l_exp = -A * w * f(p) with f = :func:`expert_ratio_term` (no ratio to pi_old, no clip, no KL),
-    scaled by ``expert_coef`` (CHORD's mu). ``expert_mask`` is (B,) per row or (B, T) per token (None:
-    no expert tokens); ``expert_weights`` w and ``onpolicy_weights`` u are (B, T), detached here.
+    weighted by ``expert_coef`` lambda (loss = l_on + lambda l_exp; not CHORD's mu). ``expert_mask`` is
+    (B,) per row or (B, T) per token (None: no expert tokens); ``expert_weights`` w and
+    ``onpolicy_weights`` u are (B, T), detached here.
 
     ``expert_loss_norm`` (how the two token sets share a normaliser, :func:`aggregate`):
     * ``joint``: one mean over all valid tokens (LUFFY: sum over on- and off-policy tokens / Z), so an

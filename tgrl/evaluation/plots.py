@@ -61,8 +61,9 @@ PANELS: dict[str, dict[str, list[str]]] = {
         "fact tokens": ["expert/p_fact"],
         "tokens with p < 0.5": ["expert/p_low"],
     },
-    "expert share of the update": {
-        "gradient-norm share": ["grad/expert_share"],
+    # grad/expert_share is |g_exp| / (|g_on| + |g_exp|), not a share of the update (docs/metrics.md)
+    "expert gradient-norm ratio": {
+        "|g_exp| / (|g_on| + |g_exp|)": ["grad/expert_share"],
     },
     "visual dependency s_t": {
         "expert tokens": ["vis_dep/expert", "vis_dep_expert", "s_t/expert"],

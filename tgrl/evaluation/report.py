@@ -8,7 +8,10 @@ evaluation responses alike.
 Inputs (``--input [LABEL=]PATH``, the kind is recognised from the rows):
 
 * ``eval``: an evaluation's per-sample outputs, a results folder of ``eval/run_lmms_eval.py`` (or its
-  ``samples.jsonl``). s_t comes from the ``grounding`` field that ``--visual-dependency`` writes.
+  ``samples.jsonl``). s_t comes from the ``grounding`` field that ``--visual-dependency`` writes. On a
+  counterfactual twin split (``meta.twin``, make_synthetic --twins) each shown twin is drawn beside its
+  source scene, same method and response: the two images, the two reasoning texts, what changed and
+  whether the stated facts tracked it (tgrl/evaluation/twins.py).
 * ``teacher``: a teacher trajectory file, ``trajectories.jsonl`` or the filter's
   ``trajectories.filtered.jsonl`` (``kept`` / ``reject_reason``), joined with its problems by id.
 * ``training``: a training run's ``completions.jsonl`` (``log_completions_every``; or the run folder),
@@ -76,6 +79,9 @@ class Sample:
     decision: str | None = None  # filter: kept / rejected: <reason>
     expert: bool = False
     step: int | None = None
+    twin: dict[str, Any] | None = None  # meta.twin of a twin split's row: source id, kind, change
+    response: int = 0  # index j of the response among the document's k
+    answer_type: str | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,6 +228,7 @@ def _samples_of_row(
         responses = _responses(row)
         records = row.get("grounding") or [None] * len(responses)
         method = _eval_method(path, label)
+        twin = json.loads(doc.get("meta_json") or "{}").get("twin")
         samples = []
         for j, (text, record) in enumerate(zip(responses, records, strict=False)):
             correct = (record or {}).get("correct")
@@ -242,6 +249,9 @@ def _samples_of_row(
                     correct=correct,
                     reward=None if correct is None else float(correct),
                     fact_acc=row.get("fact_acc") if len(responses) == 1 else None,
+                    twin=twin,
+                    response=j,
+                    answer_type=doc.get("answer_type"),
                 )
             )
         return samples
@@ -340,6 +350,49 @@ def cap_samples(samples: list[Sample], max_samples: int, seed: int) -> tuple[lis
     rng = random.Random(seed)
     chosen = [i for key in sorted(groups) for i in rng.sample(groups[key], quota[key])]
     return [samples[i] for i in sorted(chosen)], total
+
+
+def twin_source_key(sample: Sample) -> tuple | None:
+    """(method, source id, response) of a twin split's sample: a twin and its source share it."""
+    if sample.twin is None:
+        return None
+    return (sample.method, str(sample.twin["source"]), sample.response)
+
+
+def add_twin_sources(shown: list[Sample], every: Sequence[Sample]) -> list[Sample]:
+    """``shown`` plus the source scene of every shown twin that the cap left out, so each twin can be drawn
+    beside its source (file order kept)."""
+    sources = {twin_source_key(s): s for s in every if s.twin and s.twin["kind"] == "source"}
+    have = {id(s) for s in shown}
+    needed = {
+        id(src): src
+        for s in shown
+        if s.twin and s.twin["kind"] != "source" and (src := sources.get(twin_source_key(s))) is not None
+    }
+    extra = [src for key, src in needed.items() if key not in have]
+    order = {id(s): i for i, s in enumerate(every)}
+    return sorted([*shown, *extra], key=lambda s: order.get(id(s), -1))
+
+
+def twin_verdict(source: Sample, twin: Sample) -> str:
+    """What changed between a scene and its twin, and whether the stated facts and answer followed."""
+    from tgrl.evaluation.twins import answer_tracks, invariant, tracks, twin_record
+
+    meta = {"twin": {"source": source.id, "kind": "source"}}
+    a = twin_record(meta, source.gold or "", source.answer_type or "number", [source.text])
+    b = twin_record({"twin": twin.twin}, twin.gold or "", twin.answer_type or "number", [twin.text])
+    change = twin.twin.get("change") or {}
+    delta = ", ".join(f"{c} {d:+d}" for c, d in (change.get("delta") or {}).items())
+    kind = twin.twin["kind"]
+    if kind == "move":
+        said = "stated facts and answer unchanged" if invariant(a, b, 0) else "stated facts or answer changed"
+        return f"move (control: counts unchanged): {said}"
+    verdict = "stated facts tracked the change" if tracks(a, b, 0) else "stated facts did not track it"
+    if source.gold != twin.gold:
+        verdict += "; answer " + (
+            "moved as the gold did" if answer_tracks(a, b, 0) else "did not follow the gold"
+        )
+    return f"{kind} ({delta}): {verdict}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -580,6 +633,9 @@ dl{display:flex;flex-wrap:wrap;gap:2px 12px;margin:4px 0;font-size:12px} dt{colo
 .tokens{font:14px/1.9 ui-monospace,monospace;white-space:pre-wrap;word-break:break-word}
 .tokens i{font-style:normal;border-radius:2px} .tokens i.r{border-bottom:1px dotted #999}
 .where{font-size:11px;color:#999;margin:2px 0}
+section.pair{border-top:2px solid #888;padding:6px 0} .pair .change{margin:2px 0;font-size:13px}
+.pairgrid{display:grid;grid-template-columns:1fr 1fr;gap:12px} .pairgrid article{border-top:none}
+.pairgrid .img img{width:120px}
 """
 
 
@@ -635,14 +691,52 @@ def _select(id_: str, label: str, options: Sequence[tuple[str, str]]) -> str:
     return f'<label>{label} <select id="{id_}">{opts}</select></label>'
 
 
+def _pair_html(source: Sample, twin: Sample, index: int, images: dict[str, str]) -> str:
+    """A twin split's pair: the scene and its twin side by side, with what changed and the verdict. It
+    filters and sorts as one item (the twin's method, answer and reasoning s_t)."""
+    ground = reasoning_mean(twin)
+    correct = {True: "correct", False: "incorrect", None: "unknown"}[twin.correct]
+    return (
+        f'<section class="pair" data-i="{index}" data-method="{html.escape(twin.method)}" '
+        f'data-kind="twin pair" data-correct="{correct}" data-ground="{_ground_attr(ground)}">'
+        f'<p class="change"><b>twin pair</b> · {html.escape(twin_verdict(source, twin))}</p>'
+        f'<div class="pairgrid">{_sample_html(source, index, images)}'
+        f"{_sample_html(twin, index, images)}</div></section>"
+    )
+
+
+def page_items(samples: Sequence[Sample], images: dict[str, str]) -> tuple[list[str], list[str]]:
+    """The page's items in file order (a twin with its source becomes one pair; a source shown in a pair is
+    not shown again alone) and their kinds."""
+    sources = {twin_source_key(s): s for s in samples if s.twin and s.twin["kind"] == "source"}
+    paired = {
+        id(src)
+        for s in samples
+        if s.twin and s.twin["kind"] != "source" and (src := sources.get(twin_source_key(s))) is not None
+    }
+    items, kinds = [], []
+    for i, sample in enumerate(samples):
+        source = (
+            sources.get(twin_source_key(sample)) if sample.twin and sample.twin["kind"] != "source" else None
+        )
+        if source is not None:
+            items.append(_pair_html(source, sample, i, images))
+            kinds.append("twin pair")
+        elif id(sample) not in paired:
+            items.append(_sample_html(sample, i, images))
+            kinds.append(display_kind(sample))
+    return items, kinds
+
+
 def render_html(
     samples: Sequence[Sample], total: int, seed: int, inputs: Sequence[str], notes: Sequence[str]
 ) -> str:
     """The page (see the module docstring)."""
     methods = sorted({s.method for s in samples})
     images: dict[str, str] = {}
-    body = "".join(_sample_html(sample, i, images) for i, sample in enumerate(samples))
-    kinds = list(dict.fromkeys(display_kind(sample) for sample in samples))
+    items, item_kinds = page_items(samples, images)
+    body = "".join(items)
+    kinds = list(dict.fromkeys(item_kinds))
     has_w = any(s.w is not None for s in samples)
     capped = (
         f"Showing a sample of {len(samples)} of {total} (per method and kind, drawn with seed {seed})."
@@ -736,6 +830,7 @@ def build_report(
                 "checkpoint folder with processor_config.json and the tokenizer files"
             ) from None
     shown, total = cap_samples(samples, max_samples, seed)
+    shown = add_twin_sources(shown, samples)
     notes = []
     if model is not None:
         score_samples(shown, model, seed, batch_size=batch_size)

@@ -27,9 +27,9 @@ Settings (precedence: command line > --suite in eval/suites.yaml > defaults belo
 batch_size, max_new_tokens, decoding (greedy | avg@k with --temperature/--top-p, lmms-eval ``repeats``),
 eval_seed, min_pixels, max_pixels, attn_implementation, tensor_parallel_size, gpu_memory_utilization,
 max_model_len, judge (an LLM judge model name; off by default), visual_dependency (off by default; when on,
-the perturbation and threshold of tgrl.grounding.GroundingSpec). All of them go into ``settings`` and the
-key (visual_dependency only when on); the device and the process count are recorded too but are not part
-of the key.
+the perturbation and threshold of tgrl.grounding.GroundingSpec), blind (off by default). All of them go into
+``settings`` and the key (visual_dependency and blind only when on); the device and the process count are
+recorded too but are not part of the key.
 
 Visual dependency (``--visual-dependency``, hf backend): the model scores s_t of every response it
 generated (tgrl.lmms_model, tgrl.grounding); per task the runner adds the rows ``vis_dep_reasoning``,
@@ -41,6 +41,12 @@ not a fraction, except the share; definitions in tgrl/grounding.py), records ``g
 A prompt longer than max_model_len allows is an item-level error (tgrl.lmms_model): not generated, scored
 wrong, recorded in ``samples.jsonl`` (field ``error``), ``results.json`` and the summary rows (count).
 
+Blind control (``--blind``, any task and backend): the model receives every image blanked (tgrl.lmms_model),
+prompt and pixel budget unchanged; its rows get decoding ``<decoding>_blind``. When the summary holds both
+the blind and the sighted evaluation of the same (checkpoint, task, settings), the second to finish adds
+``mg_<metric>`` rows: the multimodal gain, value with the image minus value blind (MMStar's MG,
+arXiv 2403.20330), a difference of fractions (may be negative).
+
 A run is three steps: :func:`plan_evaluation` (what is pending), :func:`run_plan` (one model load, one
 lmms-eval call per task) and :func:`record_task` (files and summary rows of one finished task).
 """
@@ -50,6 +56,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -80,6 +87,8 @@ SUITES_FILE = REPO_ROOT / "eval" / "suites.yaml"
 DEFAULT_SUMMARY = REPO_ROOT / "results" / "summary.jsonl"
 DEFAULT_OUT = REPO_ROOT / "results" / "raw"
 OUR_PREFIX = "tgrl_"
+BLIND_SUFFIX = "_blind"  # decoding label of blind-control rows
+MG_PREFIX = "mg_"  # multimodal gain rows: mg_<metric> = sighted - blind
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "backend": "hf",
@@ -98,11 +107,12 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "max_model_len": None,
     "judge": None,
     "visual_dependency": False,
+    "blind": False,
 }
 # Recorded, not hashed: where the model ran does not define the protocol.
 UNHASHED_SETTINGS = ("device",)
 # Hashed only when switched on, so the keys of runs from before the setting existed stay valid.
-HASHED_WHEN_SET = ("visual_dependency",)
+HASHED_WHEN_SET = ("visual_dependency", "blind")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -129,13 +139,15 @@ def parse_decoding(decoding: str) -> int:
 
 
 def decoding_label(settings: dict[str, Any]) -> str:
-    """The summary's ``decoding`` field: greedy, avg@k (at T=1, top-p 1) or avg@k_t0.6_p0.95."""
+    """The summary's ``decoding`` field: greedy, avg@k (at T=1, top-p 1) or avg@k_t0.6_p0.95; with
+    ``_blind`` appended for the blind control (images blanked), so its rows never mix with the sighted."""
     k = parse_decoding(settings["decoding"])
+    suffix = BLIND_SUFFIX if settings.get("blind") else ""
     if k == 1 and settings["decoding"] == "greedy":
-        return "greedy"
+        return "greedy" + suffix
     if float(settings["temperature"]) == 1.0 and float(settings["top_p"]) == 1.0:
-        return f"avg@{k}"
-    return f"avg@{k}_t{settings['temperature']:g}_p{settings['top_p']:g}"
+        return f"avg@{k}{suffix}"
+    return f"avg@{k}_t{settings['temperature']:g}_p{settings['top_p']:g}{suffix}"
 
 
 def load_suite(name: str, path: Path = SUITES_FILE) -> dict[str, Any]:
@@ -414,6 +426,8 @@ def summary_rows(
         metric = full_name.split(",", 1)[0]
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise RuntimeError(f"task {base['task']}: metric {metric} has no number ({value!r})")
+        if math.isnan(value):  # an aggregation with nothing to score (e.g. twin pairs cut by --limit)
+            continue
         row = {**base, "metric": metric, "value": float(value), "n": metric_n(samples, metric)}
         if value > 1.0 or value < 0.0:
             if builtin and 1.0 < value <= 100.0:  # lmms-eval built-ins report percent
@@ -450,6 +464,7 @@ def build_model(checkpoint: str, settings: dict[str, Any], device: str | None):
         gpu_memory_utilization=settings["gpu_memory_utilization"],
         max_model_len=settings["max_model_len"],
         visual_dependency=settings["visual_dependency"] or None,
+        blind=bool(settings["blind"]),
     )
 
 
@@ -818,3 +833,43 @@ def record_task(
     append_locked(plan.summary, rows)
     shown = ", ".join(f"{r['metric']}={r['value']:.4f} (n={r['n']})" for r in rows)
     print(f"[run_lmms_eval] {plan.label.run} / {task['task']}: {shown} in {seconds:.1f}s -> {out_dir}")
+    gain = multimodal_gain_rows(plan, task, rows)
+    if gain:
+        append_locked(plan.summary, gain)
+        shown = ", ".join(f"{r['metric']}={r['value']:+.4f}" for r in gain)
+        print(f"[run_lmms_eval] {plan.label.run} / {task['task']}: multimodal gain {shown}")
+
+
+def multimodal_gain_rows(
+    plan: Plan, task: dict[str, Any], rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """MMStar's multimodal gain (arXiv 2403.20330) once both halves are in the summary: for each fraction
+    metric of this task, ``mg_<metric>`` = value with the image - value blind (same checkpoint, task, data,
+    limit and every other setting), labelled like the blind rows. Whichever half runs second writes it."""
+    partner = {**plan.settings, "blind": not plan.settings["blind"]}
+    partner_key = pair_key(plan.checkpoint, task, partner, plan.limit)
+    found = [r for _, r in read_jsonl(plan.summary, tolerate_torn_tail=True) if r.get("key") == partner_key]
+    if not found:
+        return []
+    latest = {r["metric"]: r for r in found}  # appended in time order: the last row of a metric wins
+    mine = {r["metric"]: r for r in rows}
+    sighted, blind = (latest, mine) if plan.settings["blind"] else (mine, latest)
+    key = "mg-" + hashlib.sha256(f"{task['key']}|{partner_key}".encode()).hexdigest()[:24]
+    if key in finished_keys(plan.summary):
+        return []
+    out = []
+    for metric, row in sorted(blind.items()):
+        if metric not in sighted or "unit" in row or metric.startswith(MG_PREFIX):
+            continue  # s_t rows have units; only fractions (accuracies) have a gain
+        out.append(
+            {
+                **row,
+                "metric": MG_PREFIX + metric,
+                "value": float(sighted[metric]["value"]) - float(row["value"]),
+                "unit": "difference of fractions (with image - blind)",
+                "key": key,
+                "gain_of": {"sighted_key": sighted[metric]["key"], "blind_key": row["key"]},
+                "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        )
+    return out

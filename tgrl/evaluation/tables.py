@@ -312,15 +312,18 @@ def pick_reported(reported: list[dict[str, str]], sel: dict[str, Any], task: str
     )  # a copy: tables number sources separately
 
 
-# Column formats: pct (a fraction printed x100, one decimal), raw (three decimals), count (an integer with
-# thousands separators: steps, sequences), dec1 (one decimal: minutes); the last two print the mean only.
-FORMATS = ("pct", "raw", "count", "dec1")
+# Column formats: pct (a fraction printed x100, one decimal), pp (a difference of fractions in percentage
+# points, signed: the multimodal gain), raw (three decimals), count (an integer with thousands separators:
+# steps, sequences), dec1 (one decimal: minutes); the last two print the mean only.
+FORMATS = ("pct", "pp", "raw", "count", "dec1")
 MEAN_ONLY = ("count", "dec1")  # budgets (equal by construction) and wall time: the mean, no spread
 
 
 def fmt_num(x: float, fmt: str, digits_pct: int = 1, digits_raw: int = 3) -> str:
     if fmt == "pct":
         return f"{x * 100:.{digits_pct}f}"
+    if fmt == "pp":
+        return f"{x * 100:+.{digits_pct}f}"
     if fmt == "count":
         return f"{x:,.0f}"
     if fmt == "dec1":
@@ -514,7 +517,7 @@ def ours_text(cell: Cell | None, fmt: str, row_k: int, ci: bool) -> str:
     if fmt in MEAN_ONLY:
         return s if cell.k == row_k else f"{s} (k={cell.k})"
     if cell.std is not None:
-        s += f" ± {fmt_num(cell.std, fmt)}"
+        s += f" ± {fmt_num(cell.std, 'pct' if fmt == 'pp' else fmt)}"  # a spread has no sign
     if ci and cell.ci95():
         lo, hi = cell.ci95(clip=fmt == "pct")
         s += f" [{fmt_num(lo, fmt)}, {fmt_num(hi, fmt)}]"

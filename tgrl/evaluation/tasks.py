@@ -253,7 +253,8 @@ def jsonl_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) 
 
 def jsonl_process_results(doc: dict, results: list) -> dict[str, Any]:
     """acc, acc_<qtype> (for the synthetic types sum/diff/cmp), fact_acc (when the row carries
-    ground-truth scene facts) and format; each a mean over the k responses."""
+    ground-truth scene facts) and format; each a mean over the k responses. Rows of a twin split
+    (``meta.twin``) also carry the twin_* records that tgrl/evaluation/twins.py pairs and scores."""
     responses = responses_of(results)
     choices = json.loads(doc["choices_json"])
     scores = [score_response(r, doc["answer"], choices, doc["answer_type"]) for r in responses]
@@ -264,6 +265,11 @@ def jsonl_process_results(doc: dict, results: list) -> dict[str, Any]:
     facts = [fact_accuracy(r, meta) for r in responses]
     if facts and all(f is not None for f in facts):
         out["fact_acc"] = mean(facts)
+    if meta.get("twin"):  # a counterfactual twin split: the pairing happens in the aggregation
+        from tgrl.evaluation.twins import TWIN_METRICS, twin_record
+
+        record = twin_record(meta, doc["answer"], doc["answer_type"], responses)
+        out.update(dict.fromkeys(TWIN_METRICS, record))
     return out
 
 

@@ -56,6 +56,13 @@ from tgrl.evaluation.tasks import (  # noqa: F401 (the names the task YAMLs refe
     wemath_process_results,
     write_jsonl_task,
 )
+from tgrl.evaluation.twins import (  # noqa: F401 (the aggregations of the twin splits' metrics)
+    twin_aggregate_answer_tracking,
+    twin_aggregate_move_invariance,
+    twin_aggregate_tracking,
+    twin_aggregate_tracking_recolor,
+    twin_aggregate_tracking_remove,
+)
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:
