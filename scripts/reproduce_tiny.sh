@@ -79,7 +79,7 @@ else
 fi
 
 say "6/6 tables and training curves"
-$PY eval/make_tables.py --summary "$OUT/summary.jsonl" --out "$OUT/tables" --table tiny --table tiny_grounding --table tiny_ablations
+$PY eval/make_tables.py --summary "$OUT/summary.jsonl" --out "$OUT/tables" --table tiny --table tiny_headline --table tiny_grounding --table tiny_ablations
 if [ "${QUICK:-0}" != "1" ]; then  # the pre-registered tests (one seed in the demo: nothing to test)
   $PY eval/registered_comparisons.py --prereg "$OUT/preregistration.yaml" --summary "$OUT/summary.jsonl" --out "$OUT/tables"
 fi
