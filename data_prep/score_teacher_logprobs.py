@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 from tgrl.data import load_problems
-from tgrl.filters import response_logprobs
 from tgrl.modeling import response_token_ids
+from tgrl.probe import response_logprobs
 from tgrl.rl_data import expert_text
 from tgrl.teachers.base import parse_args_with_config, required
 from tgrl.utils import (

@@ -11,8 +11,9 @@ import torch
 
 from data_prep import filter_trajectories as filter_script
 from tgrl.data import load_problems
-from tgrl.filters import FilterConfig, filter_trajectories, response_logprobs
+from tgrl.filters import FilterConfig, filter_trajectories
 from tgrl.modeling import encode_prompts, load_model_and_processor, response_token_ids
+from tgrl.probe import response_logprobs
 from tgrl.utils import REPO_ROOT, UserError
 
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "filters"

@@ -12,8 +12,8 @@ import torch
 from data_prep import score_teacher_logprobs as stl
 from tests.helpers import write_expert_set
 from tgrl.data import load_problems
-from tgrl.filters import response_logprobs
 from tgrl.modeling import load_model_and_processor, response_token_ids
+from tgrl.probe import response_logprobs
 from tgrl.utils import read_jsonl
 from train import rl
 

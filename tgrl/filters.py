@@ -37,6 +37,7 @@ from typing import Any
 
 from tgrl.data import Problem
 from tgrl.modeling import response_token_ids
+from tgrl.probe import response_logprobs
 from tgrl.utils import UserError
 
 REJECT_REASONS = (
@@ -85,49 +86,6 @@ class FilterResult:
     trajectories: list[dict[str, Any]]
     selected: dict[str, dict[str, Any] | None]
     counts: dict[str, Any] = field(default_factory=dict)
-
-
-def response_logprobs(
-    model,
-    processor,
-    questions: Sequence[str],
-    images: Sequence[Sequence],
-    choices: Sequence | None,
-    responses: Sequence[Sequence[int]],
-    temperature: float = 1.0,
-):
-    """Per-token log p(y_t | I, q, y_<t) of one batch: ``(logp, mask)``, both ``(B, R)``.
-
-    ``temperature`` divides the logits first (the distribution a sampler at that temperature drew
-    from; TRL scores the policy the same way).
-
-    The layout is the trainer's: the prompt batch from :func:`encode_prompts` (left-padded), the
-    response ids appended and right-padded, the attention mask zero on both paddings, and the
-    multimodal token-type ids extended with zeros so the 3D rope positions match an unpadded pass.
-    """
-    import torch
-
-    from tgrl.modeling import encode_prompts
-
-    enc = encode_prompts(processor, questions, images, choices).to(model.device)
-    batch, width = len(responses), max(len(r) for r in responses)
-    pad = processor.tokenizer.pad_token_id or 0
-    resp = torch.full((batch, width), pad, dtype=enc["input_ids"].dtype, device=model.device)
-    mask = torch.zeros((batch, width), dtype=enc["attention_mask"].dtype, device=model.device)
-    for i, r in enumerate(responses):
-        resp[i, : len(r)] = torch.tensor(list(r), dtype=resp.dtype)
-        mask[i, : len(r)] = 1
-    inputs = dict(enc)
-    inputs["input_ids"] = torch.cat([enc["input_ids"], resp], dim=1)
-    inputs["attention_mask"] = torch.cat([enc["attention_mask"], mask], dim=1)
-    if "mm_token_type_ids" in enc:
-        inputs["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(resp)], dim=1)
-    with torch.no_grad():
-        logits = model(**inputs, logits_to_keep=width + 1, use_cache=False).logits[:, :-1, :]
-        logp = (
-            torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)
-        )
-    return logp * mask, mask
 
 
 def _batched(items: list, size: int):

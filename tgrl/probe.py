@@ -76,20 +76,66 @@ def _perturb_rows(
     return torch.cat(pieces) if pieces else batch["pixel_values"]
 
 
-def _target_logps(model, kwargs: dict, target_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Log-probs of ``target_ids`` (the last ``width`` input tokens) under one forward, of the softmax of
-    logits / ``temperature``. Only the completion's logits are kept (``logits_to_keep``) and the softmax
-    runs row by row, so a 7B model with a 150k vocabulary and long completions does not materialise
-    (B, T, V) in float32."""
-    width = target_ids.shape[1]
-    logits = model(**kwargs, logits_to_keep=width + 1).logits[:, :-1]
+def teacher_forcing_inputs(
+    processor,
+    questions: Sequence[str],
+    images: Sequence[Sequence],
+    responses: Sequence[Sequence[int]],
+    choices: Sequence | None = None,
+) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """``(inputs, response_ids, mask)`` of prompts followed by given responses, in the trainer's layout:
+    the prompt batch of :func:`encode_prompts` (left-padded), the response ids appended and right-padded
+    (``response_ids``, ``mask``: ``(B, R)``), the attention mask zero on both paddings, and the multimodal
+    token-type ids extended with zeros so the 3-D rope positions match an unpadded pass
+    (docs/environment.md#9-qwen25-vl-inputs)."""
+    batch = encode_prompts(processor, questions, images, choices)
+    tok = processor.tokenizer
+    width, pad = max(len(r) for r in responses), tok.pad_token_id or 0
+    response_ids = torch.tensor([[*r, *[pad] * (width - len(r))] for r in responses])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in responses])
+    inputs = dict(batch)
+    inputs["input_ids"] = torch.cat([batch["input_ids"], response_ids.to(batch["input_ids"].dtype)], dim=1)
+    inputs["attention_mask"] = torch.cat([batch["attention_mask"], mask.to(batch["attention_mask"].dtype)], 1)
+    if "mm_token_type_ids" in batch:
+        zeros = torch.zeros_like(response_ids, dtype=batch["mm_token_type_ids"].dtype)
+        inputs["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], zeros], dim=1)
+    return inputs, response_ids, mask
+
+
+@torch.no_grad()
+def forced_logps(model, inputs: dict, response_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``(B, R)`` log-probs of ``response_ids`` (the last ``R`` input tokens) under one forward, of the
+    softmax of logits / ``temperature`` (the policy a sampler at T draws from; TRL scores it the same way).
+    Only the response's logits are kept (``logits_to_keep``) and the softmax runs row by row, so a 7B model
+    with a 150k vocabulary and long responses does not materialise (B, T, V) in float32."""
+    width = response_ids.shape[1]
+    inputs = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    logits = model(**inputs, logits_to_keep=width + 1, use_cache=False).logits[:, :-1]
     if temperature != 1.0:
         logits = logits / temperature
+    targets = response_ids.to(model.device)
     rows = [
-        torch.log_softmax(logits[i].float(), dim=-1).gather(-1, target_ids[i].unsqueeze(-1)).squeeze(-1)
+        torch.log_softmax(logits[i].float(), dim=-1).gather(-1, targets[i].unsqueeze(-1)).squeeze(-1)
         for i in range(logits.shape[0])
     ]
     return torch.stack(rows)
+
+
+def response_logprobs(
+    model,
+    processor,
+    questions: Sequence[str],
+    images: Sequence[Sequence],
+    choices: Sequence | None,
+    responses: Sequence[Sequence[int]],
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log p(y_t | I, q, y_<t) of one batch of token responses: ``(logp, mask)``, both ``(B, R)``
+    (zero on padding). The filter (F3, F4) and the teacher log-prob scorer use it."""
+    inputs, response_ids, mask = teacher_forcing_inputs(processor, questions, images, responses, choices)
+    logp = forced_logps(model, inputs, response_ids, temperature)
+    mask = mask.to(logp.device)
+    return logp * mask, mask
 
 
 @torch.no_grad()
@@ -112,33 +158,17 @@ def _teacher_forced(
     out: list[list[torch.Tensor]] = [[] for _ in passes]
     for start in range(0, len(questions), batch_size):
         stop = start + batch_size
-        batch = encode_prompts(processor, questions[start:stop], images[start:stop])
         targets = [response_token_ids(tok, text) for text in completions[start:stop]]
-        width = max(len(t) for t in targets)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        target_ids = torch.tensor([t + [pad] * (width - len(t)) for t in targets]).to(model.device)
-        target_mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in targets])
-        input_ids = torch.cat([batch["input_ids"].to(model.device), target_ids], dim=1)
-        attention = torch.cat([batch["attention_mask"], target_mask], dim=1).to(model.device)
-        kwargs = {"input_ids": input_ids, "attention_mask": attention}
-        if "image_grid_thw" in batch:
-            kwargs["image_grid_thw"] = batch["image_grid_thw"].to(model.device)
-        # Qwen2.5-VL needs it for 3-D positions (docs/environment.md#9-qwen25-vl-inputs)
-        if "mm_token_type_ids" in batch:
-            zeros = torch.zeros_like(target_ids.cpu())
-            kwargs["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], zeros], dim=1).to(
-                model.device
-            )
+        inputs, response_ids, _ = teacher_forcing_inputs(
+            processor, questions[start:stop], images[start:stop], targets
+        )
         for j, perturbation in enumerate(passes):
-            if "pixel_values" in batch:
-                pixel_values = batch["pixel_values"]
-                if perturbation is not None:
-                    n_images = [len(ims) for ims in images[start:stop]]
-                    pixel_values = _perturb_rows(
-                        processor, batch, n_images, perturbation, row_keys[start:stop]
-                    )
-                kwargs["pixel_values"] = pixel_values.to(model.device)
-            logps = _target_logps(model, kwargs, target_ids, temperature)
+            if "pixel_values" in inputs and perturbation is not None:
+                n_images = [len(ims) for ims in images[start:stop]]
+                perturbed = _perturb_rows(processor, inputs, n_images, perturbation, row_keys[start:stop])
+                logps = forced_logps(model, {**inputs, "pixel_values": perturbed}, response_ids, temperature)
+            else:
+                logps = forced_logps(model, inputs, response_ids, temperature)
             out[j].extend(logps[i, : len(t)].cpu() for i, t in enumerate(targets))
     return out
 
