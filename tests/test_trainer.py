@@ -11,7 +11,7 @@ import torch
 from tests.helpers import write_expert_set
 from tgrl.modeling import VISION_SPECIAL_TOKENS, load_processor, vision_guard, vision_token_ids
 from tgrl.rewards import get_reward_funcs
-from tgrl.rl_data import build_rl_dataset
+from tgrl.rl_data import build_rl_dataset, stored_teacher_logps
 from tgrl.token_weights import group_advantages
 from tgrl.trainer import BatchState, TGRLConfig, TGRLTrainer
 
@@ -490,7 +490,12 @@ def test_teacher_is_reads_stored_teacher_logprobs(tgrl_batch):
     lengths = {i: len(trainer._full_expert_ids(rows[i]["expert_text"])) for i in experts}
     for i in experts:
         rows[i]["expert_teacher_logprobs"] = [-0.5] * lengths[i]
-    teacher = trainer._teacher_logps(out, rows)
+
+    def teacher_logps(rows):
+        shape = out["completion_mask"].shape
+        return stored_teacher_logps(rows, out["is_expert"], trainer._full_expert_ids, shape)
+
+    teacher = teacher_logps(rows)
     width = teacher.size(1)
     for i in experts:
         n = min(lengths[i], width)  # an overlong expert is cut like its tokens
@@ -499,9 +504,9 @@ def test_teacher_is_reads_stored_teacher_logprobs(tgrl_batch):
     # A file scored with another tokenizer (one value short of the end-of-turn token is allowed).
     rows[experts[0]]["expert_teacher_logprobs"] = [-0.5] * (lengths[experts[0]] + 3)
     with pytest.raises(ValueError, match="another tokenizer, or a stale file"):
-        trainer._teacher_logps(out, rows)
+        teacher_logps(rows)
     rows[experts[0]]["expert_teacher_logprobs"] = [-0.5] * (lengths[experts[0]] - 1)
-    trainer._teacher_logps(out, rows)
+    teacher_logps(rows)
     trainer.args.expert_ratio = "teacher_is"
     trainer.current_gradient_accumulation_steps = 1
     try:
@@ -511,7 +516,7 @@ def test_teacher_is_reads_stored_teacher_logprobs(tgrl_batch):
     assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads.values())
     rows[experts[0]]["expert_teacher_logprobs"] = None
     with pytest.raises(ValueError, match="expert_ratio .teacher_is. needs meta.expert.teacher_logprobs"):
-        trainer._teacher_logps(out, rows)
+        teacher_logps(rows)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tgrl.data import Problem, load_problems
 from tgrl.modeling import vision_token_ids
 from tgrl.prompts import ANSWER_CLOSE, ANSWER_OPEN, build_messages
 from tgrl.utils import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def expert_text(problem: Problem) -> str:
@@ -178,3 +181,29 @@ def check_expert_texts(dataset, tokenizer, args) -> None:
                 )
             if vision.intersection(tokens):
                 raise ValueError(f"row {row_id}: expert trajectory contains a vision special token")
+
+
+def stored_teacher_logps(rows: list[dict], is_expert, expert_ids, shape) -> torch.Tensor:
+    """``shape`` (B, T) per-token teacher log-probs of the expert rows (``expert_teacher_logprobs`` column,
+    aligned with the policy tokens ``expert_ids(text)``; the appended end-of-turn token gets 0), for
+    expert_ratio 'teacher_is'. A missing or misaligned list is an error naming the row and the fix."""
+    import torch
+
+    teacher = torch.zeros(shape, dtype=torch.float32)
+    for i in is_expert.nonzero().flatten().tolist():
+        values = rows[i].get("expert_teacher_logprobs")
+        if not values:
+            raise ValueError(
+                f"row {rows[i].get('id')}: expert_ratio 'teacher_is' needs meta.expert.teacher_logprobs. "
+                "Fix: run data_prep/score_teacher_logprobs.py and train on its output"
+            )
+        n_tokens = len(expert_ids(rows[i]["expert_text"]))
+        if len(values) not in (n_tokens, n_tokens - 1):  # with or without the end-of-turn token
+            raise ValueError(
+                f"row {rows[i].get('id')}: {len(values)} teacher log-probs for an expert of {n_tokens} "
+                "policy tokens (another tokenizer, or a stale file). Fix: rerun "
+                "data_prep/score_teacher_logprobs.py with this policy"
+            )
+        values = torch.tensor(values[: shape[1]], dtype=torch.float32)
+        teacher[i, : values.numel()] = values
+    return teacher.to(is_expert.device)

@@ -34,7 +34,7 @@ from tgrl.modeling import end_of_turn_id, response_token_ids, vision_guard
 from tgrl.perturb import perturb_with_processor
 from tgrl.pixels import fit_row_images, pixel_fit_of
 from tgrl.rewards import accuracy_reward
-from tgrl.rl_data import check_expert_texts
+from tgrl.rl_data import check_expert_texts, stored_teacher_logps
 from tgrl.tgrl_config import LOSS_AGG, TGRLConfig
 from tgrl.token_weights import (
     NEEDS_VIS_DEP,
@@ -49,6 +49,7 @@ from tgrl.token_weights import (
 )
 from tgrl.trl_compat import (
     CheckpointKeyFixMixin,
+    adapt_to_deepspeed,
     check_trainer_attributes,
     check_trl_version,
     route_vllm_prompts,
@@ -89,25 +90,15 @@ class BatchState:
 
 
 class TGRLTrainer(TrainingDiagnostics, CheckpointKeyFixMixin, GRPOTrainer):
-    """GRPOTrainer with expert trajectories in the group and a token-level expert loss.
+    """GRPOTrainer with expert trajectories in the group and a token-level expert loss (LUFFY-style slots,
+    TGRL token weights). Everything else (sampling, vLLM, DeepSpeed, rewards, checkpoints) is TRL's.
 
-    The only changes w.r.t. GRPOTrainer (everything else, incl. sampling, vLLM, DeepSpeed, rewards,
-    checkpoints, is inherited):
-
-    1. ``_generate_single_turn``: the last ``n_exp`` slots of each group whose prompt has an expert
-       trajectory (``expert_text`` column) hold the tokenized trajectory + end-of-turn token instead of
-       a rollout; with inject_mode 'always' those slots are not generated at all (HF generate and vLLM
-       colocate without tensor parallelism; vLLM server/TP generate all and replace). Rewards and group
-       advantages then include the expert, as in LUFFY. Vision special tokens are suppressed in every
-       rollout (HF ``suppress_tokens``, vLLM ``bad_words``).
-    2. ``_generate_and_score_completions``: adds ``is_expert`` (B,), the stop-gradient token weights
-       (``expert_weights``, ``onpolicy_weights``), optional on-policy-only advantages and the online
-       group filter (``row_keep``), and logs the metrics below.
-    3. ``_compute_loss``: on-policy tokens get TRL's PPO-clip term (KL only there); expert tokens get
-       -A * w_t * f(pi_theta) with no ratio to pi_old and no clip (token_weights.tgrl_loss_terms).
-
-    Metrics: one JSON line per logged step in <output_dir>/metrics.jsonl; every key is documented in
-    docs/metrics.md next to the plot panel that shows it.
+    1. ``_generate_single_turn``: the last ``n_exp`` slots of each group with an expert trajectory hold the
+       trajectory + end-of-turn instead of a rollout, so rewards and group advantages include the expert.
+    2. ``_generate_and_score_completions``: ``is_expert``, the stop-gradient token weights, on-policy-only
+       advantages and the online group filter (``row_keep``); the metrics of tgrl/diagnostics.py.
+    3. ``_compute_loss``: PPO-clip on on-policy tokens, -A * w_t * f(pi_theta) on expert tokens, no ratio to
+       pi_old and no clip (token_weights.tgrl_loss_terms).
     """
 
     _tag_names = ["trl", "grpo", "tgrl"]
@@ -152,28 +143,7 @@ class TGRLTrainer(TrainingDiagnostics, CheckpointKeyFixMixin, GRPOTrainer):
             )
         if args.inject_mode != "never" and train_dataset is not None:
             check_expert_texts(train_dataset, self._tokenizer, args)
-        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
-        token_pass = (
-            args.inject_mode != "never" or args.onpolicy_token_weight != "none" or args.vis_dep_diag_every
-        )
-        if (
-            plugin is not None
-            and plugin.zero_stage == 3
-            and token_pass
-            and not args.ds3_gather_for_generation
-        ):
-            # the token pass runs rank-local forwards of different sizes: only safe on gathered weights
-            raise ValueError("ZeRO-3 needs ds3_gather_for_generation: true for the TGRL token pass")
-        if plugin is not None and args.grad_share_every:
-            # autograd.grad on parameters DeepSpeed partitions and hooks is not something we can vouch for:
-            # the diagnostic is switched off, so a recipe with it (the tiny ones) still runs under DeepSpeed
-            if self.accelerator.is_main_process:
-                print(
-                    f"[tgrl] grad_share_every {args.grad_share_every} -> 0: the grad/ diagnostic is off "
-                    f"under DeepSpeed (ZeRO-{plugin.zero_stage})",
-                    flush=True,
-                )
-            args.grad_share_every = 0
+        adapt_to_deepspeed(args, self.accelerator)
         self.add_callback(JsonlMetricsCallback())
         quiet_console(self, every=max(1, 10 // max(1, int(args.logging_steps))))
         self._batch = BatchState()
@@ -521,7 +491,9 @@ class TGRLTrainer(TrainingDiagnostics, CheckpointKeyFixMixin, GRPOTrainer):
             self._batch.token_quantities["w"] = w
             self._log_expert_token_metrics(p, w, exp_mask, inputs)
             if cfg.expert_ratio == "teacher_is":
-                out["expert_teacher_logps"] = self._teacher_logps(out, inputs)
+                out["expert_teacher_logps"] = stored_teacher_logps(
+                    inputs, out["is_expert"], self._full_expert_ids, out["completion_mask"].shape
+                )
         if weigh_on:
             on_mask = mask & ~is_expert.unsqueeze(1)
             u, _ = expert_token_weights(cfg.onpolicy_token_weight, mask=on_mask, p=p, **weight_kwargs)
@@ -555,29 +527,6 @@ class TGRLTrainer(TrainingDiagnostics, CheckpointKeyFixMixin, GRPOTrainer):
                 s_mask[s_rows] = mask[s_rows]
                 _, s = visual_dependency(logp, logp_perturbed, s_mask)
         return logp, entropy, s, s_mask
-
-    def _teacher_logps(self, out, inputs) -> torch.Tensor:
-        """(B, T) per-token teacher log-probs of expert rows (``expert_teacher_logprobs`` column,
-        aligned with the policy tokens; the appended end-of-turn token gets 0)."""
-        teacher = torch.zeros_like(out["completion_mask"], dtype=torch.float32)
-        for i in out["is_expert"].nonzero().flatten().tolist():
-            values = inputs[i].get("expert_teacher_logprobs")
-            if not values:
-                raise ValueError(
-                    f"row {inputs[i].get('id')}: expert_ratio 'teacher_is' needs "
-                    f"meta.expert.teacher_logprobs. "
-                    "Fix: run data_prep/score_teacher_logprobs.py and train on its output"
-                )
-            n_tokens = len(self._full_expert_ids(inputs[i]["expert_text"]))
-            if len(values) not in (n_tokens, n_tokens - 1):  # with or without the end-of-turn token
-                raise ValueError(
-                    f"row {inputs[i].get('id')}: {len(values)} teacher log-probs for an expert of {n_tokens} "
-                    "policy tokens (another tokenizer, or a stale file). Fix: rerun "
-                    "data_prep/score_teacher_logprobs.py with this policy"
-                )
-            values = torch.tensor(values[: teacher.size(1)], dtype=torch.float32)
-            teacher[i, : values.numel()] = values
-        return teacher
 
     # ---------------------------------------------------------------------------------------------
     # THE LOSS

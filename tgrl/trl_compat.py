@@ -318,6 +318,33 @@ def route_vllm_prompts(vllm_generation: Any, image_token_id: int | None) -> None
 
 
 # ---------------------------------------------------------------------------------------------------
+# DeepSpeed
+
+
+def adapt_to_deepspeed(args: Any, accelerator: Any) -> None:
+    """What a TGRL run needs under DeepSpeed: ZeRO-3 only with gathered weights for the token pass (its
+    rank-local forwards differ in size), and the grad-share diagnostic switched off with one logged line
+    (``autograd.grad`` on parameters DeepSpeed partitions and hooks is not something we can vouch for), so
+    a recipe with it still runs."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    token_pass = (
+        args.inject_mode != "never" or args.onpolicy_token_weight != "none" or args.vis_dep_diag_every
+    )
+    if plugin.zero_stage == 3 and token_pass and not args.ds3_gather_for_generation:
+        raise ValueError("ZeRO-3 needs ds3_gather_for_generation: true for the TGRL token pass")
+    if args.grad_share_every:
+        if accelerator.is_main_process:
+            print(
+                f"[tgrl] grad_share_every {args.grad_share_every} -> 0: the grad/ diagnostic is off "
+                f"under DeepSpeed (ZeRO-{plugin.zero_stage})",
+                flush=True,
+            )
+        args.grad_share_every = 0
+
+
+# ---------------------------------------------------------------------------------------------------
 # resume
 
 
