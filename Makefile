@@ -57,7 +57,7 @@ system_deps:
 	  $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# vLLM's image-placeholder contract (docs/design.md#84-image-placeholders-for-vllm), checked against vLLM
+# vLLM's image-placeholder contract (docs/design.md#85-image-placeholders-for-vllm), checked against vLLM
 # 0.30.0's real multimodal processor on the CPU. vLLM pins torch 2.13.0 (a CUDA build; torchvision 0.28.0
 # does not import beside the CPU build), the CPU lock 2.14.1: so an environment of its own, from
 # requirements-vllm.txt. The machine's pip settings point at a local CPU torch 2.13.0 wheel that pip would
