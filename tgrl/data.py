@@ -1,5 +1,5 @@
-"""Problem and trajectory records (docs/design.md#41-problems): loading with validation that names file,
-line, field and fix.
+"""Problem records (docs/design.md#41-problems): loading with validation that names file, line, field
+and fix.
 
 A user's own VQA data converted to this schema loads like the synthetic scenes do: nothing here is
 specific to data this repo generated.
