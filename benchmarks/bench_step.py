@@ -1,39 +1,10 @@
 """Per-step wall time of stock TRL GRPO, our GRPO, TGRL and LUFFY-VL, split into its phases (CPU).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_step.py --work .cache/bench/work --out step.json
-    python benchmarks/bench_step.py --rounds 3 --steps 20 --methods grpo_trl grpo tgrl
 
-Methods (each from the tiny recipes, so the bench measures what the real runs do):
-
-* ``grpo_trl``: stock ``trl.GRPOTrainer`` with exactly the TRL keys of ``recipes/tiny/grpo.yaml``
-  (and the same vision-token suppression, without which a rollout can crash the next forward);
-* ``grpo``: ``TGRLTrainer`` with ``recipes/tiny/grpo.yaml`` (``inject_mode: never``);
-* ``tgrl``: ``recipes/tiny/tgrl.yaml`` (7 rollouts + 1 expert, vis_dep token weights);
-* ``luffy``: ``recipes/tiny/luffy_vl.yaml`` (TGRL without token reweighting).
-
-Every run is its own subprocess (its peak RSS comes from ``os.wait4``), trains ``--warmup`` +
-``--steps`` steps from the same weak base on the same data and seed, and records per optimizer step:
-``step`` (wall time between consecutive ``on_step_end`` callbacks), ``generate`` (rollouts, expert
-slots included), ``score`` (reward functions), ``token_pass`` (TGRL's no-grad log-prob and perturbed
-image forwards; 0 for stock TRL), ``exp_other`` (the rest of the experience phase: tokenization,
-advantages, metrics) and ``update`` (``step`` minus the experience phase: the loss forward/backward,
-the optimizer, callbacks and logging), each in wall and in CPU seconds (``time.process_time``; CPU
-time hardly moves when another job competes for the cores). The phases are measured by wrapping the
-same four trainer methods on every trainer, so stock and ours are timed identically.
-
-Runs are interleaved: round r runs the methods in a rotated order, so slow drift of the machine
-(another job, thermal state) hits every method alike. The summary pools the timed steps of all rounds
-of a method; ratios are of median step times (and, as a check on drift, the median of the per-round
-ratios). Targets: our GRPO within 5% of stock, TGRL within 15% of GRPO.
-
-The weak base is built like ``scripts/reproduce_tiny.sh`` builds it (tiny model, synthetic scenes,
-oracle teacher, F1+F2 filter, a short SFT warm-up on grounded traces) in ``--work``, unless
-``checkpoints/tiny_repro/base`` is finished (``.tgrl_done``) and ``--reuse-base`` allows it: with a
-direct-answer base the rollouts would be far shorter than the experts and the padding would dominate.
-``benchmarks/bench_throughput.py`` reuses the same ``--work`` folder.
-
-Output: one JSON line per method summary and per ratio on stdout, then a short table; ``--out``
-writes everything (incl. every run's per-step records) as one JSON document.
+Each method trains from its tiny recipe in its own subprocess, the same trainer methods are timed on
+stock TRL and ours, and rounds are interleaved so machine drift hits every method alike. Targets: our
+GRPO within 5% of stock, TGRL within 15% of GRPO. Methods, phases, ratios: docs/tiny_tier.md#81-benchmarks.
 """
 
 from __future__ import annotations

@@ -1,23 +1,10 @@
 """Eval and teacher throughput on the tiny tier, each measurement in its own process with its peak RSS.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_throughput.py --work .cache/bench/work --out throughput.json
-    python benchmarks/bench_throughput.py --eval-n 500 --oracle-n 1000 --hf-n 64 --repeats 3
 
-Measurements (the real entry points as subprocesses, never re-implementations):
-
-* ``eval``: ``eval/run_lmms_eval.py --suite tiny`` (lmms-eval, greedy, batch 32, 64 new tokens) on the
-  first ``--eval-n`` items of the bench's synthetic test split, from the weak base. ``samples_per_s``
-  = items / the runner's own ``eval_seconds`` (lmms-eval's simple_evaluate: generation + scoring);
-  ``process_samples_per_s`` also pays imports and model loading (~10 s of fixed cost per process).
-* ``teacher_oracle`` and ``teacher_hf``: ``data_prep/build_teacher_trajectories.py`` with K=4 samples per
-  problem (oracle: the programmatic teacher; hf: the weak base sampling at T=1 with ``--max-tokens``
-  64 = the rollout budget, batch 8). ``problems_per_s`` = problems / the builder's ``wall_time_s``
-  (generation, scoring, writing); ``process_problems_per_s`` includes start-up.
-
-Rounds are interleaved (round r starts r places further into the list) like bench_step.py. The base and
-data come from the same ``--work`` folder as bench_step.py (built there when missing). Output: one JSON
-line per measurement (the median over rounds, with every round's value) plus a table; ``--out`` writes
-them as one JSON document.
+It runs the real entry points (eval/run_lmms_eval.py, data_prep/build_teacher_trajectories.py) as
+subprocesses, never re-implementations, on the weak base and data of bench_step.py's ``--work`` folder.
+Measurements and rates: docs/tiny_tier.md#81-benchmarks.
 """
 
 from __future__ import annotations

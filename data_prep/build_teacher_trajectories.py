@@ -1,41 +1,11 @@
 """Sample K expert trajectories per problem from a teacher (docs/design.md#51-teachers): append-only,
 resumable, shardable.
 
-    # tiny tier (synthetic scenes, programmatic teacher; ~10 s for 3000 problems x 4)
     python data_prep/build_teacher_trajectories.py --data data/synthetic/train.jsonl \\
         --out data/teacher/oracle --backend oracle --k 4 --seed 0 --wrong-fact-rate 0.2
-    # a local transformers VLM
-    python data_prep/build_teacher_trajectories.py --data ... --out ... --backend hf \\
-        --model checkpoints/tiny-init
-    # GPU tier: vLLM offline (tensor parallel) or any OpenAI-compatible endpoint
-    python data_prep/build_teacher_trajectories.py --data ... --out ... --backend vllm \\
-        --model Qwen/Qwen2.5-VL-72B-Instruct --tensor-parallel-size 8
-    python data_prep/build_teacher_trajectories.py --data ... --out ... --backend openai \\
-        --base-url http://node:8000/v1 --model Qwen/Qwen2.5-VL-72B-Instruct --max-concurrency 64
-    # several nodes: --num-shards N --shard-index i on each, then data_prep/merge_shards.py --out OUT
 
-Every flag can also come from ``--config file.yaml`` (keys = flag names; flags override the file).
-
-Output (``OUT/``): ``trajectories.jsonl``, one record per (id, sample_idx) (docs/design.md#42-trajectories)::
-
-    {"id", "teacher", "sample_idx", "text", "reward", "kept": null, "reject_reason": null,
-     "n_tokens", "mean_logprob": null, "finish_reason", "gen": {"temperature", "top_p", "max_tokens", "seed"}}
-
-``reward`` is the RL verifier's score against the gold answer (the teacher never sees the answer);
-``n_tokens`` is the teacher's completion length when the backend reports it; ``kept``,
-``reject_reason`` and ``mean_logprob`` are filled in by data_prep/filter_trajectories.py.
-``manifest.json`` (atomic; rewritten every ``--manifest-every`` seconds and at the end): teacher and
-settings, input hash, counts, failures, wall time, throughput. Sharded runs write
-``trajectories.shard-IIIII-of-NNNNN.jsonl`` and ``manifest.shard-IIIII-of-NNNNN.json``.
-
-Resume: rerun the same command. Finished (id, sample_idx) pairs are skipped, a torn last line (a kill
-mid-write) is cut off and regenerated; different settings into the same folder are refused unless
-``--force``. Samples that failed after the backend's retries are not written: the run ends with exit
-code 3 and a rerun retries exactly those. A problem the backend cannot run under these settings at all
-(its prompt, images expanded, does not fit --max-model-len; more images than --max-images-per-prompt; a
-prompt vLLM rejects) costs that problem only: it is recorded with its reason in the manifest's ``skipped``
-list, the others run, the exit code is 0, and a resume does not try it again (``--retry-skipped`` does).
-The filter then finds no trajectory for it: it trains as a plain GRPO group.
+Backends ``oracle``, ``hf``, ``vllm``, ``openai``; every flag can also come from ``--config file.yaml``.
+Output, resume, failed and skipped problems, shards: docs/design.md#42-trajectories.
 """
 
 from __future__ import annotations

@@ -3,14 +3,8 @@
     python data_prep/convert_geometry3k.py --input /data/geometry3k --out data/geometry3k   # a local copy
     python data_prep/convert_geometry3k.py --hub --out data/geometry3k                      # needs hub access
 
-Source layout (parquet, ``data/{train,validation,test}-*.parquet``): ``images`` (a list of images,
-stored as ``{"bytes", "path"}``), ``problem`` (``<image>`` + the question), ``answer`` (free-form,
-e.g. ``14\\sqrt{3}``), and in hiyouga's copy also ``id``, ``choices`` (4 options) and ``ground_truth``
-(the option letter). The default is the free-form answer (as EasyR1/NoisyRollout train);
-``--answer-format choice`` uses the options and letter instead. Copies without ``id``/``choices``
-(e.g. xyliu6/geometry3k) work with the free-form format.
-
-Rows that cannot be converted are counted by reason in ``OUT/manifest.json``.
+Free-form answers by default (as EasyR1 and NoisyRollout train), ``--answer-format choice`` for options
+and letter; rows that cannot be converted are counted in ``OUT/manifest.json`` (docs/design.md#41-problems).
 """
 
 from __future__ import annotations

@@ -3,17 +3,9 @@
     python data_prep/convert_virl39k.py --input /data/ViRL39K --out data/virl39k     # a local copy
     python data_prep/convert_virl39k.py --hub TIGER-Lab/ViRL39K --out data/virl39k   # needs hub access
 
-Source layout (the release: ``39Krelease.parquet`` + ``images.zip``): columns ``question`` (with
-``<image>`` placeholders), ``answer`` (``\\boxed{...}``), ``image`` (list of paths relative to the
-dataset folder, e.g. ``images/Processed-XXX-0.jpg``), ``qid``, ``category``, ``source``,
-``PassRate_32BTrained``, ``PassRate_7BBase``. Re-uploads with ``problem``/``images`` (embedded image
-bytes) are read too. A local ``images.zip`` is unpacked once.
-
-Per row: the ``<image>`` tags are removed (our template puts images first), the answer is unboxed,
-trailing lettered options ("A. ...") become ``choices`` with ``answer_type: choice`` when the answer
-is their letter, numbers are ``number``, LaTeX ``expression``, the rest ``text``. ``meta`` keeps
-category, source and both pass rates (to select subsets by difficulty, as VL-Rethinker does).
-Rows that cannot be converted are counted by reason in ``OUT/manifest.json``.
+Reads the release (``39Krelease.parquet`` + ``images.zip``, unpacked once) or re-uploads with embedded
+images; answer types, choices and the ``meta`` kept (pass rates, to select by difficulty):
+docs/design.md#41-problems.
 """
 
 from __future__ import annotations

@@ -3,26 +3,9 @@
     python data_prep/filter_trajectories.py --data data/synthetic/train.jsonl \\
         --trajectories data/teacher/oracle/trajectories.jsonl --policy checkpoints/tiny-init \\
         --out data/tgrl/oracle --max-completion-tokens 64
-    # ablations: --no-f1 / --no-f2 / --no-f3, --f3-random-survivor, --f3-min-logprob X, --f4 --f4-min X,
-    # --f4-quantile Q
 
-Every flag can also come from ``--config file.yaml`` (keys = flag names; flags override the file).
-``--max-completion-tokens`` must equal the trainer's rollout ``max_completion_length``.
-
-Writes into ``--out``:
-
-* ``train.jsonl``: the **training set**, one row per problem in the normal problem schema
-  (``tgrl.data.load_problems`` reads it; image paths are rewritten relative to ``--out``), with
-  ``meta["expert"] = {"text", "teacher", "sample_idx", "mean_logprob", "n_tokens"}`` for the selected
-  trajectory (``n_tokens`` under the policy tokenizer, end-of-turn included), or ``null`` when no
-  trajectory survived (the problem trains as a plain GRPO group).
-* ``trajectories.filtered.jsonl``: every input trajectory with ``kept``, ``reject_reason``,
-  ``mean_logprob`` (and ``mean_visual_dependency`` with F4) filled in and ``n_tokens`` recomputed
-  under the policy tokenizer.
-* ``manifest.json``: inputs and their hashes, the filter settings, in/out counts per filter, per-problem
-  outcomes, the teacher manifest's settings, wall time.
-
-Rerunning with the same inputs and settings is a no-op; other settings into the same folder need ``--force``.
+``--max-completion-tokens`` must equal the trainer's ``max_completion_length``; every flag can also
+come from ``--config file.yaml``. Outputs and rerun rules: docs/design.md#42-trajectories.
 """
 
 from __future__ import annotations

@@ -3,22 +3,9 @@
     python data_prep/score_teacher_logprobs.py --data data/tgrl/oracle/train.jsonl \\
         --teacher checkpoints/teacher --policy checkpoints/tiny_base --temperature 1.0
 
-``expert_ratio: teacher_is`` replaces LUFFY's shaped ratio with the true importance ratio
-p_theta(y_t) / pi_teacher(y_t), so it needs pi_teacher of every expert token, aligned with the policy's
-tokenization. Generation backends return log-probs in their own tokenization (vLLM, an API), so this
-step re-scores the final texts with a local copy of the teacher instead: one forward pass per
-trajectory, same prompt and token layout as the trainer (:func:`tgrl.filters.response_logprobs`), the
-logits divided by the teacher's sampling ``--temperature``. The teacher must share the policy's
-tokenizer (Qwen2.5-VL-72B and -7B do); otherwise the script stops and says so.
-
-Writes next to ``--data`` (so relative image paths stay valid):
-
-* ``train.teacher_is.jsonl`` (``--out-name``): the training set with ``meta.expert.teacher_logprobs``
-  (one value per policy token, end-of-turn included, rounded to 1e-4); train with
-  ``train_file=<that file>`` (``train/recipes/*/tgrl_ratio_teacher_is.yaml``).
-* ``<out-name>.partial.jsonl``: the resume log (one line per scored problem, appended after every
-  batch); a killed run picks up where it stopped, a finished rerun with the same settings does nothing.
-* ``<out-name>.manifest.json``: inputs, hashes, settings, counts, wall time.
+The true importance ratio needs pi_teacher of every expert token in the policy's tokenization, which
+generation backends do not report, so this re-scores the final texts with a local copy of the teacher.
+Why, the outputs and resume: docs/design.md#42-trajectories.
 """
 
 from __future__ import annotations

@@ -1,25 +1,10 @@
 """Build eval/reported.csv (the numbers our tables compare against) from a reference CSV of published numbers.
 
-Why a script and not a hand-made file: every reported value must be traceable to a published source, and
-the reference CSV (collected for this project, 681 rows with a source each) is occasionally corrected. This
-script is the documented *selection* and *name mapping*; it never invents or edits a number. Run it again
-when the reference changes:
-
     python eval/build_reported.py --reference PATH/TO/reported_numbers.csv --out eval/reported.csv
 
-Selection (everything else in the reference is dropped):
-  1. base Qwen2.5-VL-7B-Instruct / 3B-Instruct rows, under any protocol (method -> `base`);
-  2. same-setup RL baselines: PAPO Tab1 (GRPO, DAPO, PAPO-G, PAPO-D on ViRL39K) and VPPO Tab1 (base, GRPO,
-     DAPO, VPPO, PAPO-D), plus the in-paper GRPO baselines of NoisyRollout and Visionary-R1;
-  3. RLVR methods' self-reported numbers (the source is the method's own paper/README), 3B/7B only;
-  4. only benchmarks our eval suite runs (TASK_MAP); third-party re-evaluations of other methods are dropped;
-  5. one TGRL row per column of the `main` table in eval/tables.yaml, with an empty value and a note: the
-     TGRL paper's tables are not public to us. Rows with method `tgrl` that already carry a value in the
-     existing output file are kept as they are (so numbers filled in from the paper survive a rebuild).
-
-Protocol families (docs/design.md#92-protocol-families): A paper-native greedy (+LLM or rule extraction),
-B VLMEvalKit / OpenCompass (GPT-4o-mini judge; MathVerse vision-only, WeMath strict, DynaMath worst), C
-PAPO/VPPO avg@8 at T=1.0 with exact match on the verifiable subset, D NoisyRollout suite; empty = not known.
+Every reported value must be traceable to a published source, so this script is the documented selection
+and name mapping, never an edit of a number; run it again when the reference changes. What it keeps:
+docs/design.md#93-reported-numbers; protocol families: docs/design.md#92-protocol-families.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """Training curves (PNG) from the trainer's metrics JSONL: one figure per run and overlays across runs.
 
-    python eval/plot_training.py --metrics checkpoints/tiny_grpo_s1/metrics.jsonl \
-        checkpoints/tiny_tgrl_s1/metrics.jsonl --out results/tiny/plots --smooth 25
+    python eval/plot_training.py --metrics RUN/metrics.jsonl [RUN2/metrics.jsonl ...] --out DIR --smooth 25
     python eval/plot_training.py --runs-json results/tiny/runs.json --out results/tiny/plots --smooth 20
 
-``--runs-json`` (written by scripts/run_protocol.py) lists the runs with their method and figure group:
-one overlay set per group (the main methods apart from the ablations).
-
-Output (in --out): <run>.png for each run (label = the run directory's name), overlay.png with every
-method in every panel, and overlay_<panel>.png per panel. The panels, the candidate metric keys and how
-seeds are grouped: tgrl/evaluation/plots.py.
+Panels, outputs and seed pooling: docs/metrics.md#training-metrics (code: tgrl/evaluation/plots.py).
 """
 
 from __future__ import annotations

@@ -1,18 +1,11 @@
 """Write the trajectory report: one self-contained HTML page, every reasoning token coloured by s_t.
 
-    # evaluations run with --visual-dependency (their results folders)
-    python eval/report_trajectories.py --out report.html \\
-        --input grpo=checkpoints/tiny/eval/grpo_c0_s0/synthetic_test__<hash> \\
-        --input tgrl=checkpoints/tiny/eval/tgrl_c0_s0/synthetic_test__<hash>
-    # teacher trajectories with the filter's decisions: s_t and w_t under a policy checkpoint
-    python eval/report_trajectories.py --out experts.html \\
-        --input data/tiny/experts/trajectories.filtered.jsonl --model checkpoints/tiny/tgrl_c0_s0
-    # a training run's completions.jsonl (log_completions_every > 0)
+    python eval/report_trajectories.py --out report.html --input grpo=EVAL_DIR --input tgrl=EVAL_DIR2
     python eval/report_trajectories.py --out run.html --input checkpoints/tiny/tgrl_c0_s0
 
-Inputs, page and limits: tgrl/evaluation/report.py. Errors (a file of another tool, a missing image, an
-empty completion, a checkpoint without a processor) name the file and row and exit 2; nothing is written
-then. Prints the page's path, how many samples it shows and its size.
+Inputs: evaluation folders run with --visual-dependency, a filter's trajectories.filtered.jsonl (scored
+under ``--model``) or a training run's completions.jsonl; details in tgrl/evaluation/report.py. Errors
+name the file and row and exit 2, writing nothing.
 """
 
 from __future__ import annotations

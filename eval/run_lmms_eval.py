@@ -1,16 +1,11 @@
 """Evaluate one checkpoint on lmms-eval tasks with every score-moving setting pinned and recorded.
 
-    python eval/run_lmms_eval.py --model checkpoints/tiny-init --jsonl data/synthetic/test.jsonl \
-        --out results/raw
+    python eval/run_lmms_eval.py --model CKPT --jsonl data/synthetic/test.jsonl --out results/raw
     python eval/run_lmms_eval.py --model Qwen/Qwen2.5-VL-7B-Instruct --suite paper --run base_7b --method base
     accelerate launch --num_processes 8 eval/run_lmms_eval.py --model CKPT --suite paper ...  # data parallel
-    python eval/run_lmms_eval.py --list-checkpoints [--manifest runs.jsonl | --checkpoints-dir checkpoints]
-    python eval/run_lmms_eval.py --model CKPT --jsonl problems.jsonl --visual-dependency  # + grounding rows
-    python eval/run_lmms_eval.py --model CKPT --suite tiny --blind  # images blanked: blind acc, + mg_* rows
 
-The runner writes raw lmms-eval outputs to ``OUT/<run>/<task>__<settings hash>/`` and appends one row per
-metric to the summary file; a rerun skips finished (checkpoint, task) pairs. What is recorded, how it
-resumes and which settings move scores: tgrl/evaluation/runner.py.
+A rerun skips finished (checkpoint, task) pairs. The protocol: docs/design.md#91-protocol; what is
+recorded and how it resumes: tgrl/evaluation/runner.py.
 """
 
 from __future__ import annotations

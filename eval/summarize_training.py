@@ -1,15 +1,11 @@
 """Append a run's training-time diagnostics to results/summary.jsonl so the tables can show them.
 
-    python eval/summarize_training.py --run-dir checkpoints/tiny_tgrl_s0 --run tgrl_s0 --method tgrl \
+    python eval/summarize_training.py --run-dir checkpoints/tiny_tgrl_s0 --run tgrl_s0 --method tgrl \\
         --seed 0 --summary results/tiny/summary.jsonl
 
-Rows (``decoding: training``): tail means over the last ``--tail`` share of training (the trainer's mean
-s_t ``vis_dep_expert`` / ``vis_dep_on_policy``, ``grad_expert_share``, ``expert_p_fact_end``) and the points
-of the curves that move: the expert fact-token p and the on-policy fact accuracy at step 1 (before any
-update), their lowest ``--window``-step mean (and its step) and their last ``--window``-step mean
-(tgrl/evaluation/training_summary.py). Prints one sentence per curve, read from those points. Idempotent:
-the rows carry a key (run, checkpoint, task, suite, tail, window and the hash of metrics.jsonl), and a
-rerun on the same metrics adds nothing.
+The rows (tail means, and the points of the curves that move):
+docs/metrics.md#training-curves-as-summary-rows.
+Idempotent: the rows carry a key that includes the hash of metrics.jsonl, so a rerun adds nothing.
 """
 
 from __future__ import annotations

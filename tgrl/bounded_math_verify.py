@@ -1,19 +1,10 @@
 """math-verify under a time bound: the last-resort LaTeX comparison of :func:`tgrl.rewards.answers_match`.
 
-Safety: nothing here evals or execs text or calls sympify/parse_expr on it (math-verify's LaTeX parser
-is an ANTLR grammar; the only text it hands to sympy's evaluator is a lexer-checked number token).
-math-verify only sees inputs that pass :func:`prepare_for_math_verify` (length, nesting depth,
-exponent, factorial bounds, no plain words). Then it runs under a deadline of
-``MV_TIME_BUDGET_SECONDS`` (0.5 s) per :func:`tgrl.rewards.answers_match` call (one :class:`Budget`),
-enforced by a ``sys.settrace`` hook that works in any thread (math-verify's own timeouts are disabled:
-they use whole-second ``signal.alarm``, which fails outside the main thread).
-
-A cold math-verify (its regexes, sympy's simplify/polys/sets caches) needs 1-2 s on its first
-comparison, several times that budget, so :func:`warm_up` pays it once, unbounded, outside any
-per-sample budget: at reward-function construction (:func:`tgrl.rewards.get_reward_funcs`) and before
-the data-prep scorers (teacher builder, filter F1) start. Then the bound holds from the first call.
-Code that compares without either pays the warm-up lazily on its first math-verify use (never counted
-against the per-call budget, so no answer scores 0 for being early).
+Reward parsing must never run text and never stall a rollout, so math-verify only sees inputs that pass
+:func:`prepare_for_math_verify`, runs under a per-call deadline (:class:`Budget`) enforced by a
+``sys.settrace`` hook that works in any thread (math-verify's own ``signal.alarm`` timeouts fail outside
+the main thread), and is warmed up once by :func:`warm_up`. The bounds and why:
+docs/design.md#102-files-and-resume.
 """
 
 from __future__ import annotations

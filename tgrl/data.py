@@ -1,15 +1,8 @@
-"""Problem and trajectory records (docs/design.md#4-data): loading with validation that names file, line,
-field.
+"""Problem records (docs/design.md#41-problems): loading with validation that names file, line, field
+and fix.
 
-A problem record (one JSONL line; image paths relative to the JSONL file):
-
-    {"id": str, "images": [path, ...], "question": str, "answer": str,
-     "answer_type": "choice" | "number" | "text" | "expression", "choices": [str] | null,
-     "source": str, "meta": {...}}
-
-For ``answer_type: choice`` the answer is the option letter ("B") or one of the option texts, and
-``choices`` lists the options in letter order. A user's own VQA data converted to this schema loads
-like the synthetic scenes do: nothing here is specific to data this repo generated.
+A user's own VQA data converted to this schema loads like the synthetic scenes do: nothing here is
+specific to data this repo generated.
 """
 
 from __future__ import annotations

@@ -1,30 +1,11 @@
 """Trajectory filtering (docs/design.md#52-filtering): from K teacher samples per problem to at most one
 expert trajectory.
 
-Rules, each switchable for ablations (:class:`FilterConfig`), applied in this order:
-
-* **F1 correctness**: the trajectory's answer matches the gold under the RL verifier
-  (:func:`tgrl.rewards.score_completion`, the same function as the accuracy reward).
-* **F2 format and length**: not truncated by the teacher (``finish_reason == "length"``), in the
-  ``<think>..</think><answer>..</answer>`` format (:func:`tgrl.rewards.follows_format`), and at most
-  ``max_completion_tokens`` tokens under the **policy** tokenizer, end-of-turn token included
-  (the rollout budget: rejected, never truncated).
-* **F4 visual dependency** (off by default): the mean VPPO s_t of the trajectory's tokens, between a
-  forward pass on the clean image and one on a perturbed image (:func:`tgrl.perturb.perturb_image`,
-  :func:`tgrl.token_weights.visual_dependency`: the trainer's functions), at least ``min_visual_dependency``,
-  or, with ``f4_quantile`` q, at least the q-quantile of every F1/F2 survivor's mean s_t (a threshold
-  that needs no knowledge of the policy's s_t scale).
-* **F3 log-prob**: the mean token log-prob under the initial policy, with exactly the trainer's
-  encoding (:func:`tgrl.modeling.encode_prompts`, left-padded prompt + right-padded response);
-  optionally rejected below ``min_mean_logprob``; among the survivors the highest is selected.
-  With F3 off the survivor with the lowest ``sample_idx`` is selected (samples are i.i.d.), or, with
-  ``f3_random_survivor``, one drawn at random (seeded by ``seed`` and the problem id).
-
-A safety check runs always: a text whose policy tokenization contains a vision special token
-(``<|image_pad|>`` ...) is rejected (``vision_token``): the trainer's forward would crash on it.
-
-Every trajectory gets ``kept`` (selected as the problem's expert) and ``reject_reason``: one of
-:data:`REJECT_REASONS`, or ``not_selected`` for a survivor that lost the F3 selection.
+F1 (correct), F2 (format and length under the policy tokenizer), F4 (visual dependency, off by default)
+and F3 (log-prob under the initial policy, which selects among the survivors) are each switchable for
+ablations (:class:`FilterConfig`); a safety check always rejects texts whose policy tokenization holds a
+vision special token. F3 and F4 use the trainer's encoding, perturbation and s_t, so the filter judges
+what the trainer will see.
 """
 
 from __future__ import annotations

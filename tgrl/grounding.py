@@ -1,30 +1,10 @@
 """Visual dependency of a model's own reasoning: which tokens of a given text lean on the image.
 
-Why: the paper's claim is about where the reasoning gets its facts. The trainer measures s_t only on
-training rollouts and expert slots (``vis_dep/*``, docs/metrics.md) and fact accuracy needs scenes with
-ground truth; this module measures s_t on any text a checkpoint wrote or is shown (an evaluation
-response on any benchmark, an expert trajectory, a logged rollout) with the trainer's own pieces: the
-teacher-forced pass of :mod:`tgrl.probe`, the perturbation of :mod:`tgrl.perturb` and the s_t of
-:func:`tgrl.token_weights.visual_dependency` (docs/design.md#54-token-quantities). No sampling: two
-forwards per text.
-
-Regions of a response (character spans; a token belongs to a region when its characters overlap it):
-
-* reasoning: inside the first ``<think>...</think>`` (an unclosed ``<think>`` runs to the next ``<answer>``
-  or the end); a response without ``<think>`` has no reasoning tokens and is left out of the reasoning
-  means;
-* answer: inside the ``<answer>...</answer>`` the reward reads (the last complete one; else an unclosed
-  last ``<answer>`` runs to the end).
-
-Per response: the mean s_t over its reasoning tokens, over its answer tokens, and the share of its
-reasoning tokens with s_t >= :data:`HIGH_S`. Per task (:func:`task_metrics`): the mean of those over the
-responses that have such tokens (each response weighs the same), over all responses and split by
-whether the response's answer was scored correct.
-
-Threshold: s_t = exp(d) - d - 1 with d = log p(y|I~) - log p(y|I). :data:`HIGH_S` = ln 2 - 1/2 ~ 0.193 is
-s_t at d = -ln 2, i.e. blacking out half the image patches at least *halves* the token's probability (a
-rise by 1.73x or more gives the same s_t). It reads without knowing the k3 formula and sits far above the
-s_t of template tokens (~0), far below the clamp (10).
+The paper's claim is about where the reasoning gets its facts, but the trainer measures s_t only on its
+rollouts and expert slots, and fact accuracy needs scenes with ground truth. This module measures s_t on
+any text a checkpoint wrote or is shown, with the trainer's pieces (:mod:`tgrl.probe`, :mod:`tgrl.perturb`,
+:func:`tgrl.token_weights.visual_dependency`): two forwards per text, no sampling. Regions, per-task
+means and the :data:`HIGH_S` threshold: docs/metrics.md#at-evaluation-time.
 """
 
 from __future__ import annotations

@@ -1,24 +1,10 @@
-"""Image perturbations for visual dependency (docs/design.md#54-token-quantities) and trajectory filter F4
-(docs/design.md#52-filtering).
+"""Image perturbations for visual dependency (docs/design.md#54-token-quantities) and filter F4.
 
-Visual dependency compares a token's log-prob under the clean image I and a perturbed image I~
-(VPPO-style, docs/anchors.md#3-vppo). Two entry points produce the same I~:
-
-* :func:`perturb_image` works on a PIL image (data prep, F4, anything that still holds pixels);
-* :func:`perturb_pixel_values` works on the Qwen2-VL / Qwen2.5-VL processor output the trainer already
-  holds (flattened, normalised 14x14 patches), so the extra forward needs no second preprocessing.
-
-Modes: ``patch_blackening`` (default: each ``patch_size`` x ``patch_size`` patch is set to black with
-probability ``prob``), ``noise`` (additive Gaussian noise, std in units of the full [0, 1] pixel
-range), ``full_mask`` (the whole image black; equals ``patch_blackening`` with ``prob=1``).
-
-Randomness: ``seed`` is an int (fixed draw), a ``numpy.random.Generator`` (draws are consumed from
-it, in image order), or None (fresh entropy). The patch mask of an image with a (t, h, w) patch grid
-is drawn as ``rng.random((t, h, w)) < prob`` in raster order in both functions, so for an image whose
-sides are multiples of 28 px (no processor resize), blackening in pixel space and then processing
-gives the same ``pixel_values`` as processing and then blackening in patch space (tested). For other
-sizes the processor's resize smears the black squares' edges; the patch-space version is the exact
-one at the vision encoder's granularity.
+Two entry points draw the same perturbed image I~ (VPPO-style, docs/anchors.md#3-vppo):
+:func:`perturb_image` on a PIL image (data prep, F4) and :func:`perturb_pixel_values` on the processor's
+patch tensor the trainer already holds, so its extra forward needs no second preprocessing. Modes:
+``patch_blackening`` (default), ``noise``, ``full_mask``. ``seed`` is an int, a ``numpy.random.Generator``
+(draws consumed in image order) or None (fresh entropy).
 """
 
 from __future__ import annotations

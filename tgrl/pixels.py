@@ -1,22 +1,9 @@
 """The one image-pixel budget, and the resize that makes every processor agree on image tokens.
 
-Why one budget: a Qwen-VL image becomes ``(h/28) * (w/28)`` tokens after the processor resizes it into
-[min_pixels, max_pixels]. Training, rollouts, the teacher, the filter and evaluation must all use the same
-bounds, or the policy is trained and scored on different images and token counts.
-:data:`DEFAULT_BUDGET` is that budget for the GPU tier, defined here once; the 7B recipes, the paper eval
-suites and scripts/build_teacher_7b.sh carry its numbers and tests/test_pixels.py checks they agree. The
-tiny tier keeps its checkpoint's own processor budget (56 x 56 px, 4 tokens per image).
-
-Why resize in the data layer (:func:`fit_image`): TRL sends vLLM the raw image, and vLLM's processor
-resizes it with the checkpoint's own defaults (3,136 to 12.8M px for Qwen2.5-VL-7B-Instruct), so any image
-outside our budget gets another token count: a crash or silently corrupted rollouts (TRL issue #6401).
-The other hazard, placeholders expanded twice, is handled in tgrl/trl_compat.py. An image whose sides
-are multiples of the patch factor (28) and whose area is inside our budget is left unchanged by every
-Qwen-VL processor whose budget contains ours, so both sides see the same pixels and the same number of
-image tokens.
-
-Pixel bounds go to processors in the forward-compatible ``size={"shortest_edge", "longest_edge"}`` form:
-passing ``min_pixels``/``max_pixels`` to a processor call is deprecated and removed in transformers 5.23.
+Training, rollouts, the teacher, the filter and evaluation must see the same images and token counts, so
+:data:`DEFAULT_BUDGET` is defined here once for the GPU tier, and :func:`fit_image` resizes images into it
+in the data layer, before vLLM's processor could resize them with the checkpoint's own bounds (TRL issue
+#6401). The numbers and who carries them: docs/design.md#83-pixel-budget.
 """
 
 from __future__ import annotations

@@ -1,43 +1,10 @@
 """Accuracy and format rewards in TRL's reward-function signature, plus the one answer comparison.
 
-Why one module: RL rewards, trajectory filter F1 and the evaluation scorers must judge answers the
-same way, or training optimises something other than what we report. So :func:`answers_match` is
-the single comparison, and everything else (rewards, :func:`score_completion`) calls it.
-
-Output format (docs/design.md#43-output-format): ``<think> ... </think>`` then ``<answer> ... </answer>``; the
-tag constants come from :mod:`tgrl.prompts`. :func:`extract_answer` also reads ``\\boxed{...}`` and a
-plain-text fallback.
-
-Matching rules (``answers_match(pred, gold, choices, answer_type)``), in order:
-
-* **Multiple choice** when ``choices`` are given, ``answer_type == "choice"`` or the gold is a bare
-  capital letter ("B", "(B)"): the gold becomes a letter (its letter spelling, or the choice text it
-  equals), the prediction too ("B", "(B)", "B.", "B)", "Option B", "option (b)", "The answer is B",
-  "B. <text>", or the text/number of a choice). Letter A is ``choices[0]``.
-* **Yes/no** golds: case and trailing punctuation ignored; "Yes, because ..." counts as "yes".
-* **Lists** ("1, 2, 3", "(1,2,3)", "[1, 2, 3]"): same length, elements compared one by one; the
-  bracket kind is ignored. Order matters when the gold is bracketed with () or [], not when it is
-  a bare list or a set ``\\{...\\}``. "1,234" (groups of three digits) is the number 1234, not a list.
-  Intervals with mixed brackets ("(1, 2]") are left to math-verify.
-* **Numbers**: thousands commas, decimals, scientific notation (1.5e3, 1.5 \\times 10^{3}),
-  fractions (3/4, \\frac{3}{4}), currency ($5), degrees (5°, 5^\\circ), units ("5 cm", "5cm^2",
-  "5 square units"; units are ignored, never converted) and percent signs. **Percent: "50%" equals
-  "50"; 0.5 does NOT equal 50%.** Equal when exactly equal; two integers must be exactly equal;
-  otherwise within a relative tolerance of 1e-6.
-* **Text**: case, surrounding punctuation and whitespace ignored ("Blue." == "blue").
-* **LaTeX expressions** (``\\sqrt{2}`` vs ``2^{1/2}``): math-verify, only as the last resort and only
-  on short, shallow inputs that look like mathematics (never on plain words: sympy would read
-  "seat" and "east" as the same product of symbols).
-
-The module reads top to bottom as the pipeline: extraction (completion text -> answer string),
-normalisation, matching (choices, lists, golds, :func:`answers_match`), then the TRL reward functions.
-Numbers are read by :mod:`tgrl.number_parsing` (exact fractions, no sympy); LaTeX expressions go to
-:mod:`tgrl.bounded_math_verify` (math-verify under a per-call deadline, warmed up by :func:`warm_up`).
-
-Safety: nothing here evals or execs text or calls sympify/parse_expr on it. Answers over
-``MAX_ANSWER_CHARS`` score 0, numbers with more than ``MAX_NUMBER_DIGITS`` digits are not numbers, and
-math-verify only sees short, shallow inputs, for at most ``MV_TIME_BUDGET_SECONDS`` (0.5 s) per
-:func:`answers_match` call, in any thread (:mod:`tgrl.bounded_math_verify`).
+RL rewards, filter F1 and the evaluation scorers must judge answers the same way, or training optimises
+something other than what we report, so :func:`answers_match` is the single comparison and everything
+else calls it. The module reads top to bottom as the pipeline: extraction (:func:`extract_answer`),
+normalisation, matching, then the TRL reward functions. Matching rules: docs/design.md#43-output-format;
+safety and time bounds: docs/design.md#102-files-and-resume.
 """
 
 from __future__ import annotations

@@ -1,20 +1,9 @@
 """Problems (docs/design.md#4-data) -> the rows TRL's GRPOTrainer and SFTTrainer read.
 
-RL row (one per problem; TRL repeats it ``num_generations`` times and passes every column to the
-reward functions as a keyword argument):
-
-    prompt        chat messages from tgrl.prompts.build_messages (image placeholders, then the question)
-    images        the problem's images (decoded lazily by ``datasets``)
-    solution      gold answer (tgrl.rewards.accuracy_reward reads it)
-    choices       option texts or None;   answer_type   "choice" | "number" | "text" | "expression"
-    id            problem id (group sanity checks, data-order logging)
-    expert_text   the filtered teacher trajectory from meta.expert.text, "" when the prompt has none
-    expert_teacher_logprobs  meta.expert.teacher_logprobs (per policy token; only expert_ratio
-                  teacher_is reads it) or None
-    facts         JSON of the scene ground truth ({"counts": ...}) for the fact-accuracy metric, or ""
-
-SFT row: ``prompt`` (system + user turn), ``completion`` (the assistant turn) and ``images``; TRL's
-prompt-completion path masks the prompt out of the loss (``completion_only_loss``).
+An RL row carries the prompt messages, the images, the gold answer and the filtered expert trajectory;
+TRL repeats it ``num_generations`` times and passes every column to the reward functions. An SFT row is
+prompt + completion + images, and TRL masks the prompt out of the loss. The columns:
+docs/design.md#44-training-rows.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """Sealed splits of the tiny protocol: frozen selection first, each checkpoint scored once, all logged.
 
-A sealed split (tgrl.synthetic.build_sealed_splits: a generator seed no earlier split used) is scored only
-after the selection is frozen: :func:`freeze` writes ``OUT/sealed_manifest.json`` with the sha256 of the
-selection (selected.json's entries), of the protocol file, of the pre-registration (which must be marked
-final) and of every sealed file. :func:`require_frozen` refuses to score while there is no manifest, or when
-the selection, the protocol or a sealed file no longer matches it.
-
-``OUT/scoring_log.jsonl`` (append-only, committed with the results) gets one line per event: ``started``
-and ``scored`` around each checkpoint's scoring of a sealed split, ``refused`` for a second scoring of the
-same run or weights on the same split, and ``override`` when such a second scoring is forced with a reason
-(run_protocol.py --rescore REASON). A ``started`` without ``scored`` (a killed run) may resume.
+:func:`freeze` writes ``OUT/sealed_manifest.json`` (hashes of the selection, the protocol, the final
+pre-registration and the sealed files); :func:`require_frozen` refuses to score until it exists and still
+matches; the append-only ``OUT/scoring_log.jsonl`` records every scoring, refusal and forced rescore.
+Why, and the log's events: docs/tiny_tier.md#7-fair-protocol.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """Build the tiny-tier Qwen2.5-VL checkpoint from code: tokenizer, processor and model
 (docs/tiny_tier.md#4-model-and-tokenizer).
 
-Everything is the standard Hugging Face stack: a byte-level BPE tokenizer trained with ``tokenizers``
-on text this repo generates (Qwen special tokens in Qwen order, the Qwen2.5-VL chat template), wrapped
-in the stock ``Qwen2_5_VLProcessor`` and a ``Qwen2_5_VLForConditionalGeneration`` built from a small
-config. The saved folder loads with ``AutoProcessor`` / ``AutoModelForImageTextToText`` and no project
-import, so the tiny run and the 7B run go through identical classes.
-
-The default size ("S", ~0.65M parameters) is the one measured to learn the synthetic task in minutes
-(docs/tiny_tier.md#3-why-this-task).
+Only the standard Hugging Face stack (a BPE tokenizer trained on text this repo generates, the stock
+``Qwen2_5_VLProcessor``, ``Qwen2_5_VLForConditionalGeneration`` from a small config), so the saved folder
+loads with the ``Auto*`` classes and no project import: the tiny and the 7B runs use identical classes.
 """
 
 from __future__ import annotations

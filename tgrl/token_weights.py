@@ -1,16 +1,10 @@
 """Token quantities, token weights and the TGRL loss as pure tensor functions
 (docs/design.md#5-the-tgrl-algorithm).
 
-The trainer (tgrl.trainer) gathers log-probs and masks and calls these; nothing here knows about
-models, TRL or configs, so each piece is tested against hand-computed values. Conventions:
-
-* token tensors are (B, T); ``mask`` is float or bool with 1 = valid completion token. Values at
-  masked positions never matter (they may be NaN/inf): they are replaced before any arithmetic, so
-  they neither change the loss nor leak NaN into gradients, and they stay out of every normaliser.
-* ``p`` is a probability, ``logp`` a log-probability of the sampled / expert token.
-* losses are to be *minimised*; every token loss has the form ``-A * (weight) * (term)``.
-* stop-gradient quantities (s_t, w_t, u_t, p_t of pi_old) are computed under
-  ``torch.no_grad`` or detached; the policy terms keep their gradient.
+Nothing here knows about models, TRL or configs, so each piece is tested against hand-computed values.
+Conventions: token tensors are (B, T) with ``mask`` 1 at valid completion tokens; values at masked
+positions never matter (they are replaced before any arithmetic); losses are minimised, each token loss
+``-A * (weight) * (term)``; stop-gradient quantities (s_t, w_t, u_t, p_t of pi_old) are detached.
 """
 
 from __future__ import annotations

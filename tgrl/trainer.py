@@ -1,15 +1,10 @@
-"""TGRL: trajectory-guided RL for multimodal RLVR, as a small subclass of TRL's GRPOTrainer.
-
-Where to look (docs/design.md#5-the-tgrl-algorithm; the maths lives in tgrl/token_weights.py as pure tensor
-functions):
+"""TGRL: trajectory-guided RL for multimodal RLVR, as a small subclass of TRL's GRPOTrainer
+(docs/design.md#5-the-tgrl-algorithm; the maths is in tgrl/token_weights.py as pure tensor functions).
 
 * the expert slot of each group ......... TGRLTrainer._generate_single_turn
 * advantages (on_only), group filter ..... TGRLTrainer._adjust_advantages
 * visual dependency and token weights .... TGRLTrainer._token_pass
 * THE LOSS ............................... TGRLTrainer._compute_loss -> token_weights.tgrl_loss_terms
-
-GRPO is this trainer with guidance off (``inject_mode: never``, ``onpolicy_token_weight: none``):
-then the loss and its gradients equal stock GRPOTrainer's on the same batch (tests/test_trainer.py).
 """
 
 from __future__ import annotations

@@ -1,21 +1,10 @@
 """The TRL internals TGRLTrainer relies on, and the guard that stops a TRL release nobody tested it with.
 
-Why: TGRLTrainer is a small subclass of ``trl.GRPOTrainer`` that overrides and calls *private* methods
-(``_generate_single_turn``, ``_calculate_rewards``, ``_get_per_token_logps_and_entropies``, ...) and reads
-private attributes (``_metrics``, ``_tokenizer``, ``eos_token_ids``, ...). TRL may rename or re-sign any of
-them in a minor release; an override whose parent method was renamed is then silently never called, and
-the run trains plain GRPO (or crashes hours in). So:
-
-* :data:`TESTED_TRL` names the TRL major.minor this code was written and tested against. Constructing a
-  TGRLTrainer under another major.minor fails with a message saying so, unless the user sets the explicit
-  override ``TGRL_ALLOW_UNTESTED_TRL=1`` (environment, or a recipe's ``env:`` mapping). Even then every
-  name below must exist with the expected parameters (:func:`contract_problems`), or it fails.
-* tests/test_trl_compat.py checks the contract against the installed TRL, so a TRL upgrade shows at once
-  which private names moved.
-* :class:`CheckpointKeyFixMixin` makes resume restore the weights of key-renamed models
-  (transformers#43701).
-* :func:`route_vllm_prompts` works around TRL 1.16 sending vLLM prompt ids whose image placeholders the
-  processor already expanded (TRL issue #6294): vLLM expands them again.
+TGRLTrainer overrides and calls private ``GRPOTrainer`` names that a minor TRL release may rename, and
+an override whose parent was renamed is silently never called; so :data:`TESTED_TRL` and
+:func:`contract_problems` refuse an untested release (docs/design.md#101-errors). Also the workarounds:
+:class:`CheckpointKeyFixMixin` (resume of key-renamed models, docs/environment.md#9-qwen25-vl-inputs)
+and :func:`route_vllm_prompts` (placeholders expanded twice, docs/design.md#84-image-placeholders-for-vllm).
 """
 
 from __future__ import annotations

@@ -1,15 +1,11 @@
 """SFT of a vision-language model on expert trajectories (or on direct answers: the tiny weak base).
 
-    python train/sft.py --config train/recipes/tiny/sft.yaml               # SFT on teacher trajectories
-    python train/sft.py --config train/recipes/tiny/base_direct_sft.yaml   # docs/tiny_tier.md#6-weak-base
-    accelerate launch --config_file train/accelerate/zero2.yaml train/sft.py \
+    python train/sft.py --config train/recipes/tiny/sft.yaml
+    accelerate launch --config_file train/accelerate/zero2.yaml train/sft.py \\
         --config train/recipes/7b/sft.yaml
 
-TRL's SFTTrainer on prompt-completion rows (tgrl/rl_data.py): the prompt (system + user turn with the
-images) is masked out of the loss by ``completion_only_loss``, so only the assistant turn, its
-end-of-turn token included, is trained. ``sft_target: expert`` trains on exactly the filtered
-trajectories RL injects (rows without one are skipped); ``direct`` on ``<answer>GOLD</answer>``.
-SFT-then-RL = the GRPO recipe with ``model_name_or_path`` set to this script's ``output_dir``.
+TRL's SFTTrainer on prompt-completion rows, the loss on the completion only; ``sft_target: expert`` trains
+on exactly the trajectories RL injects (docs/design.md#6-baselines-and-ablations).
 """
 
 from __future__ import annotations

@@ -1,20 +1,9 @@
 """Training curves (PNG) from the trainer's metrics JSONL (eval/plot_training.py): one figure per run and
-overlays across runs.
+overlays across runs, the seeds of a method pooled into a mean and a band.
 
-Why these curves: for GRPO-style training the loss is a poor health signal (docs/design.md#103-results);
-reward, accuracy, length and entropy are what to watch, and TGRL's claim is about visual
-evidence, so the expert-token probability, the visual dependency of expert vs on-policy tokens and the fact
-accuracy of on-policy traces are plotted too.
-
-Input: one JSON object per logged step with a `step` key and flat metric keys. The trainer's exact key names
-are not fixed, so every panel lists candidate keys in PANELS below (first one present in a run wins, a
-leading "train/" is ignored); adjust them there. Panels without data in any run are skipped. If a step is
-logged twice (a resumed run), the later line wins.
-
-Output (in --out): <run>.png for each run (label = the run directory's name), overlay.png with every
-method in every panel, and overlay_<panel>.png per panel for embedding one curve in a document. In the
-overlays, runs that differ only in a trailing seed suffix (``tgrl_s0``, ``tgrl_s1``, ...) are one method:
-one colour, the mean of the seeds' smoothed curves, and a band from their minimum to their maximum.
+The loss is a poor health signal for GRPO-style training (docs/design.md#103-results), so the panels show
+reward, accuracy, length, entropy and TGRL's grounding curves. Each panel's candidate metric keys are in
+:data:`PANELS`; panels, outputs and seed pooling: docs/metrics.md#training-metrics.
 """
 
 from __future__ import annotations

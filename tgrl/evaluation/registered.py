@@ -1,23 +1,9 @@
 """Registered comparisons: the pre-registered, seed-paired tests of the tiny protocol and their power.
 
-A pre-registration (YAML, committed before the final run; results/tiny/preregistration.yaml) lists the
-comparisons, each ``a`` vs ``b`` (methods, the summary rows' ``method``) on one primary metric (``task``,
-``metric``, ``decoding``), the seeds, and the test: for each comparison the per-seed differences
-d_s = a_s - b_s over the registered seeds, a two-sided one-sample t-test of mean(d) = 0 (the paired t-test)
-with n - 1 degrees of freedom, Holm's step-down correction over the whole registered family, and a 95%
-t-interval of the mean difference. A comparison is *resolved* when its Holm-adjusted p is below alpha; the
-sign of the effect says which way. Values in the tables are percentage points for fractions (``scale``).
-
-Minimal detectable difference (:func:`minimal_detectable_difference`): the smallest true mean paired
-difference that the test detects with probability ``power`` (0.8) at n paired seeds, paired-difference
-standard deviation sigma_d and level alpha / m, where m is the family size. Holm's first (strictest) step
-tests at alpha / m, so a difference this large is detected whatever the other comparisons show. Exactly:
-the delta with P(|T'| > t_{1 - alpha/(2m), n-1}) = power, T' noncentral t with n - 1 degrees of freedom and
-noncentrality delta * sqrt(n) / sigma_d (scipy.stats.nct); the familiar approximation is
-delta ~ (t_{1 - alpha/(2m), n-1} + t_{power, n-1}) * sigma_d / sqrt(n).
-
-Comparisons whose metric is not named yet carry ``metric: TBD...``: a draft counts them in the family (m is
-fixed at registration) and shows them as pending; a final pre-registration with one is an error.
+A pre-registration (YAML committed before the final run, results/tiny/preregistration.yaml) names each
+comparison, its primary metric and the seeds; this module runs the paired t-tests with Holm's correction
+over the family and computes the minimal detectable difference from the exact noncentral-t power. The
+test, the formula and pending (``metric: TBD``) comparisons: docs/tiny_tier.md#7-fair-protocol.
 """
 
 from __future__ import annotations

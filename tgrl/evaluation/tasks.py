@@ -1,34 +1,10 @@
 """The lmms-eval hooks of our tasks: the generic problem-JSONL task and our variants of the real benchmarks.
 
-Why our own variants instead of lmms-eval's: its classic tasks score with a GPT judge (offline they give
-0) and its ``*_reasoning`` tasks bring their own system prompt and matching. Ours keep each benchmark's
-data, split and official aggregation (WeMath strict/loose, DynaMath worst case, HallusionBench
-aAcc/qAcc/fAcc) but
-
-* prompt with the project template: ``doc_to_text`` returns the user text (question, then options in
-  the template's own "Choices:" layout via :func:`question_with_choices`), and the model
-  (``tgrl.lmms_model``) adds the system turn and image placeholders, as in training;
-* score every response with the training reward's code, :func:`tgrl.rewards.score_completion` /
-  :func:`tgrl.rewards.answers_match` (one code path for train and eval), on the FULL response: the task
-  files set ``reasoning_tags: "none"`` because lmms-eval's CLI would otherwise cut ``<think>`` blocks
-  before scoring;
-* keep all k responses of a document (the no-op filter :data:`KeepAllResponses` replaces lmms-eval's
-  default ``take_first``), so avg@k scores the mean over the k samples instead of the first one.
-
-Per-document values: plain metrics return the mean over the k responses. Metrics that need groups
-(strict, worst, qacc, ...) return ``{"group": <key>, "scores": [one 0/1 per response], ...}``; their
-aggregation computes the metric for response j of every document, j = 1..k, and averages over j.
-The runner counts distinct ``group`` values as the ``n`` of such a metric (e.g. 501 seed questions for
-DynaMath worst case, the composite problems for WeMath strict).
-
-Optional LLM judge (off by default): when ``TGRL_JUDGE_MODEL`` is set, a response the rules score 0 is
-sent to that model on an OpenAI-compatible endpoint (``TGRL_JUDGE_BASE_URL``, key in
-``TGRL_JUDGE_API_KEY`` or ``OPENAI_API_KEY``), which answers 1 or 0. The runner records the judge name
-in the results; the generic JSONL task never uses it.
-
-lmms-eval reaches these functions through eval/tasks/tgrl/utils.py (the task YAMLs' ``!function
-utils.<name>``), which it loads by path once per reference: this module keeps no state and imports only
-what is cheap.
+Our variants keep each benchmark's data and official aggregation but prompt with the training template,
+score with the training reward's code (:func:`tgrl.rewards.score_completion`) and keep all k responses
+for avg@k (:class:`KeepAllResponses`); why, group metrics and the optional LLM judge
+(``TGRL_JUDGE_MODEL``): docs/design.md#91-protocol. lmms-eval loads these functions by path
+(eval/tasks/tgrl/utils.py) once per reference, so this module keeps no state and imports only what is cheap.
 """
 
 from __future__ import annotations

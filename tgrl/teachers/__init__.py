@@ -1,16 +1,10 @@
 """Expert-trajectory teachers (docs/design.md#51-teachers): one interface, four backends selected by name.
 
-    from tgrl.teachers import make_teacher, SampleSettings
     teacher = make_teacher("oracle", SampleSettings(seed=0), {"wrong_fact_rate": 0.2})
     for samples in teacher.generate(jobs): ...
 
-Backends are imported lazily (by name) so that ``import tgrl.teachers`` pulls in neither torch,
-vLLM nor an HTTP client:
-
-* ``oracle``  synthetic scenes: grounded traces from scene metadata (:mod:`tgrl.teachers.oracle`)
-* ``hf``      any local transformers VLM, batched ``generate`` (:mod:`tgrl.teachers.hf`)
-* ``vllm``    offline vLLM engine, tensor parallel (:mod:`tgrl.teachers.vllm_backend`)
-* ``openai``  any OpenAI-compatible chat-completions endpoint (:mod:`tgrl.teachers.openai_backend`)
+Backends (``oracle``, ``hf``, ``vllm``, ``openai``) are imported lazily by name, so that
+``import tgrl.teachers`` pulls in neither torch, vLLM nor an HTTP client.
 """
 
 from __future__ import annotations

@@ -1,19 +1,8 @@
 """Teacher backend for any OpenAI-compatible chat-completions endpoint (``vllm serve``, a hosted API).
 
-One request per (problem, sample) with ``n=1``: the finest resume granularity, and every endpoint
-supports it. Requests run on a thread pool bounded by ``max_concurrency``; at most twice that many are
-queued, so memory stays flat on 100k-sample runs. Each request is retried with exponential backoff and
-full jitter on 429 (``Retry-After`` honoured), 5xx, timeouts, connection errors and malformed
-replies; after ``max_retries`` it becomes a failed sample (reported, not written: a rerun retries it).
-401/403/404 stop the whole run with a clear error (every request would fail the same way).
-
-Images travel as base64 ``data:`` URLs inside the user turn, in the order of the problem's images,
-followed by the question text of :func:`tgrl.prompts.build_messages`.
-
-The API key is read from the environment variable named by ``api_key_env`` (default
-``OPENAI_API_KEY``) when the teacher is built, kept only in memory, sent only in the
-``Authorization`` header, and scrubbed from every error message. Options, manifests and logs carry
-the variable's *name*, never its value.
+One request per (problem, sample) on a bounded thread pool, retried with backoff on transient errors, so
+a 100k-sample run keeps flat memory and resumes sample by sample; the API key is read from the
+environment and never written anywhere. Retry rules and key handling: docs/design.md#51-teachers.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """Oracle teacher for synthetic scenes: visually grounded reasoning written from the scene metadata.
 
-Traces state the question-independent visual facts in a fixed (canonical) colour order, then the
-computation, then the answer, e.g. ``<think>red 3, blue 5, 5-3=2</think><answer>2</answer>``. This
-form was measured to be learnable by a tiny model in minutes, while traces whose facts follow the
-question's colour order were not (docs/tiny_tier.md#33-canonical-traces).
-
-Knobs: ``wrong_fact_rate`` makes a share of traces state a wrong count (and so, through the
-computation, usually a wrong answer: exercises filter F1); ``long_rate`` pads a share of traces with
-restated facts (exercises the length filter F2). Seeded per (seed, problem id, sample index), so a
-resumed or sharded run writes exactly the same text.
-
-:func:`fact_accuracy` is the grounding metric: do the visual facts a trace states match the scene?
+Traces state the visual facts in a fixed colour order, then the computation, then the answer
+(``<think>red 3, blue 5, 5-3=2</think><answer>2</answer>``), the form measured to be learnable in minutes
+(docs/tiny_tier.md#33-canonical-traces). The knobs ``wrong_fact_rate`` and ``long_rate`` exercise filters
+F1 and F2 (docs/tiny_tier.md#2-the-task); :func:`fact_accuracy` is the grounding metric.
 """
 
 from __future__ import annotations

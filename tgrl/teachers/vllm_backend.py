@@ -1,14 +1,10 @@
 """Teacher backend on an offline vLLM engine (e.g. Qwen2.5-VL-72B-Instruct, tensor parallel 8).
 
-vLLM is imported only when the teacher is built; without vLLM or a GPU the error says what to
-install and where to run (vLLM cannot be installed on the CPU machines, docs/environment.md#3-vllm). The
-engine and sampling arguments are built by pure functions (:func:`engine_kwargs`, :func:`sampling_kwargs`)
-so they are unit-tested on CPU.
-
-Prompts: the teacher's own processor applies its chat template to :func:`tgrl.prompts.build_messages`
-(the same messages the policy sees) and the images go in ``multi_modal_data``. The vision special
-tokens get a logit bias of -100 (vLLM applies ``logit_bias`` before sampling), the vLLM form of the
-generation guard every stage uses (docs/environment.md#8-generation-pitfall).
+vLLM is imported only when the teacher is built (it cannot be installed on the CPU machines,
+docs/environment.md#3-vllm), and the engine and sampling arguments come from pure functions
+(:func:`engine_kwargs`, :func:`sampling_kwargs`) so they are unit-tested on CPU. The teacher's own
+processor formats :func:`tgrl.prompts.build_messages`; vision special tokens get a logit bias of -100
+(docs/environment.md#8-generation-pitfall).
 """
 
 from __future__ import annotations
