@@ -4,7 +4,7 @@ TGRLTrainer overrides and calls private ``GRPOTrainer`` names that a minor TRL r
 an override whose parent was renamed is silently never called; so :data:`TESTED_TRL` and
 :func:`contract_problems` refuse an untested release (docs/design.md#101-errors). Also the workarounds:
 :class:`CheckpointKeyFixMixin` (resume of key-renamed models, docs/environment.md#9-qwen25-vl-inputs)
-and :func:`route_vllm_prompts` (placeholders expanded twice, docs/design.md#84-image-placeholders-for-vllm).
+and :func:`route_vllm_prompts` (placeholders expanded twice, docs/design.md#85-image-placeholders-for-vllm).
 """
 
 from __future__ import annotations
