@@ -211,9 +211,9 @@ class Runner:
         temperature: float | None = None,
     ) -> None:
         """Score ``checkpoint`` greedily on ``tasks`` (task name -> JSONL); ``final`` (a run scored once on
-        the test splits) adds, on the first of them, the grounding evaluation, avg@8 (not in demo mode),
-        its twin split, the blind control and the expert-token probes (T = 1, and s_t at the fact tokens at
-        ``temperature``, the run's rollout temperature; default GRPO's)."""
+        the test splits) adds each one's twin split and, on the first of them, the grounding evaluation,
+        avg@8 (not in demo mode), the blind control and the expert-token probes (T = 1, and s_t at the
+        fact tokens at ``temperature``, the run's rollout temperature; default GRPO's)."""
         temperature = temperature if temperature is not None else self.rollout_temperature(None)
         log = self.logs / f"{name}.eval.log"
         jsonl = [arg for task, path in tasks.items() for arg in ("--jsonl", f"{task}={path}")]
@@ -229,13 +229,9 @@ class Runner:
             commands.append([*evaluation, *test, "--visual-dependency", *ident])
             if not self.quick:  # sampled behaviour: mean accuracy of 8 samples at T=1 (test split)
                 commands.append([*evaluation, *test, "--decoding", "avg@8", *ident])
-            twins = test_file.with_name(f"{test_file.stem}_twins.jsonl")
-            if not twins.is_file():
-                raise UserError(
-                    f"{twins}: the twin split of {test_file} is missing (the grounding measures score it). "
-                    "Fix: build it with data_prep/make_synthetic.py (it writes <split>_twins.jsonl)"
-                )
-            commands.append([*evaluation, "--jsonl", f"{test_task}_twins={twins}", *ident])
+            for task, path in tasks.items():  # each split's counterfactual twins (make_synthetic --twins,
+                twins = path.with_name(f"{path.stem}_twins.jsonl")  # build_sealed_splits): grounding
+                commands.append([*evaluation, "--jsonl", f"{task}_twins={twins}", *ident])
             commands.append([*evaluation, *test, "--blind", *ident])
             probe = ["eval/probe_expert_tokens.py", "--model", checkpoint, "--jsonl", test_file]
             probe += ["--task", test_task, *ident[2:]]

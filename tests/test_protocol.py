@@ -312,8 +312,14 @@ def test_final_evaluation_adds_twins_blind_and_fact_s_at_the_rollout_temperature
 
     module = importlib.import_module("scripts.run_protocol")
     runner = module.Runner(write(tmp_path), tmp_path / "work", tmp_path / "data", tmp_path / "out")
-    calls: list[list[str]] = []
-    monkeypatch.setattr(runner, "sh", lambda log, *cmd: calls.append([str(c) for c in cmd]))
+    calls: list[list[str]] = []  # every command, the batched ones (eval/run_batch.py) unpacked
+
+    def sh(log, *cmd):
+        cmd = [str(c) for c in cmd]
+        batch = json.loads(cmd[2]) if cmd[1].endswith("run_batch.py") else [cmd[1:]]
+        calls.extend([cmd[0], *c] for c in batch)
+
+    monkeypatch.setattr(runner, "sh", sh)
     monkeypatch.setattr(runner, "train", lambda run: tmp_path / "ckpt")
     monkeypatch.setattr(runner, "record_budget", lambda run, checkpoint: None)
     grpo_t = yaml.safe_load((REPO / "train/recipes/tiny/grpo.yaml").read_text())["temperature"]
@@ -327,6 +333,7 @@ def test_final_evaluation_adds_twins_blind_and_fact_s_at_the_rollout_temperature
         twins = [c for c in evals if any(a.startswith("synthetic_test_twins=") for a in c)]
         blind = [c for c in evals if "--blind" in c]
         assert len(twins) == 1 and twins[0][twins[0].index("--jsonl") + 1].endswith("test_twins.jsonl")
+        assert sum(any(a.startswith("synthetic_shifted_twins=") for a in c) for c in evals) == 1
         assert (
             len(blind) == 1 and f"synthetic_test={tmp_path / 'data' / 'synthetic' / 'test.jsonl'}" in blind[0]
         )
@@ -339,5 +346,5 @@ def test_final_evaluation_adds_twins_blind_and_fact_s_at_the_rollout_temperature
     fact_s = [c for c in calls if "--fact-dependency" in c]
     assert float(fact_s[0][fact_s[0].index("--temperature") + 1]) == grpo_t
     calls.clear()
-    runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", ["val"], final=False)
+    runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", runner.selection_files, final=False)
     assert not any("--blind" in c or "--fact-dependency" in c for c in calls)

@@ -39,6 +39,12 @@ def test_sealed_splits_are_new_and_disjoint_from_every_earlier_split(datasets):
     assert len(keys(sealed / "test.jsonl")) == 30 and len(keys(sealed / "shifted.jsonl")) == 30
     assert not keys(sealed / "test.jsonl") & earlier and not keys(sealed / "shifted.jsonl") & earlier
     assert not keys(sealed / "test.jsonl") & keys(sealed / "shifted.jsonl")
+    for split in ("test", "shifted"):  # each with its counterfactual twins, new scenes too
+        twins = [row for _, row in read_jsonl(sealed / f"{split}_twins.jsonl")]
+        sources = [t for t in twins if t["meta"]["twin"]["kind"] == "source"]
+        assert {record_key(t) for t in sources} == keys(sealed / f"{split}.jsonl")
+        edited = {record_key(t) for t in twins if t["meta"]["twin"]["kind"] != "source"}
+        assert edited and not edited & earlier and all((sealed / t["images"][0]).is_file() for t in twins)
     before = (sealed / "test.jsonl").read_bytes()
     build_sealed_splits(sealed, source, seed=7, n_test=30, n_shifted=30)  # same arguments: a no-op
     assert (sealed / "test.jsonl").read_bytes() == before
@@ -67,7 +73,12 @@ def test_no_sealed_scoring_before_the_freeze_nor_after_a_change(datasets, tmp_pa
     prereg.write_text("status: final\n")
     manifest = freeze(out, selected, protocol, datasets / "sealed", prereg)
     assert manifest["selection_sha256"] == selection_sha256(selected)
-    assert set(manifest["sealed"]) == {"sealed_test", "sealed_shifted"}
+    assert set(manifest["sealed"]) == {
+        "sealed_test",
+        "sealed_shifted",
+        "sealed_test_twins",
+        "sealed_shifted_twins",
+    }
     assert (
         require_frozen(out, selected, protocol, datasets / "sealed")["selection_sha256"]
         == manifest["selection_sha256"]

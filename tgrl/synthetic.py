@@ -388,8 +388,8 @@ def build_sealed_splits(out: Path, source: Path, seed: int, n_test: int, n_shift
     """Sealed test and shifted splits (``OUT/test.jsonl``, ``OUT/shifted.jsonl`` + images +
     ``OUT/manifest.json``) from generator ``seed``, which no split of the ``source`` dataset used, and
     disjoint from every item of it (train, val, test, shifted). The protocol scores them once, after the
-    selection is frozen (tgrl/sealing.py). Hook for derived splits (twin scenes, blind copies): write them
-    into OUT as further ``*.jsonl`` files built from OUT/test.jsonl; every JSONL file in OUT is sealed.
+    selection is frozen (tgrl/sealing.py). Each also gets its counterfactual twin split
+    (``OUT/<split>_twins.jsonl``, :func:`twin_split`); every JSONL file in OUT is sealed.
     Same arguments: byte-identical files, and a rerun is a no-op; other arguments need a new OUT."""
     source_manifest = source / "manifest.json"
     if not source_manifest.is_file():
@@ -405,6 +405,7 @@ def build_sealed_splits(out: Path, source: Path, seed: int, n_test: int, n_shift
         "n_shifted": n_shifted,
         "generator_version": GENERATOR_VERSION,
         "source_manifest_sha256": sha256_file(source_manifest),
+        "twins": True,
     }
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
@@ -428,6 +429,16 @@ def build_sealed_splits(out: Path, source: Path, seed: int, n_test: int, n_shift
         write_jsonl(out / f"{split}.jsonl", [r for r, _ in items])
         counts[split] = {"n": len(items)}
         files[f"{split}.jsonl"] = sha256_file(out / f"{split}.jsonl")
+        # the grounding measures' counterfactual twins of the sealed split (the protocol scores them with it)
+        twins = twin_split(f"sealed_{split}", items, seed, exclude=seen, **kwargs)
+        seen |= {record_key(r) for r, _ in twins}
+        (out / "images" / f"sealed_{split}_twins").mkdir(parents=True, exist_ok=True)
+        for record, image in twins:
+            if record["meta"]["twin"]["kind"] != "source":
+                image.save(out / record["images"][0], format="PNG", optimize=False)
+        write_jsonl(out / f"{split}_twins.jsonl", [r for r, _ in twins])
+        counts[f"{split}_twins"] = {"n": len(twins)}
+        files[f"{split}_twins.jsonl"] = sha256_file(out / f"{split}_twins.jsonl")
     manifest = {
         "args": args,
         "counts": counts,
