@@ -4,7 +4,8 @@
 # configurations the full protocol selected on its validation split (results/tiny/selected.json), one seed,
 # scored on 1,000 held-out scenes. Ends with the table, two sentences that read it, a sample (one test scene
 # answered by the weak base, GRPO and TGRL) and the trajectory report: GRPO's and TGRL's reasoning on a few
-# test scenes, every token coloured by its visual dependency s_t (one HTML file, opens offline).
+# test scenes, every token coloured by its visual dependency s_t (one HTML file, opens offline), and the
+# twin pairs: each test scene beside its counterfactual twin, with whether the stated facts followed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -67,6 +68,29 @@ PY
 )
 $PY eval/report_trajectories.py --out "$OUT/report.html" "${REPORT_INPUTS[@]}" --max-samples 16 --seed 0
 echo
+echo "== 4. twin pairs: each test scene beside its twin (one object removed, recoloured or moved), same question"
+mapfile -t TWIN_INPUTS < <($PY - "$OUT/summary.jsonl" "$OUT/runs.json" <<'PY'
+import json
+import sys
+
+from tgrl.utils import read_jsonl
+
+runs = {r["name"]: r["method"] for r in json.load(open(sys.argv[2])) if r["group"] == "main"}
+folders = {
+    row["run"]: row["results_dir"]
+    for _, row in read_jsonl(sys.argv[1])
+    if row.get("run") in runs and row["metric"] == "twin_tracking" and row["task"] == "synthetic_test_twins"
+}
+for run, folder in sorted(folders.items()):
+    print("--input")
+    print(f"{runs[run].upper()}={folder}")
+PY
+)
+if [ "${#TWIN_INPUTS[@]}" -gt 0 ]; then
+  $PY eval/report_trajectories.py --out "$OUT/twins.html" "${TWIN_INPUTS[@]}" --max-samples 24 --seed 0
+fi
+echo
 echo "outputs: $OUT/report.html (the trajectory report: open it in a browser, no network needed),"
+echo "         $OUT/twins.html (scene and twin side by side: did the stated facts follow the edit?),"
 echo "         $OUT/tables (tables, reading.txt), $OUT/plots (training curves: overlay_main.png first),"
 echo "         $WORK (checkpoints, logs); the full protocol: make reproduce (REPRODUCE.md section 5)"
