@@ -847,7 +847,7 @@ def multimodal_gain_rows(
     metric of this task, ``mg_<metric>`` = value with the image - value blind (same checkpoint, task, data,
     limit and every other setting), labelled like the blind rows. Whichever half runs second writes it."""
     partner = {**plan.settings, "blind": not plan.settings["blind"]}
-    partner_key = pair_key(plan.checkpoint, task, partner, plan.limit)
+    partner_key = pair_key(plan.checkpoint, task, partner, plan.limit, task.get("weights_sha256"))
     found = [r for _, r in read_jsonl(plan.summary, tolerate_torn_tail=True) if r.get("key") == partner_key]
     if not found:
         return []
