@@ -32,13 +32,15 @@ Shared by every stage
 * ``tgrl.runs``               run record, resume, train, save (shared by train/rl.py and train/sft.py)
 
 3. Evaluation (eval/)
-* ``tgrl.evaluation``         the lmms-eval runner, task scorers, tables, plots, training summaries
+* ``tgrl.evaluation``         the lmms-eval runner, task scorers, twin metrics, tables, plots, training
+                              summaries, the registered comparisons
 * ``tgrl.lmms_model``         the lmms-eval model class for every checkpoint of this repo
 * ``tgrl.probe``              teacher-forced token probabilities of given texts
 * ``tgrl.grounding``          visual dependency of a model's own reasoning
 
 4. Protocol and benchmarks (scripts/, benchmarks/)
 * ``tgrl.protocol``           the fair tiny protocol: runs, selection, budgets
+* ``tgrl.sealing``            sealed splits: the frozen selection, one scoring per checkpoint, the log
 * ``tgrl.benchmarking``       the harness of benchmarks/
 """
 
