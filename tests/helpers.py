@@ -32,3 +32,38 @@ def write_expert_set(
         rows.append(record)
     write_jsonl(path, rows)
     return path
+
+
+def trl_prompt(processor, images: list) -> tuple[list[int], list]:
+    """The prompt ids and images TRL 1.16's ``GRPOTrainer._tokenize_prompts`` (its own code, on a stand-in
+    ``self``) hands ``VLLMGeneration.generate`` for one chat prompt with ``images``."""
+    from types import SimpleNamespace
+
+    from trl import GRPOTrainer
+
+    from tgrl.prompts import build_messages
+
+    messages = build_messages("How many red objects?", n_images=len(images))
+    parts = iter(images)
+    for part in messages[1]["content"]:
+        if part["type"] == "image":
+            part["image"] = next(parts)
+    trainer = SimpleNamespace(
+        processing_class=processor,
+        _is_vlm=True,
+        environment_factories=None,
+        tools=None,
+        chat_template=None,
+        chat_template_kwargs={},
+    )
+    ids, trl_images, _ = GRPOTrainer._tokenize_prompts(trainer, [messages])
+    return list(ids[0]), trl_images
+
+
+def picture(width: int, height: int, seed: int):
+    """A random RGB image (PIL) of the given size."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))

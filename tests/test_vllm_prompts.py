@@ -8,44 +8,15 @@ contract against vLLM's real processor in its own environment (make vllm_test)."
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
-import numpy as np
 import pytest
-from PIL import Image
-from trl import GRPOTrainer
 
+from tests.helpers import picture, trl_prompt
 from tgrl.modeling import load_processor
 from tgrl.pixels import DEFAULT_BUDGET, PixelBudget, fit_image, image_tokens
-from tgrl.prompts import build_messages
 from tgrl.trl_compat import check_vllm_prompt_lengths, collapse_image_runs, route_vllm_prompts
 
 # Qwen2.5-VL-7B-Instruct's own preprocessor bounds: what vLLM's processor resizes with.
 CHECKPOINT_DEFAULT = (3136, 12_845_056)
-
-
-def picture(width: int, height: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def trl_prompt(processor, images: list) -> tuple[list[int], list]:
-    """The prompt ids and images TRL 1.16 hands ``VLLMGeneration.generate`` for one chat prompt."""
-    messages = build_messages("How many red objects?", n_images=len(images))
-    parts = iter(images)
-    for part in messages[1]["content"]:
-        if part["type"] == "image":
-            part["image"] = next(parts)
-    trainer = SimpleNamespace(
-        processing_class=processor,
-        _is_vlm=True,
-        environment_factories=None,
-        tools=None,
-        chat_template=None,
-        chat_template_kwargs={},
-    )
-    ids, trl_images, _ = GRPOTrainer._tokenize_prompts(trainer, [messages])
-    return list(ids[0]), trl_images
 
 
 class ColocatedVLLM:

@@ -14,19 +14,16 @@ import json
 import shutil
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
-from PIL import Image
-from trl import GRPOTrainer
 from trl.generation.vllm_generation import VLLMGeneration
 from vllm.config import ModelConfig
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.processing.context import TimingContext
 from vllm.multimodal.processing.inputs import ProcessorInputs
 
+from tests.helpers import picture, trl_prompt
 from tgrl.modeling import load_processor
 from tgrl.pixels import DEFAULT_BUDGET, fit_image
-from tgrl.prompts import build_messages
 from tgrl.tiny import build_tiny_checkpoint
 from tgrl.trl_compat import check_vllm_prompt_lengths, route_vllm_prompts
 
@@ -53,11 +50,6 @@ def checkpoints(tmp_path_factory):
     return {"tiny": tiny, "7b": seven_b}
 
 
-def picture(width: int, height: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
 def trainer_side(checkpoint, budget: str, n_images: int):
     """(processor, prompt ids, images) as TGRLTrainer's TRL hands them to VLLMGeneration.generate."""
     if budget == "tiny":
@@ -66,21 +58,8 @@ def trainer_side(checkpoint, budget: str, n_images: int):
     else:
         processor = load_processor(checkpoint, DEFAULT_BUDGET.min_pixels, DEFAULT_BUDGET.max_pixels)
         images = [fit_image(picture(*RAW_SIZES[seed], seed), DEFAULT_BUDGET) for seed in range(n_images)]
-    messages = build_messages("How many red objects?", n_images=n_images)
-    parts = iter(images)
-    for part in messages[1]["content"]:
-        if part["type"] == "image":
-            part["image"] = next(parts)
-    trainer = SimpleNamespace(
-        processing_class=processor,
-        _is_vlm=True,
-        environment_factories=None,
-        tools=None,
-        chat_template=None,
-        chat_template_kwargs={},
-    )
-    ids, trl_images, _ = GRPOTrainer._tokenize_prompts(trainer, [messages])
-    return processor, list(ids[0]), trl_images
+    ids, trl_images = trl_prompt(processor, images)
+    return processor, ids, trl_images
 
 
 class ProcessorEngine:
