@@ -75,6 +75,17 @@ def parse_printed(command: list[str]) -> str:
 
 # Every launcher with a DRY_RUN (scripts/_launch.sh, which they source, with them), and the environment
 # of its dry run: the printed commands must be ones the launched programs accept.
+SMOKE_SCRIPTS = [
+    "data_prep/build_tiny_model.py",
+    "data_prep/make_synthetic.py",
+    "data_prep/build_teacher_trajectories.py",
+    "data_prep/filter_trajectories.py",
+    "data_prep/build_teacher_trajectories.py",
+    "train/rl.py",
+    "train/rl.py",
+    "eval/run_lmms_eval.py",
+]
+
 DRY_RUNS = {
     "run_tgrl_7b.sh": ({}, ["train/rl.py"]),
     "run_grpo_7b.sh": (
@@ -88,19 +99,7 @@ DRY_RUNS = {
     ),
     "run_tiny.sh tgrl seed=1": ({"USE_ACCELERATE": "1", "NUM_PROCS": "2"}, ["train/rl.py"]),
     "run_tiny.sh base_direct_sft": ({}, ["train/sft.py"]),
-    "smoke_gpu.sh": (
-        {},
-        [
-            "data_prep/build_tiny_model.py",
-            "data_prep/make_synthetic.py",
-            "data_prep/build_teacher_trajectories.py",
-            "data_prep/filter_trajectories.py",
-            "data_prep/build_teacher_trajectories.py",
-            "train/rl.py",
-            "train/rl.py",
-            "eval/run_lmms_eval.py",
-        ],
-    ),
+    "smoke_gpu.sh": ({}, SMOKE_SCRIPTS),
 }
 
 
@@ -263,18 +262,6 @@ def test_checkpoint_size_is_said_and_smaller_modes_offered():
 
 def smoke(tmp_path, **env):
     return bash("smoke_gpu.sh", WORK=str(tmp_path / "smoke"), PY=sys.executable, **env)
-
-
-SMOKE_SCRIPTS = [
-    "data_prep/build_tiny_model.py",
-    "data_prep/make_synthetic.py",
-    "data_prep/build_teacher_trajectories.py",
-    "data_prep/filter_trajectories.py",
-    "data_prep/build_teacher_trajectories.py",
-    "train/rl.py",
-    "train/rl.py",
-    "eval/run_lmms_eval.py",
-]
 
 
 def smoke_commands(result) -> list[str]:
