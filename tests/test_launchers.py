@@ -443,7 +443,9 @@ def test_preflight_checks_the_driver_against_the_torch_cuda_build(tmp_path):
 
 def test_make_smoke_gpu_runs_the_smoke_script():
     """`make smoke_gpu` is the smoke script itself, with no install step in front (it runs in the GPU env)."""
-    result = subprocess.run(["make", "-n", "smoke_gpu"], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        ["make", "-n", "--no-print-directory", "smoke_gpu"], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines() == ["bash scripts/smoke_gpu.sh"]
 
