@@ -46,46 +46,35 @@ print("the prompt as the model sees it:", processor.tokenizer.decode(batch["inpu
 PY
 echo
 echo "== 3. the trajectory report: GRPO's and TGRL's own reasoning on a few test scenes, tokens coloured by s_t"
-# the inputs: the results folders of the protocol's --visual-dependency evaluations of the main runs
-mapfile -t REPORT_INPUTS < <($PY - "$OUT/summary.jsonl" "$OUT/runs.json" <<'PY'
+# report_inputs METRIC TASK REQUIRED: `--input METHOD=FOLDER` pairs for eval/report_trajectories.py, the
+# results folders of the main runs' evaluations that wrote METRIC on TASK (REQUIRED=1: every main run has one)
+report_inputs() {
+  $PY - "$OUT/summary.jsonl" "$OUT/runs.json" "$1" "$2" "$3" <<'PY'
 import json
 import sys
 
 from tgrl.utils import read_jsonl
 
-runs = {r["name"]: r["method"] for r in json.load(open(sys.argv[2])) if r["group"] == "main"}
+summary, runs_file, metric, task, required = sys.argv[1:6]
+runs = {r["name"]: r["method"] for r in json.load(open(runs_file)) if r["group"] == "main"}
 folders = {
     row["run"]: row["results_dir"]
-    for _, row in read_jsonl(sys.argv[1])
-    if row.get("run") in runs and row["metric"] == "vis_dep_reasoning" and row["task"] == "synthetic_test"
+    for _, row in read_jsonl(summary)
+    if row.get("run") in runs and row["metric"] == metric and row["task"] == task
 }
-if len(folders) < len(runs):
-    sys.exit(f"no --visual-dependency evaluation for {sorted(set(runs) - set(folders))} in {sys.argv[1]}")
+if required == "1" and len(folders) < len(runs):
+    sys.exit(f"no {metric} evaluation on {task} for {sorted(set(runs) - set(folders))} in {summary}")
 for run, folder in sorted(folders.items()):
     print("--input")
     print(f"{runs[run].upper()}={folder}")
 PY
-)
+}
+# the protocol's --visual-dependency evaluations of the main runs
+mapfile -t REPORT_INPUTS < <(report_inputs vis_dep_reasoning synthetic_test 1)
 $PY eval/report_trajectories.py --out "$OUT/report.html" "${REPORT_INPUTS[@]}" --max-samples 16 --seed 0
 echo
 echo "== 4. twin pairs: each test scene beside its twin (one object removed, recoloured or moved), same question"
-mapfile -t TWIN_INPUTS < <($PY - "$OUT/summary.jsonl" "$OUT/runs.json" <<'PY'
-import json
-import sys
-
-from tgrl.utils import read_jsonl
-
-runs = {r["name"]: r["method"] for r in json.load(open(sys.argv[2])) if r["group"] == "main"}
-folders = {
-    row["run"]: row["results_dir"]
-    for _, row in read_jsonl(sys.argv[1])
-    if row.get("run") in runs and row["metric"] == "twin_tracking" and row["task"] == "synthetic_test_twins"
-}
-for run, folder in sorted(folders.items()):
-    print("--input")
-    print(f"{runs[run].upper()}={folder}")
-PY
-)
+mapfile -t TWIN_INPUTS < <(report_inputs twin_tracking synthetic_test_twins 0)
 if [ "${#TWIN_INPUTS[@]}" -gt 0 ]; then
   $PY eval/report_trajectories.py --out "$OUT/twins.html" "${TWIN_INPUTS[@]}" --max-samples 24 --seed 0
 fi
