@@ -1,10 +1,10 @@
 """Plot the visual-dependency measures against the ground truth, one point per run (issue 18).
 
-    python eval/plot_grounding.py --summary committed=results/tiny/summary.jsonl \
+    python eval/plot_grounding.py --summary committed=results/tiny_v1/summary.jsonl \
         --summary demo=results/tiny_demo/summary.jsonl \
-        --json results/tiny/plots/grounding_vs_truth.json --out results/tiny/plots/grounding_vs_truth.png
-    python eval/plot_grounding.py --from-json results/tiny/plots/grounding_vs_truth.json \
-        --out results/tiny/plots/grounding_vs_truth.png      # redraw from the committed data
+        --json results/tiny_v1/plots/grounding_vs_truth.json --out results/tiny_v1/plots/grounding_vs_truth.png
+    python eval/plot_grounding.py --from-json results/tiny_v1/plots/grounding_vs_truth.json \
+        --out results/tiny_v1/plots/grounding_vs_truth.png      # redraw from the committed data
 
 Reads, per run, twin tracking and fact accuracy (ground truth) and the s_t measures (fact-token s_t of the
 common oracle text at the rollout temperature, own-reasoning s_t at T = 1) plus the expert fact-token p for

@@ -14,8 +14,8 @@
 # line per finished run) -> tables (OUT/tables) and training curves (OUT/plots).
 #
 # Overrides: PROTOCOL=train/tiny_protocol.yaml BASE_STEPS=700 N_TRAIN=3000 N_VAL=1000 N_TEST=1000 N_SHIFTED=1000
-#            JOBS=2 OUT=results/tiny WORK=checkpoints/tiny DATA=data/tiny
-#            SELECTED=results/tiny/selected.json DEMO_METHODS="grpo tgrl" (QUICK=1 only)
+#            JOBS=2 OUT=results/tiny WORK=checkpoints/tiny DATA=data/tiny STAGE=all (tune: stop after the selection)
+#            SELECTED=results/tiny_v1/selected.json DEMO_METHODS="grpo tgrl" (QUICK=1 only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -31,10 +31,11 @@ N_VAL=${N_VAL:-1000}
 N_TEST=${N_TEST:-1000}
 N_SHIFTED=${N_SHIFTED:-1000}
 JOBS=${JOBS:-2}
+STAGE=${STAGE:-all}
 OUT=${OUT:-results/tiny}
 WORK=${WORK:-checkpoints/tiny}
 DATA=${DATA:-data/tiny}
-SELECTED=${SELECTED:-results/tiny/selected.json}
+SELECTED=${SELECTED:-results/tiny_v1/selected.json}
 DEMO_METHODS=${DEMO_METHODS:-"grpo tgrl"}
 LOGS=$WORK/logs
 mkdir -p "$OUT" "$WORK" "$LOGS"
@@ -75,7 +76,9 @@ if [ "${QUICK:-0}" = "1" ]; then
     --selected "$SELECTED" --methods $DEMO_METHODS
 else
   say "5/6 the protocol: tuning on validation, the freeze, then the selected entries and ablations (8 seeds) on the sealed splits"
-  $PY scripts/run_protocol.py --protocol "$PROTOCOL" --work "$WORK" --data "$DATA" --out "$OUT" --jobs "$JOBS"
+  $PY scripts/run_protocol.py --protocol "$PROTOCOL" --work "$WORK" --data "$DATA" --out "$OUT" --jobs "$JOBS" \
+    --stage "$STAGE"
+  [ "$STAGE" = "all" ] || { say "stopped after stage '$STAGE' of the protocol (STAGE=all runs the rest)"; exit 0; }
 fi
 
 say "6/6 tables and training curves"
