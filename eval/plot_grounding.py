@@ -2,7 +2,8 @@
 
     python eval/plot_grounding.py --summary committed=results/tiny_v1/summary.jsonl \
         --summary demo=results/tiny_demo/summary.jsonl \
-        --json results/tiny_v1/plots/grounding_vs_truth.json --out results/tiny_v1/plots/grounding_vs_truth.png
+        --json results/tiny_v1/plots/grounding_vs_truth.json \
+        --out results/tiny_v1/plots/grounding_vs_truth.png
     python eval/plot_grounding.py --from-json results/tiny_v1/plots/grounding_vs_truth.json \
         --out results/tiny_v1/plots/grounding_vs_truth.png      # redraw from the committed data
 
