@@ -25,13 +25,28 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--reported", default="eval/reported.csv")
     ap.add_argument("--out", default="results/tables")
     ap.add_argument("--table", action="append", help="only this table (repeatable); default: all")
+    ap.add_argument(
+        "--task-alias",
+        action="append",
+        default=[],
+        metavar="SPEC_TASK=TASK",
+        help="read a column's task from another split (repeatable), e.g. synthetic_test=sealed_test",
+    )
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    bad = [a for a in args.task_alias if a.count("=") != 1 or "" in a.split("=")]
+    if bad:
+        print(
+            f"error: --task-alias {bad}: expected SPEC_TASK=TASK, e.g. synthetic_test=sealed_test",
+            file=sys.stderr,
+        )
+        return 2
+    aliases = dict(a.split("=") for a in args.task_alias)
     try:
-        write_tables(args.summary, args.tables, args.reported, args.out, args.table)
+        write_tables(args.summary, args.tables, args.reported, args.out, args.table, aliases)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--suite", default="tiny")
-    p.add_argument("--limit", type=int, default=None, help="first N problems (tests)")
+    p.add_argument("--limit", type=int, default=None, help="first N problems (protocol, tests)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--temperature", type=float, default=1.0, help="score under logits / T (default 1)")
     p.add_argument(

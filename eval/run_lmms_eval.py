@@ -41,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run name (default: from the checkpoint folder)")
     p.add_argument("--method", help="method key (base, grpo, tgrl, ...; default: the run name)")
     p.add_argument("--seed", type=int, help="training seed of the run (a label, not the sampling seed)")
-    p.add_argument("--limit", type=int, help="first N documents per task (tests and smoke runs only)")
+    p.add_argument(
+        "--limit",
+        type=int,
+        help="first N documents per task (the protocol's secondary measures, tests, smoke runs)",
+    )
     p.add_argument("--force", action="store_true", help="redo tasks the summary already has")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
     g = p.add_argument_group("settings that move scores (defaults: the suite's, then the built-in ones)")

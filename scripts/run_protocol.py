@@ -224,17 +224,20 @@ class Runner:
         if final:
             test_task, test_file = next(iter(tasks.items()))
             test = ["--jsonl", f"{test_task}={test_file}"]
+            limits = self.protocol.final_eval  # the secondary measures read the first N items (None: all)
+            grounding = _limit(limits["grounding_items"])
             # grounding of the checkpoint's own greedy reasoning: its own settings key, so the greedy rows
             # above stay valid and are not recomputed (its acc rows repeat theirs: same greedy responses)
-            commands.append([*evaluation, *test, "--visual-dependency", *ident])
+            commands.append([*evaluation, *test, "--visual-dependency", *grounding, *ident])
             if not self.quick:  # sampled behaviour: mean accuracy of 8 samples at T=1 (test split)
-                commands.append([*evaluation, *test, "--decoding", "avg@8", *ident])
+                avg = _limit(limits["avg_items"])
+                commands.append([*evaluation, *test, "--decoding", "avg@8", *avg, *ident])
             for task, path in tasks.items():  # each split's counterfactual twins (make_synthetic --twins,
                 twins = path.with_name(f"{path.stem}_twins.jsonl")  # build_sealed_splits): grounding
                 commands.append([*evaluation, "--jsonl", f"{task}_twins={twins}", *ident])
             commands.append([*evaluation, *test, "--blind", *ident])
             probe = ["eval/probe_expert_tokens.py", "--model", checkpoint, "--jsonl", test_file]
-            probe += ["--task", test_task, *ident[2:]]
+            probe += ["--task", test_task, *grounding, *ident[2:]]
             commands.append(probe)
             commands.append([*probe, "--temperature", temperature, "--fact-dependency"])
         # one process for all of them: the imports (~30 s on 2 cores) once, not once per command
@@ -409,6 +412,10 @@ def demo(protocol: Protocol, runner: Runner, args: argparse.Namespace, t0: float
     say(t0, "done")
 
 
+def _limit(items: int | None) -> list[str]:
+    return [] if items is None else ["--limit", str(items)]
+
+
 def _kv(overrides: dict) -> list[str]:
     return [f"{key}={value}" for key, value in overrides.items()]
 
@@ -543,6 +550,7 @@ def seal(protocol: Protocol, runner: Runner, args: argparse.Namespace, t0: float
         int(spec["seed"]),
         int(spec["n_test"]),
         int(spec["n_shifted"]),
+        spec.get("twin_sources"),
     )
     prereg = protocol.raw.get("preregistration")
     manifest = freeze(

@@ -252,6 +252,55 @@ def test_demo_mode_skips_avg8_and_the_bases_validation(tmp_path, monkeypatch):
         assert ("synthetic_val" in splits) is not quick and {"synthetic_test", "synthetic_shifted"} <= splits
 
 
+def test_final_eval_limits_reach_the_secondary_measures_only(tmp_path, monkeypatch):
+    """final_eval: grounding (--visual-dependency, both probes) and avg@8 read the first N test items; the
+    primary greedy accuracy, the twin splits and the blind control (the multimodal gain's partner is the
+    full greedy evaluation) read every item. Bad values name the key and the fix."""
+    import importlib
+
+    module = importlib.import_module("scripts.run_protocol")
+    protocol = write(tmp_path, {**SPEC, "final_eval": {"grounding_items": 1000, "avg_items": 250}})
+    calls: list[list[str]] = []
+    runner = module.Runner(protocol, tmp_path / "w", tmp_path / "d", tmp_path / "out")
+    monkeypatch.setattr(runner, "sh", record_commands(calls))
+    runner.base()
+
+    def limit(c):
+        return c[c.index("--limit") + 1] if "--limit" in c else None
+
+    by_kind = {}
+    for c in calls:
+        kind = (
+            ("probe_s" if "--fact-dependency" in c else "probe")
+            if c[1].endswith("probe_expert_tokens.py")
+            else (
+                "visdep"
+                if "--visual-dependency" in c
+                else "avg"
+                if "--decoding" in c
+                else "blind"
+                if "--blind" in c
+                else "twins"
+                if any(a.endswith("_twins.jsonl") for a in c)
+                else "greedy"
+            )
+        )
+        by_kind.setdefault(kind, set()).add(limit(c))
+    assert by_kind == {
+        "greedy": {None},
+        "twins": {None},
+        "blind": {None},
+        "visdep": {"1000"},
+        "avg": {"250"},
+        "probe": {"1000"},
+        "probe_s": {"1000"},
+    }
+    assert write(tmp_path, SPEC).final_eval == {"grounding_items": None, "avg_items": None}
+    for bad in ({"grounding_items": 0}, {"avg_item": 250}):
+        with pytest.raises(UserError, match="final_eval"):
+            write(tmp_path, {**SPEC, "final_eval": bad})
+
+
 def test_run_counts_and_the_wall_time_arithmetic(tmp_path):
     """plan_counts and estimate_minutes on recorded rows with round numbers: the sum over every training
     and scoring, divided by the jobs."""

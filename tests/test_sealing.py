@@ -54,6 +54,21 @@ def test_sealed_splits_are_new_and_disjoint_from_every_earlier_split(datasets):
         build_sealed_splits(datasets / "other", source, seed=0, n_test=5, n_shifted=5)
 
 
+def test_twins_of_the_first_sources_only(datasets, tmp_path):
+    """twin_sources: the twin split holds the first N scenes of the sealed split (in order) and their
+    twins, and the argument is part of the manifest (other N: another folder)."""
+    source, sealed = datasets / "synthetic", tmp_path / "sealed"
+    build_sealed_splits(sealed, source, seed=7, n_test=30, n_shifted=30, n_twin_sources=10)
+    for split in ("test", "shifted"):
+        first = [row["id"] for _, row in read_jsonl(sealed / f"{split}.jsonl")][:10]
+        twins = [row for _, row in read_jsonl(sealed / f"{split}_twins.jsonl")]
+        assert [t["meta"]["twin"]["source"] for t in twins if t["meta"]["twin"]["kind"] == "source"] == first
+        assert {t["meta"]["twin"]["source"] for t in twins} == set(first) and len(twins) > 10
+    assert (sealed / "test.jsonl").read_bytes() == (datasets / "sealed" / "test.jsonl").read_bytes()
+    with pytest.raises(UserError, match="never regenerated in place"):
+        build_sealed_splits(sealed, source, seed=7, n_test=30, n_shifted=30, n_twin_sources=20)
+
+
 def write_selection(path, lr):
     path.write_text(json.dumps({"selected": {"grpo": 1}, "entries": {"grpo": {"learning_rate": lr}}}))
 

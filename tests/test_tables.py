@@ -279,6 +279,24 @@ def test_latest_row_wins_by_time_then_line(tmp_path: Path) -> None:
     assert c.runs == ["r1", "r2"] and c.values == [0.2, 0.5]
 
 
+def test_a_subset_row_never_replaces_a_full_split_row(tmp_path: Path) -> None:
+    """The protocol's grounding evaluation repeats the greedy accuracy on the first N items, after the
+    full-split evaluation: the later subset row must not become the cell (nor does it when it is earlier)."""
+    base = {"method": "tgrl", "task": "sealed_test", "metric": "acc", "decoding": "greedy", "suite": "tiny"}
+    lines = [
+        {**base, "run": "r1", "seed": 1, "value": 0.70, "n": 4000, "limit": None},
+        {**base, "run": "r1", "seed": 1, "value": 0.60, "n": 1000, "limit": 1000},  # later, subset
+        {**base, "run": "r2", "seed": 2, "value": 0.50, "n": 1000, "limit": 1000},  # earlier, subset
+        {**base, "run": "r2", "seed": 2, "value": 0.80, "n": 4000},
+        {**base, "run": "r3", "seed": 3, "value": 0.40, "n": 1000, "limit": 1000},  # only a subset: used
+    ]
+    p = tmp_path / "summary.jsonl"
+    p.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    spec = {"title": "t", "columns": [{"task": "sealed_test", "metric": "acc"}], "rows": [{"method": "tgrl"}]}
+    c = mt.build_table("t", spec, mt.load_summary([str(p)]), []).rows[0].cells[0]
+    assert c.runs == ["r1", "r2", "r3"] and c.values == [0.70, 0.80, 0.40]
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -340,6 +358,30 @@ def test_cli_missing_summary_exits_2_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert str(missing) in proc.stderr and "not found" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_task_alias_reads_the_same_table_from_the_sealed_splits(tmp_path: Path, capsys) -> None:
+    """--task-alias synthetic_test=sealed_test: the repo's tiny_headline columns read the sealed rows (the
+    synthetic_test rows beside them are ignored) and the protocol line says so; a malformed alias exits 2."""
+    rows = []
+    for seed, (sealed, old) in enumerate([(0.61, 0.9), (0.63, 0.9)]):
+        common = {"run": f"tgrl_s{seed}", "method": "tgrl", "seed": seed, "metric": "acc", "n": 4000}
+        common.update(decoding="greedy", suite="tiny")
+        rows += [
+            {**common, "task": "sealed_test", "value": sealed},
+            {**common, "task": "synthetic_test", "value": old},
+        ]
+    summary = tmp_path / "summary.jsonl"
+    summary.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["--summary", str(summary), "--out", str(tmp_path / "o"), "--table", "tiny_headline"]
+    assert make_tables.main([*args, "--task-alias", "synthetic_test=sealed_test"]) == 0
+    csv_rows = read_csv(tmp_path / "o" / "tiny_headline.csv")
+    assert [(r["task"], float(r["ours_mean"])) for r in csv_rows if r["method"] == "tgrl"] == [
+        ("sealed_test", 62.0)
+    ]
+    assert "Splits: synthetic_test as sealed_test." in (tmp_path / "o" / "tiny_headline.md").read_text()
+    assert make_tables.main([*args, "--task-alias", "synthetic_test"]) == 2
+    assert "expected SPEC_TASK=TASK" in capsys.readouterr().err
 
 
 def test_repo_tables_spec_with_fixture_summary(tmp_path: Path) -> None:

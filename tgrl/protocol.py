@@ -66,6 +66,12 @@ def _fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+# How many items of the (first) test split the final evaluation's secondary measures read (None: all). The
+# primary accuracy is always scored on every item; the blind control too, as its partner for the
+# multimodal gain is that full greedy evaluation.
+FINAL_EVAL_LIMITS: dict[str, int | None] = {"grounding_items": None, "avg_items": None}
+
+
 @dataclass
 class Protocol:
     """The parsed protocol file."""
@@ -80,7 +86,8 @@ class Protocol:
     recipes: Path  # folder of the methods' recipes
     tuning_seeds: list[int] = field(default_factory=list)  # seeds of every grid entry (default: seeds[0])
     selection_tasks: dict[str, str] = field(default_factory=lambda: {SELECTION_TASK: "synthetic/val.jsonl"})
-    sealed: dict[str, Any] | None = None  # {seed, n_test, n_shifted, folder}: tgrl/sealing.py
+    sealed: dict[str, Any] | None = None  # {seed, n_test, n_shifted, twin_sources, folder}: tgrl/sealing.py
+    final_eval: dict[str, int | None] = field(default_factory=lambda: dict(FINAL_EVAL_LIMITS))
     train_sets: dict[str, list[str]] = field(default_factory=lambda: {"experts": []})  # name -> filter flags
     raw: dict[str, Any] = field(default_factory=dict)  # the whole file (optional sections: sealed, ...)
 
@@ -141,6 +148,14 @@ def load_protocol(path: str | Path) -> Protocol:
         if missing:
             raise UserError(f"{where}: sealed needs {missing} (a new generator seed and the split sizes)")
         sealed = {"folder": "sealed", **sealed}
+    final_eval = dict(FINAL_EVAL_LIMITS)
+    for key, value in (raw.get("final_eval") or {}).items():
+        if key not in FINAL_EVAL_LIMITS or not (value is None or (isinstance(value, int) and value > 0)):
+            raise UserError(
+                f"{where}: final_eval.{key}: {value!r}. Fix: keys {sorted(FINAL_EVAL_LIMITS)}, each a "
+                "positive item count or null (all items)"
+            )
+        final_eval[key] = value
     return Protocol(
         path=path,
         budget_steps=budget,
@@ -153,6 +168,7 @@ def load_protocol(path: str | Path) -> Protocol:
         tuning_seeds=tuning_seeds,
         selection_tasks={str(k): str(v) for k, v in selection_tasks.items()},
         sealed=sealed,
+        final_eval=final_eval,
         train_sets=train_sets,
         raw=raw,
     )

@@ -384,12 +384,15 @@ def build_dataset(
 SEALED_SPLITS = ("test", "shifted")
 
 
-def build_sealed_splits(out: Path, source: Path, seed: int, n_test: int, n_shifted: int) -> dict:
+def build_sealed_splits(
+    out: Path, source: Path, seed: int, n_test: int, n_shifted: int, n_twin_sources: int | None = None
+) -> dict:
     """Sealed test and shifted splits (``OUT/test.jsonl``, ``OUT/shifted.jsonl`` + images +
     ``OUT/manifest.json``) from generator ``seed``, which no split of the ``source`` dataset used, and
     disjoint from every item of it (train, val, test, shifted). The protocol scores them once, after the
     selection is frozen (tgrl/sealing.py). Each also gets its counterfactual twin split
-    (``OUT/<split>_twins.jsonl``, :func:`twin_split`); every JSONL file in OUT is sealed.
+    (``OUT/<split>_twins.jsonl``, :func:`twin_split`) of its first ``n_twin_sources`` scenes (default: all);
+    every JSONL file in OUT is sealed.
     Same arguments: byte-identical files, and a rerun is a no-op; other arguments need a new OUT."""
     source_manifest = source / "manifest.json"
     if not source_manifest.is_file():
@@ -407,6 +410,8 @@ def build_sealed_splits(out: Path, source: Path, seed: int, n_test: int, n_shift
         "source_manifest_sha256": sha256_file(source_manifest),
         "twins": True,
     }
+    if n_twin_sources is not None:  # absent from older manifests: their arguments still match
+        args["n_twin_sources"] = n_twin_sources
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
@@ -430,7 +435,7 @@ def build_sealed_splits(out: Path, source: Path, seed: int, n_test: int, n_shift
         counts[split] = {"n": len(items)}
         files[f"{split}.jsonl"] = sha256_file(out / f"{split}.jsonl")
         # the grounding measures' counterfactual twins of the sealed split (the protocol scores them with it)
-        twins = twin_split(f"sealed_{split}", items, seed, exclude=seen, **kwargs)
+        twins = twin_split(f"sealed_{split}", items[:n_twin_sources], seed, exclude=seen, **kwargs)
         seen |= {record_key(r) for r, _ in twins}
         (out / "images" / f"sealed_{split}_twins").mkdir(parents=True, exist_ok=True)
         for record, image in twins:

@@ -23,7 +23,8 @@ results/summary.jsonl (written by eval/run_lmms_eval.py, one JSON object per lin
 
 Required: run, method, task, metric, value (finite number), n (int >= 0). The rest is type-checked when
 present. If the same (run, task, metric) appears more than once among the rows a table selects, the latest
-row wins: the greatest `time`, then the later line (the runner appends, so a rerun replaces an old score).
+row wins: the greatest `time`, then the later line (the runner appends, so a rerun replaces an old score),
+except that a row scored on the first N items (`limit`) never replaces one scored on the whole split.
 
 Tables (eval/tables.yaml; its header lists the task/metric names and method names):
   * ours: the rows of a table row's method (after the table's filter), one value per run; with several runs
@@ -357,11 +358,17 @@ class Table:
 
 
 def latest_per_run(rows: list[Row]) -> dict[tuple[str, str, str, str], Row]:
-    """The latest row of each (run, task, metric, decoding): the greatest time, then the later line."""
+    """The latest row of each (run, task, metric, decoding): the greatest time, then the later line. A row
+    scored on the first N items only (``limit``) never replaces one scored on the whole split: the protocol's
+    grounding evaluation repeats the greedy accuracy on a subset, after the full-split evaluation."""
     latest: dict[tuple[str, str, str, str], Row] = {}
+
+    def rank(r: Row) -> tuple:
+        return (r.record.get("limit") is None, r.order)
+
     for r in rows:
         key = (r.record["run"], r.record["task"], r.record["metric"], str(r.record.get("decoding")))
-        if key not in latest or r.order > latest[key].order:
+        if key not in latest or rank(r) > rank(latest[key]):
             latest[key] = r
     return latest
 
@@ -729,12 +736,31 @@ def _shown_path(path: str | Path) -> str:
     return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else str(path)
 
 
+def with_task_aliases(spec: dict, aliases: dict[str, str]) -> dict:
+    """The table spec with each column's task renamed by ``aliases`` (the same table read from other splits,
+    e.g. synthetic_test -> sealed_test), the renaming stated in the protocol line."""
+    if not aliases:
+        return spec
+    columns = [{**c, "task": aliases.get(c["task"], c["task"])} for c in spec["columns"]]
+    renamed = ", ".join(f"{a} as {b}" for a, b in aliases.items())
+    protocol = f"{spec.get('protocol', '').strip()} Splits: {renamed}.".strip()
+    return {**spec, "columns": columns, "protocol": protocol}
+
+
 def write_tables(
-    summary_paths: list[str], tables_path: str, reported_path: str, out: str | Path, names: list[str] | None
+    summary_paths: list[str],
+    tables_path: str,
+    reported_path: str,
+    out: str | Path,
+    names: list[str] | None,
+    task_aliases: dict[str, str] | None = None,
 ) -> None:
     """Render the named tables of ``tables_path`` (default: all) to ``out/<name>.{md,csv,tex}``, one line
-    per table on stdout. Input errors raise :class:`InputError` before anything is written."""
-    tables = load_tables(tables_path)
+    per table on stdout; ``task_aliases`` renames the columns' tasks (:func:`with_task_aliases`). Input
+    errors raise :class:`InputError` before anything is written."""
+    tables = {
+        name: with_task_aliases(spec, task_aliases or {}) for name, spec in load_tables(tables_path).items()
+    }
     summary = add_derived_rows(load_summary(summary_paths))
     reported = load_reported(reported_path)
     names = names or list(tables)
