@@ -10,19 +10,25 @@ The first writes OUT/tiny_registered.{md,csv}: per registered comparison the eff
 difference) with its 95% interval, p, Holm's p and the verdict. ``--mdd`` prints, per comparison, the
 measured spread of paired differences in an earlier summary (``--alias`` maps a registered task to the
 task those rows used) and the minimal detectable difference at the registered seeds, as YAML for the
-pre-registration's ``power_analysis`` section.
+pre-registration's ``power_analysis`` section. With ``--items N --disagreement-samples FILE...`` it adds, per
+comparison, the spread and the MDD projected to a split of N items (``registered.projected_sd``: the share
+of items on which two checkpoints differ, measured from their per-item samples, sets the split's part of
+the spread).
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import yaml
 
 from tgrl.evaluation.registered import (
     evaluate,
+    item_disagreement,
     load_preregistration,
     minimal_detectable_difference,
+    projected_sd,
     render,
     seeds_for,
     spread_table,
@@ -38,6 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/tiny/tables")
     p.add_argument("--mdd", action="store_true", help="print the power analysis instead of the table")
     p.add_argument("--alias", action="append", default=[], help="REGISTERED_TASK=SUMMARY_TASK (with --mdd)")
+    p.add_argument("--items", type=int, help="with --mdd: project the spread to a split of this many items")
+    p.add_argument(
+        "--items-from", type=int, default=1000, help="items of the splits the spread was measured on"
+    )
+    p.add_argument(
+        "--disagreement-samples",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="with --items: samples.jsonl of several checkpoints on one split (their item disagreement)",
+    )
     return p
 
 
@@ -58,6 +75,31 @@ def pooled(prereg, rows: list[dict]) -> list[dict]:
     return out
 
 
+def project(prereg, rows: list[dict], args: argparse.Namespace) -> dict:
+    """Adds sd_at_N, mdd_at_N and seeds_for_2pt_at_N to every row with a spread; returns the measured item
+    disagreement it used."""
+    if not args.disagreement_samples:
+        raise UserError(
+            "--items needs --disagreement-samples (per-item samples of 2+ checkpoints on one split)"
+        )
+    share, pairs = item_disagreement(args.disagreement_samples)
+    alpha = prereg.alpha / len(prereg.comparisons)
+    n = args.items
+    for row in rows:
+        if "sd" in row:
+            sd = projected_sd(row["sd"], share, args.items_from, n)
+            row[f"sd_at_{n}"] = sd
+            row[f"mdd_at_{n}"] = minimal_detectable_difference(len(prereg.seeds), sd, alpha, prereg.power)
+            row[f"seeds_for_2pt_at_{n}"] = seeds_for(2.0, sd, alpha, prereg.power)
+    return {
+        "disagreement": float(f"{share:.4g}"),
+        "checkpoint_pairs": pairs,
+        "items_from": args.items_from,
+        "items_to": n,
+        "samples": [str(p) for p in args.disagreement_samples],
+    }
+
+
 @cli
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
@@ -66,14 +108,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.mdd:
             aliases = dict(a.split("=", 1) for a in args.alias)
             rows = spread_table(prereg, args.summary, aliases)
-            for row in rows:
-                for key in ("sd", "mdd", "alpha"):
+            report = {"power_analysis": rows, "pooled": pooled(prereg, rows)}
+            if args.items:
+                report["item_noise"] = project(prereg, rows + report["pooled"], args)
+            for row in rows + report["pooled"]:
+                for key in ("sd", "mdd", "alpha", f"sd_at_{args.items}", f"mdd_at_{args.items}"):
                     if key in row:
                         row[key] = float(f"{row[key]:.4g}")
-            print(
-                yaml.safe_dump({"power_analysis": rows, "pooled": pooled(prereg, rows)}, sort_keys=False),
-                end="",
-            )
+            print(yaml.safe_dump(report, sort_keys=False), end="")
             return
         results = evaluate(prereg, args.summary)
     except InputError as err:

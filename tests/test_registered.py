@@ -12,9 +12,11 @@ import yaml
 from tgrl.evaluation.registered import (
     evaluate,
     holm,
+    item_disagreement,
     load_preregistration,
     minimal_detectable_difference,
     paired_t_test,
+    projected_sd,
     render,
     seeds_for,
     spread_table,
@@ -112,7 +114,7 @@ def test_registered_table_from_a_summary(tmp_path):
     assert evaluate(prereg, [str(summary)])[0].verdict == "resolved"
 
 
-def test_power_analysis_uses_the_measured_paired_spread(tmp_path):
+def test_power_analysis_uses_the_measured_paired_spread(tmp_path, capsys):
     summary = tmp_path / "summary.jsonl"
     data = rows("grpo", [0.60, 0.61, 0.62], task="synthetic_test")
     data += rows("tgrl", [0.61, 0.63, 0.65], task="synthetic_test")
@@ -129,6 +131,32 @@ def test_power_analysis_uses_the_measured_paired_spread(tmp_path):
         math.sqrt(2) * 2.0
     )  # one luffy seed: sqrt(2) x tgrl SD
     assert table["grounding"]["source"] == "metric TBD"
+
+    # the CLI's projection to a larger split: the item disagreement of the given samples sets the item part
+    from eval import registered_comparisons
+
+    samples = []
+    for name, correct in (("a", [1, 0, 1, 0]), ("b", [1, 1, 1, 0])):
+        samples.append(tmp_path / f"{name}.jsonl")
+        samples[-1].write_text(
+            "".join(json.dumps({"doc_id": i, "acc": v}) + "\n" for i, v in enumerate(correct))
+        )
+    args = [
+        "--prereg",
+        str(path),
+        "--summary",
+        str(summary),
+        "--mdd",
+        "--alias",
+        "sealed_test=synthetic_test",
+    ]
+    registered_comparisons.main(
+        [*args, "--items", "4", "--items-from", "2", "--disagreement-samples", *map(str, samples)]
+    )
+    report = yaml.safe_load(capsys.readouterr().out)
+    assert report["item_noise"]["disagreement"] == 0.25 and report["item_noise"]["checkpoint_pairs"] == 1
+    row = {r["id"]: r for r in report["power_analysis"]}["tgrl_vs_grpo"]
+    assert row["sd_at_4"] == pytest.approx(projected_sd(1.0, 0.25, 2, 4), rel=1e-3)  # floored model part
 
 
 @pytest.mark.parametrize(
@@ -159,3 +187,50 @@ def test_the_committed_draft_preregistration_loads():
     for other in needed:
         needed_id = f"tgrl_vs_{other}"
         assert {f"{needed_id}_test", f"{needed_id}_shifted"} <= ids
+
+
+def test_projected_sd_by_hand():
+    # sd 2 points at 1,000 items, disagreement 0.25: item part 100^2 * 0.25 / 1000 = 2.5, model part 1.5
+    assert projected_sd(2.0, 0.25, 1000, 4000) == pytest.approx(math.sqrt(1.5 + 0.625))
+    assert projected_sd(2.0, 0.25, 1000, 1000) == pytest.approx(2.0)
+    assert projected_sd(1.0, 0.25, 1000, 4000) == pytest.approx(math.sqrt(0.625))  # model part floored at 0
+
+
+def test_projected_sd_matches_a_simulation():
+    """Checkpoint pairs whose per-item correctness is drawn around item difficulties, with a seed-level shift
+    of their difference (the model part): the SD of paired differences over many seeds on a fixed 4,000-item
+    split is what projected_sd predicts from the same experiment on a fixed 1,000-item split."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    seeds = 600
+
+    def experiment(n_items):
+        q = rng.uniform(0.2, 0.8, n_items)  # the split, fixed across seeds
+        shift = rng.normal(0.0, 0.01, seeds)  # the seed-level difference between the two methods
+        a = rng.random((seeds, n_items)) < q
+        b = rng.random((seeds, n_items)) < (q - shift[:, None])
+        diffs = 100 * (a.mean(1) - b.mean(1))
+        return diffs.std(ddof=1), (a != b).mean()
+
+    sd_1000, share = experiment(1000)
+    sd_4000, _ = experiment(4000)
+    assert projected_sd(sd_1000, share, 1000, 4000) == pytest.approx(sd_4000, rel=0.1)
+    assert sd_4000 < 0.75 * sd_1000  # the item part dominates here: the projection is not a no-op
+
+
+def test_item_disagreement_by_hand(tmp_path):
+    paths = []
+    for name, correct in (("a", [1, 0, 1, 0]), ("b", [1, 1, 1, 0]), ("c", [0, 0, 0, 0])):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(
+            "".join(json.dumps({"doc_id": i, "acc": float(v)}) + "\n" for i, v in enumerate(correct))
+        )
+        paths.append(path)
+    assert item_disagreement(paths) == (pytest.approx((1 / 4 + 2 / 4 + 3 / 4) / 3), 3)
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"doc_id": 9, "acc": 1.0}) + "\n")
+    with pytest.raises(UserError, match="different items"):
+        item_disagreement([paths[0], other])
+    with pytest.raises(UserError, match="at least 2"):
+        item_disagreement(paths[:1])

@@ -16,7 +16,7 @@ from typing import Any
 from scipy import stats
 
 from tgrl.evaluation.tables import Row, latest_per_run, load_summary
-from tgrl.utils import UserError, load_yaml_mapping
+from tgrl.utils import UserError, load_yaml_mapping, read_jsonl
 
 STATUSES = ("draft", "final")
 
@@ -311,3 +311,42 @@ def spread_table(
         row.update(sd=sd, source=source, mdd=mdd, seeds_for_2pt=seeds_for(2.0, sd, alpha, prereg.power))
         out.append(row)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the split size's share of the spread
+
+
+def item_disagreement(sample_files: list[Path], metric: str = "acc") -> tuple[float, int]:
+    """The mean, over every pair of the given per-item result files (``samples.jsonl`` of different
+    checkpoints on the same split, matched by ``doc_id``), of the share of items whose ``metric`` differs;
+    and the number of pairs."""
+    scored = []
+    for path in sample_files:
+        rows = {row["doc_id"]: float(row[metric]) for _, row in read_jsonl(path) if metric in row}
+        if not rows:
+            raise UserError(f"{path}: no per-item {metric!r}. Fix: pass the samples.jsonl of an evaluation")
+        scored.append((path, rows))
+    if len(scored) < 2:
+        raise UserError("item disagreement needs the samples of at least 2 checkpoints")
+    shares = []
+    for i, (path_a, a) in enumerate(scored):
+        for path_b, b in scored[i + 1 :]:
+            if set(a) != set(b):
+                raise UserError(f"{path_a} and {path_b} score different items: not the same split")
+            shares.append(sum(a[k] != b[k] for k in a) / len(a))
+    return sum(shares) / len(shares), len(shares)
+
+
+def projected_sd(
+    sd: float, disagreement: float, items_from: int, items_to: int, scale: float = 100.0
+) -> float:
+    """The SD of paired differences on a split of ``items_to`` items, from ``sd`` measured on ``items_from``.
+
+    A measured difference is the two checkpoints' difference on the whole distribution plus the items'
+    sampling noise, of variance ``disagreement / items`` (items where exactly one is right count +-1, their
+    signs balanced): sd^2 = sd_model^2 + scale^2 d / N. The model part is kept (at least 0) and the item
+    part rescaled."""
+    item_var = scale * scale * disagreement
+    model_var = max(sd * sd - item_var / items_from, 0.0)
+    return math.sqrt(model_var + item_var / items_to)
