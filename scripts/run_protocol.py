@@ -235,7 +235,10 @@ class Runner:
             for task, path in tasks.items():  # each split's counterfactual twins (make_synthetic --twins,
                 twins = path.with_name(f"{path.stem}_twins.jsonl")  # build_sealed_splits): grounding
                 commands.append([*evaluation, "--jsonl", f"{task}_twins={twins}", *ident])
-            commands.append([*evaluation, *test, "--blind", *ident])
+            blind = _limit(limits["blind_items"])
+            if blind:  # the multimodal gain pairs the blind rows with a sighted evaluation of the same items
+                commands.append([*evaluation, *test, *blind, *ident])
+            commands.append([*evaluation, *test, "--blind", *blind, *ident])
             probe = ["eval/probe_expert_tokens.py", "--model", checkpoint, "--jsonl", test_file]
             probe += ["--task", test_task, *grounding, *ident[2:]]
             commands.append(probe)

@@ -253,13 +253,15 @@ def test_demo_mode_skips_avg8_and_the_bases_validation(tmp_path, monkeypatch):
 
 
 def test_final_eval_limits_reach_the_secondary_measures_only(tmp_path, monkeypatch):
-    """final_eval: grounding (--visual-dependency, both probes) and avg@8 read the first N test items; the
-    primary greedy accuracy, the twin splits and the blind control (the multimodal gain's partner is the
-    full greedy evaluation) read every item. Bad values name the key and the fix."""
+    """final_eval: grounding (--visual-dependency, both probes), avg@8 and the blind control read the first N
+    test items, the blind control beside a sighted greedy evaluation of the same items (the multimodal
+    gain's partner); the primary greedy accuracy and the twin splits read every item. Bad values name the
+    key and the fix."""
     import importlib
 
     module = importlib.import_module("scripts.run_protocol")
-    protocol = write(tmp_path, {**SPEC, "final_eval": {"grounding_items": 1000, "avg_items": 250}})
+    limits = {"grounding_items": 1000, "avg_items": 250, "blind_items": 500}
+    protocol = write(tmp_path, {**SPEC, "final_eval": limits})
     calls: list[list[str]] = []
     runner = module.Runner(protocol, tmp_path / "w", tmp_path / "d", tmp_path / "out")
     monkeypatch.setattr(runner, "sh", record_commands(calls))
@@ -287,15 +289,19 @@ def test_final_eval_limits_reach_the_secondary_measures_only(tmp_path, monkeypat
         )
         by_kind.setdefault(kind, set()).add(limit(c))
     assert by_kind == {
-        "greedy": {None},
+        "greedy": {None, "500"},  # the full split, and the sighted partner of the limited blind control
         "twins": {None},
-        "blind": {None},
+        "blind": {"500"},
         "visdep": {"1000"},
         "avg": {"250"},
         "probe": {"1000"},
         "probe_s": {"1000"},
     }
-    assert write(tmp_path, SPEC).final_eval == {"grounding_items": None, "avg_items": None}
+    assert write(tmp_path, SPEC).final_eval == {
+        "grounding_items": None,
+        "avg_items": None,
+        "blind_items": None,
+    }
     for bad in ({"grounding_items": 0}, {"avg_item": 250}):
         with pytest.raises(UserError, match="final_eval"):
             write(tmp_path, {**SPEC, "final_eval": bad})
