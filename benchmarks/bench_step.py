@@ -111,6 +111,7 @@ class StepProbe:
             self.current["len_expert"] = lengths[is_expert.bool()].mean().item()
             self.current["rows_expert"] = float(is_expert.sum().item())
         self.current["padded_width"] = float(mask.size(1))
+        self.current["prompt_width"] = float(out["prompt_ids"].size(1))  # every row carries its whole prompt
         self.current["rows"] = float(mask.size(0))
 
     def _close_step(self) -> None:
@@ -126,6 +127,47 @@ class StepProbe:
         self.records.append(record)
         self.current.clear()
         self._last = now
+
+
+class OpProfile:
+    """torch.profiler over the timed steps (after ``warmup``): self CPU time per op, and the time outside any
+    op (Python, tokenization, logging). Says whether a step is bound by arithmetic or by overhead."""
+
+    def __init__(self, trainer, warmup: int) -> None:
+        from torch.profiler import ProfilerActivity, profile
+        from transformers import TrainerCallback
+
+        self.prof = profile(activities=[ProfilerActivity.CPU])
+        self.started = False
+        profiler = self
+
+        class _Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == warmup and not profiler.started:
+                    profiler.prof.start()
+                    profiler.started = True
+
+            def on_train_end(self, args, state, control, **kwargs):
+                if profiler.started:
+                    profiler.prof.stop()
+
+        trainer.add_callback(_Callback())
+
+    def top(self, steps: int, n: int = 12) -> dict[str, Any]:
+        events = self.prof.key_averages()
+        ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
+        in_ops = sum(e.self_cpu_time_total for e in events) / 1e6
+        return {
+            "op_seconds_per_step": in_ops / steps,
+            "top": [
+                {
+                    "op": e.key,
+                    "calls_per_step": e.count / steps,
+                    "self_s_per_step": e.self_cpu_time_total / 1e6 / steps,
+                }
+                for e in ops[:n]
+            ],
+        }
 
 
 def stock_config_file(recipe: Path, out: Path) -> Path:
@@ -195,6 +237,7 @@ def child_main(args: argparse.Namespace) -> None:
             model, rewards, args=training_args, train_dataset=dataset, processing_class=processor
         )
     probe = StepProbe(trainer)
+    profiler = OpProfile(trainer, args.warmup) if args.profile else None
     trainer.train()
     result = {
         "method": args.child,
@@ -205,6 +248,7 @@ def child_main(args: argparse.Namespace) -> None:
         "torch_threads": torch.get_num_threads(),
         "params": sum(p.numel() for p in model.parameters()),
         "records": probe.records,
+        "ops": profiler.top(args.steps) if profiler else None,
     }
     Path(args.result).write_text(json.dumps(result))
 
@@ -243,8 +287,12 @@ def summarize(method: str, runs: list[dict[str, Any]], warmup: int) -> dict[str,
     summary["len_on_policy"] = _mean([r.get("len_on_policy", float("nan")) for r in timed])
     summary["len_expert"] = _mean([r.get("len_expert", float("nan")) for r in timed])
     summary["padded_width"] = _mean([r.get("padded_width", float("nan")) for r in timed])
+    summary["prompt_width"] = _mean([r.get("prompt_width", float("nan")) for r in timed])
+    if first_ops := runs[0].get("ops"):
+        summary["ops"] = first_ops  # --profile: the first round's op profile
     first = runs[0]
     summary["rows_per_step"] = first["rows_per_step"]
+    summary["num_generations"] = first["num_generations"]
     summary["max_completion_length"] = first["max_completion_length"]
     summary["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
     summary["process_wall_s"] = [run["process_wall_s"] for run in runs]
@@ -312,6 +360,33 @@ def step_table(summaries: dict[str, dict[str, Any]], ratios: list[dict[str, Any]
     return "\n".join(lines)
 
 
+def op_table(method: str, summary: dict[str, Any]) -> str:
+    """The --profile table of one method: the top ops by self CPU time per step, and the step's time outside
+    any op; plus the share of the step's sequence positions that are prompt (each rollout repeats it)."""
+    ops, step = summary["ops"], summary["mean_step_cpu_s"]
+    rows = [
+        [
+            o["op"][:48],
+            f"{o['self_s_per_step']:.4f}",
+            f"{o['self_s_per_step'] / step:.1%}",
+            f"{o['calls_per_step']:.0f}",
+        ]
+        for o in ops["top"]
+    ]
+    outside = step - ops["op_seconds_per_step"]
+    rows.append(
+        ["(outside any op: Python, tokenizer, logging)", f"{outside:.4f}", f"{outside / step:.1%}", ""]
+    )
+    prompt, completion = summary["prompt_width"], summary["padded_width"]
+    share = prompt / (prompt + completion)
+    head = (
+        f"{method}: ops by self CPU time per step (profiled run, mean step {step:.3f} s CPU). Prompt "
+        f"positions: {prompt:.0f} of {prompt + completion:.0f} per row ({share:.0%}); each prompt repeats "
+        f"in the {summary['num_generations']} rows of its group"
+    )
+    return head + "\n" + format_table(["op", "s/step", "share", "calls/step"], rows)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_asset_args(ap)
@@ -325,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, help="rollouts per step (default: the recipe's 32 = 4 prompts x 8)")
     ap.add_argument("--max-len", type=int, help="max_completion_length (default: the recipe's 64)")
     ap.add_argument("--out", help="write all measurements (incl. per-step records) as one JSON file")
+    ap.add_argument(
+        "--profile", action="store_true", help="also profile the timed steps' ops (torch.profiler; slower)"
+    )
     # internal: one run of one method (the orchestrator starts these)
     ap.add_argument("--child", choices=list(RECIPES), help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", help=argparse.SUPPRESS)
@@ -355,6 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cmd += ["--batch", str(args.batch)]
             if args.max_len:
                 cmd += ["--max-len", str(args.max_len)]
+            if args.profile:
+                cmd += ["--profile"]
             measured = run_measured(cmd, run_dir / "log.txt")
             run = json.loads(result.read_text())
             run.update(round=r, peak_rss_mb=measured.peak_rss_mb, process_wall_s=measured.wall_s)
@@ -369,6 +449,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for record in ratios:
             emit(record, records)
         print(step_table(summaries, ratios), flush=True)
+        for method, summary in summaries.items():
+            if summary.get("ops"):
+                print(op_table(method, summary), flush=True)
         write_out(
             args.out,
             {
