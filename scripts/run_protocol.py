@@ -47,6 +47,7 @@ from tgrl.protocol import (
     estimate_minutes,
     final_runs,
     load_protocol,
+    seed_major,
     select,
     training_budget,
     tuning_runs,
@@ -530,7 +531,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.stage == "freeze":
             return
 
-    finals = final_runs(protocol, selected) + ablation_runs(protocol, selected)
+    finals = seed_major(protocol, final_runs(protocol, selected) + ablation_runs(protocol, selected))
     runner.build_train_sets(finals)
     say(
         t0,
@@ -538,7 +539,7 @@ def main(argv: list[str] | None = None) -> None:
         f"seeds, the base), scored on {', '.join(runner.test_files)}",
     )
     pool(
-        args.jobs, [(r.name, runner.final, r) for r in finals] + [("base", lambda _: runner.base(), None)], t0
+        args.jobs, [("base", lambda _: runner.base(), None)] + [(r.name, runner.final, r) for r in finals], t0
     )
     write_runs(args.out, args.work, finals, protocol)
     say(t0, "done")

@@ -13,6 +13,7 @@ from tgrl.protocol import (
     final_runs,
     load_protocol,
     reading,
+    seed_major,
     select,
     split_means,
     training_budget,
@@ -403,3 +404,16 @@ def test_final_evaluation_adds_twins_blind_and_fact_s_at_the_rollout_temperature
     calls.clear()
     runner.evaluate("grpo_c0_s0", "grpo", 0, tmp_path / "ckpt", runner.selection_files, final=False)
     assert not any("--blind" in c or "--fact-dependency" in c for c in calls)
+
+
+def test_final_runs_go_seed_by_seed():
+    """A protocol stopped part-way leaves whole paired seeds: every method and ablation at seed s before any
+    run at the next seed, in the protocol's seed order."""
+    protocol = load_protocol(REPO / "train" / "tiny_protocol.yaml")
+    selected = {m: 0 for m in protocol.methods}
+    runs = seed_major(protocol, final_runs(protocol, selected) + ablation_runs(protocol, selected))
+    seeds = [r.seed for r in runs]
+    assert seeds == sorted(seeds, key=protocol.seeds.index)
+    per_seed = len(protocol.methods) + len(protocol.ablations)
+    assert seeds[:per_seed] == [protocol.seeds[0]] * per_seed
+    assert {r.method for r in runs[:per_seed]} == set(protocol.methods) | set(protocol.ablations)

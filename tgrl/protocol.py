@@ -266,6 +266,13 @@ def ablation_runs(protocol: Protocol, selected: dict[str, int], base_method: str
     ]
 
 
+def seed_major(protocol: Protocol, runs: list[RunSpec]) -> list[RunSpec]:
+    """``runs`` ordered seed by seed (stable within a seed): a protocol stopped part-way leaves complete
+    paired seeds, every method and ablation at each, and the tuning seeds' checkpoints, still on disk, are
+    scored first."""
+    return sorted(runs, key=lambda run: protocol.seeds.index(run.seed))
+
+
 def training_budget(protocol: Protocol, run: RunSpec) -> dict[str, int]:
     """Optimizer steps (the budget, equal for all), and the split into SFT / RL steps and sequences."""
     total = protocol.budget_steps
