@@ -53,6 +53,10 @@ say "2/6 oracle teacher trajectories (K=4, 20% wrong facts)"
 $PY data_prep/build_teacher_trajectories.py --data "$DATA/synthetic/train.jsonl" --out "$DATA/teacher" \
   --backend oracle --k 4 --seed 0 --wrong-fact-rate 0.2 --no-progress
 
+if [ "${QUICK:-0}" != "1" ]; then  # a protocol frozen elsewhere resumes from its own base and training sets
+  $PY scripts/run_protocol.py --protocol "$PROTOCOL" --work "$WORK" --data "$DATA" --out "$OUT" --restore-inputs
+fi
+
 say "3/6 weak base: warm-up SFT on correct grounded traces ($BASE_STEPS steps)"
 # The warm-up data: correct, well-formed traces (F1+F2; no policy needed for the selection: F3 off).
 $PY data_prep/filter_trajectories.py --data "$DATA/synthetic/train.jsonl" \

@@ -53,7 +53,16 @@ from tgrl.protocol import (
     tuning_runs,
     tuning_table,
 )
-from tgrl.sealing import ScoringLog, freeze, require_frozen
+from tgrl.sealing import (
+    MANIFEST,
+    ScoringLog,
+    check_inputs,
+    freeze,
+    input_hashes,
+    keep_inputs,
+    require_frozen,
+    restore_inputs,
+)
 from tgrl.synthetic import build_sealed_splits
 from tgrl.utils import (
     UserError,
@@ -469,6 +478,12 @@ def main(argv: list[str] | None = None) -> None:
         "--rescore", metavar="REASON", help="score a checkpoint on a sealed split again (logged with REASON)"
     )
     p.add_argument(
+        "--restore-inputs",
+        action="store_true",
+        help="put the frozen base and training sets of OUT/inputs into WORK and DATA where absent (a fresh "
+        "clone resuming a frozen protocol; reproduce_tiny.sh does this before building a base)",
+    )
+    p.add_argument(
         "--plan",
         action="store_true",
         help="print the run counts and the wall time estimated from OUT/summary.jsonl's recorded runs "
@@ -476,6 +491,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     protocol = load_protocol(args.protocol)
+    if args.restore_inputs:
+        restored = restore_inputs(args.out, args.work / "base", args.data)
+        print(f"[protocol] restored from {args.out / 'inputs'}: {', '.join(restored) or 'nothing (present)'}")
+        return
     if args.plan:
         rows = [row for _, row in read_jsonl(args.out / "summary.jsonl")]
         print(json.dumps(estimate_minutes(protocol, rows, args.jobs), indent=1))
@@ -526,13 +545,13 @@ def main(argv: list[str] | None = None) -> None:
     say(t0, "selected: " + ", ".join(f"{m} [{protocol.methods[m]['grid'][i]}]" for m, i in selected.items()))
     if args.stage == "tune":
         return
+    finals = seed_major(protocol, final_runs(protocol, selected) + ablation_runs(protocol, selected))
+    runner.build_train_sets(finals)
     if runner.sealed:
         seal(protocol, runner, args, t0)
         if args.stage == "freeze":
             return
 
-    finals = seed_major(protocol, final_runs(protocol, selected) + ablation_runs(protocol, selected))
-    runner.build_train_sets(finals)
     say(
         t0,
         f"final: {len(finals) + 1} runs (selected entries x seeds {protocol.seeds}, ablations at the same "
@@ -546,7 +565,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def seal(protocol: Protocol, runner: Runner, args: argparse.Namespace, t0: float) -> None:
-    """Build the sealed splits (a new generator seed) and freeze the selection before anything scores them."""
+    """Build the sealed splits (a new generator seed) and freeze the selection before anything scores them,
+    with the hashes of the base and the training sets (and copies in OUT/inputs); a resumed protocol whose
+    base or sets differ from the frozen ones stops here, before any training."""
     spec = protocol.sealed
     build_sealed_splits(
         runner.sealed_dir,
@@ -557,14 +578,23 @@ def seal(protocol: Protocol, runner: Runner, args: argparse.Namespace, t0: float
         spec.get("twin_sources"),
     )
     prereg = protocol.raw.get("preregistration")
+    base, sets = args.work / "base", {name: args.data / name for name in protocol.train_sets}
+    inputs = input_hashes(base, sets)
+    first = not (args.out / MANIFEST).is_file()
     manifest = freeze(
         args.out,
         args.out / "selected.json",
         protocol.path,
         runner.sealed_dir,
         REPO / prereg if prereg else None,
+        inputs,
     )
-    say(t0, f"frozen: selection {manifest['selection_sha256'][:12]} ({args.out / 'sealed_manifest.json'})")
+    if first:  # the inputs every later run starts from, kept beside the results for a resume elsewhere
+        keep_inputs(
+            args.out, base, {name: path for name, path in sets.items() if (path / "train.jsonl").is_file()}
+        )
+    check_inputs(manifest, inputs, args.out / MANIFEST)
+    say(t0, f"frozen: selection {manifest['selection_sha256'][:12]} ({args.out / MANIFEST})")
 
 
 if __name__ == "__main__":

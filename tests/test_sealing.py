@@ -11,7 +11,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tgrl.sealing import MANIFEST, SCORING_LOG, ScoringLog, freeze, require_frozen, selection_sha256
+from tgrl.sealing import (
+    MANIFEST,
+    SCORING_LOG,
+    ScoringLog,
+    check_inputs,
+    freeze,
+    input_hashes,
+    keep_inputs,
+    require_frozen,
+    restore_inputs,
+    selection_sha256,
+)
 from tgrl.synthetic import build_dataset, build_sealed_splits, record_key
 from tgrl.utils import UserError, read_jsonl
 
@@ -212,3 +223,76 @@ def test_one_progress_line_per_finished_run(capsys):
 
 def _raise(_: object) -> str:
     raise RuntimeError("boom")
+
+
+def fake_inputs(root: Path, weights: bytes = b"weights-0") -> tuple[Path, dict[str, Path]]:
+    base = root / "work" / "base"
+    base.mkdir(parents=True)
+    (base / "model.safetensors").write_bytes(weights)
+    (base / "config.json").write_text("{}")
+    sets = {}
+    for name in ("experts", "experts_no_f1"):
+        sets[name] = root / "data" / name
+        sets[name].mkdir(parents=True)
+        (sets[name] / "train.jsonl").write_text(json.dumps({"id": name}) + "\n")
+        (sets[name] / "manifest.json").write_text(json.dumps({"run_key": name}))
+    return base, sets
+
+
+def test_frozen_inputs_are_kept_restored_and_checked(tmp_path):
+    """The freeze keeps the base and the training sets (OUT/inputs) with their hashes; a fresh clone gets
+    them back byte for byte (base done marker included); a rebuilt base that differs is refused by name,
+    and a set that no pending run needs (absent) is not checked."""
+    out = tmp_path / "out"
+    base, sets = fake_inputs(tmp_path / "a")
+    hashes = input_hashes(base, sets)
+    assert set(hashes) == {"base", "train_set:experts", "train_set:experts_no_f1"} and all(hashes.values())
+    keep_inputs(out, base, sets)
+
+    fresh = tmp_path / "fresh"
+    restored = restore_inputs(out, fresh / "work" / "base", fresh / "data")
+    assert len(restored) == 3 and (fresh / "work" / "base" / ".tgrl_done").is_file()
+    for name, folder in sets.items():
+        for file in ("train.jsonl", "manifest.json"):
+            assert (fresh / "data" / name / file).read_bytes() == (folder / file).read_bytes()
+    again = input_hashes(fresh / "work" / "base", {n: fresh / "data" / n for n in sets})
+    assert again == hashes and restore_inputs(out, fresh / "work" / "base", fresh / "data") == []
+
+    manifest = {"inputs": hashes}
+    check_inputs(manifest, again, out / MANIFEST)
+    rebuilt, _ = fake_inputs(tmp_path / "b", weights=b"weights-1")
+    partial = input_hashes(rebuilt, {"experts": sets["experts"]})
+    with pytest.raises(UserError, match=r"^base: not the ones the selection was frozen with"):
+        check_inputs(manifest, partial, out / MANIFEST)
+    check_inputs(manifest, {"train_set:experts": hashes["train_set:experts"]}, out / MANIFEST)
+    assert restore_inputs(tmp_path / "no_out", fresh / "x", fresh / "y") == []
+
+
+def test_seal_freezes_the_inputs_and_refuses_a_resume_from_other_ones(datasets, tmp_path):
+    """scripts/run_protocol.py seal(): the manifest holds the base's and the sets' hashes and OUT/inputs
+    their copies; sealing again with a base rebuilt differently stops before any training."""
+    import argparse
+
+    from tgrl.utils import weights_sha256
+
+    root = tmp_path / "a"
+    base, sets = fake_inputs(root)
+    (root / "data" / "synthetic").symlink_to(datasets / "synthetic")
+    protocol = protocol_file(tmp_path, sealed={"seed": 7, "n_test": 30, "n_shifted": 30})
+    out = tmp_path / "out"
+    out.mkdir()
+    write_selection(out / "selected.json", 1e-5)
+    args = argparse.Namespace(out=out, work=root / "work", data=root / "data")
+    runner = run_protocol.Runner(protocol, args.work, args.data, out)
+    run_protocol.seal(protocol, runner, args, 0.0)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["inputs"] == {
+        "base": weights_sha256(base),
+        "train_set:experts": manifest["inputs"]["train_set:experts"],
+    }
+    assert (out / "inputs" / "base" / "model.safetensors").read_bytes() == b"weights-0"
+    assert (out / "inputs" / "experts" / "train.jsonl.gz").is_file()
+    run_protocol.seal(protocol, runner, args, 0.0)  # resumed with the same inputs: fine
+    (base / "model.safetensors").write_bytes(b"weights-1")  # rebuilt elsewhere
+    with pytest.raises(UserError, match="base: not the ones"):
+        run_protocol.seal(protocol, runner, args, 0.0)

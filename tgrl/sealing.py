@@ -8,6 +8,7 @@ Why, and the log's events: docs/tiny_tier.md#7-fair-protocol.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from datetime import UTC, datetime
@@ -15,10 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from tgrl.evaluation.runner import append_locked
-from tgrl.utils import UserError, git_commit, load_yaml_mapping, read_jsonl, sha256_file, write_json
+from tgrl.utils import (
+    UserError,
+    atomic_write_bytes,
+    git_commit,
+    load_yaml_mapping,
+    read_jsonl,
+    sha256_file,
+    weights_sha256,
+    write_json,
+)
 
 MANIFEST = "sealed_manifest.json"
 SCORING_LOG = "scoring_log.jsonl"
+INPUTS = "inputs"  # OUT/inputs: copies of the weak base and the training sets the frozen selection used
+BASE_FILES = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+              "tokenizer_config.json", "processor_config.json", "chat_template.jinja")  # fmt: skip
+SET_FILES = ("train.jsonl", "manifest.json")  # what a training run and the filter's skip check read
 
 
 def selection_sha256(selected_file: Path) -> str:
@@ -42,11 +56,72 @@ def preregistration_status(path: Path) -> dict[str, Any]:
     return {"file": str(path), "sha256": sha256_file(path), "status": str(raw.get("status", "")).lower()}
 
 
+def input_hashes(base: Path, train_sets: dict[str, Path]) -> dict[str, str | None]:
+    """sha256 of what every run starts from: the weak base's weights and each training set's train.jsonl. A
+    base or a filtered set rebuilt on another CPU differs in floating point (F3 ranks by the base's
+    likelihoods), so a protocol resumed elsewhere must start from these, not from rebuilt ones."""
+    hashes: dict[str, str | None] = {"base": weights_sha256(base)}
+    for name, folder in sorted(train_sets.items()):
+        if (folder / "train.jsonl").is_file():  # a set no pending run needs may be absent
+            hashes[f"train_set:{name}"] = sha256_file(folder / "train.jsonl")
+    return hashes
+
+
+def keep_inputs(out: Path, base: Path, train_sets: dict[str, Path]) -> None:
+    """Copy the base (its weight, config and tokenizer files) and each training set (train.jsonl and the
+    filter's manifest, gzipped) to OUT/inputs, beside the results, for :func:`restore_inputs`."""
+    for name in BASE_FILES:
+        if (base / name).is_file():
+            atomic_write_bytes(out / INPUTS / "base" / name, (base / name).read_bytes())
+    for set_name, folder in train_sets.items():
+        for name in SET_FILES:
+            data = gzip.compress((folder / name).read_bytes(), mtime=0)
+            atomic_write_bytes(out / INPUTS / set_name / f"{name}.gz", data)
+
+
+def restore_inputs(out: Path, base: Path, data: Path) -> list[str]:
+    """Put the frozen inputs of OUT/inputs where the protocol reads them when they are absent (a fresh
+    clone): the base into ``base`` (with its done marker) and each set into ``data/<set>``. Returns what it
+    restored; inputs already present are left alone (the freeze check compares their hashes)."""
+    kept, restored = out / INPUTS, []
+    if not kept.is_dir():
+        return restored
+    if (kept / "base").is_dir() and not (base / "model.safetensors").is_file():
+        for src in sorted((kept / "base").iterdir()):
+            atomic_write_bytes(base / src.name, src.read_bytes())
+        (base / ".tgrl_done").touch()
+        restored.append(str(base))
+    for folder in sorted(p for p in kept.iterdir() if p.is_dir() and p.name != "base"):
+        target = data / folder.name
+        if not (target / "train.jsonl").is_file():
+            for name in SET_FILES:  # the manifest last: its presence marks a finished set
+                atomic_write_bytes(target / name, gzip.decompress((folder / f"{name}.gz").read_bytes()))
+            restored.append(str(target))
+    return restored
+
+
+def check_inputs(manifest: dict[str, Any], current: dict[str, str | None], where: Path) -> None:
+    """The inputs now (:func:`input_hashes`) must be the frozen ones; else an error naming each difference."""
+    frozen = manifest.get("inputs") or {}
+    changed = [name for name, sha in current.items() if name in frozen and frozen[name] != sha]
+    if changed:
+        raise UserError(
+            f"{', '.join(changed)}: not the ones the selection was frozen with ({where}); rebuilt on another "
+            f"machine, they differ in floating point. Fix: move them aside and rerun: the protocol restores "
+            f"the frozen copies from {where.parent / INPUTS}"
+        )
+
+
 def freeze(
-    out: Path, selected_file: Path, protocol_file: Path, sealed_dir: Path, preregistration: Path | None
+    out: Path,
+    selected_file: Path,
+    protocol_file: Path,
+    sealed_dir: Path,
+    preregistration: Path | None,
+    inputs: dict[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """Write OUT/sealed_manifest.json. Idempotent for the same selection; a different selection after a
-    freeze is refused (the freeze exists to make that impossible)."""
+    freeze is refused (the freeze exists to make that impossible). ``inputs``: :func:`input_hashes`."""
     files = sealed_files(sealed_dir)
     if not files:
         raise UserError(
@@ -59,6 +134,8 @@ def freeze(
         # file names only: a resumed run on another machine keeps its data elsewhere
         "sealed": {task: {"file": path.name, "sha256": sha256_file(path)} for task, path in files.items()},
     }
+    if inputs is not None:
+        manifest["inputs"] = inputs
     if preregistration is not None:
         if not preregistration.is_file():
             raise UserError(
