@@ -47,6 +47,7 @@ from tgrl.protocol import (
     estimate_minutes,
     final_runs,
     load_protocol,
+    progress_minutes,
     seed_major,
     select,
     training_budget,
@@ -486,8 +487,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--plan",
         action="store_true",
-        help="print the run counts and the wall time estimated from OUT/summary.jsonl's recorded runs "
-        "(tgrl.protocol.estimate_minutes); runs nothing",
+        help="print where the protocol is and the wall time left, from the minutes of its finished stages "
+        "in OUT/summary.jsonl (tgrl.protocol.progress_minutes; before any tuning stage finished, an estimate "
+        "from recorded runs: estimate_minutes); runs nothing",
     )
     args = p.parse_args(argv)
     protocol = load_protocol(args.protocol)
@@ -497,7 +499,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.plan:
         rows = [row for _, row in read_jsonl(args.out / "summary.jsonl")]
-        print(json.dumps(estimate_minutes(protocol, rows, args.jobs), indent=1))
+        progress = progress_minutes(protocol, rows, args.jobs)  # the protocol's own finished stages
+        print(json.dumps(progress or estimate_minutes(protocol, rows, args.jobs), indent=1))
         return
     if not (args.work / "base").is_dir():
         raise UserError(f"{args.work / 'base'}: no weak base. Fix: run scripts/reproduce_tiny.sh (stage 3)")

@@ -342,6 +342,40 @@ def test_run_counts_and_the_wall_time_arithmetic(tmp_path):
     assert got["wall_minutes"] == pytest.approx((tuning + final) / 2)
 
 
+def test_progress_from_the_protocols_own_finished_stages(tmp_path):
+    """progress_minutes: stages done and their minutes, and what is left at the mean minutes of each kind
+    (tuning per method; final scoring at a tuning seed; final training per method, else its tuning stage
+    plus a scoring, an ablation TGRL's), all divided by the jobs. None while a method has no tuning stage."""
+    from tgrl.protocol import progress_minutes
+
+    protocol = write(
+        tmp_path, {**SPEC, "tuning_seeds": [0, 1]}
+    )  # seeds 0-2, 4 methods x 2 entries, 2 ablations
+
+    def done(stage, method, seed, minutes, run="r"):
+        return {"metric": "protocol_done", "stage": stage, "method": method, "seed": seed, "value": minutes,
+                "run": run}  # fmt: skip
+
+    tune = {"grpo": 4.0, "sft": 1.0, "sft_rl": 2.0, "tgrl": 6.0}
+    rows = [done("tune", m, s, v, f"{m}_c{c}_s{s}") for m, v in tune.items() for s in (0, 1) for c in (0, 1)]
+    assert progress_minutes(protocol, rows[:-4]) is None  # tgrl's tuning not finished
+    rows += [
+        done("final", "grpo", 0, 1.0, "grpo_c0_s0"),
+        done("final", "tgrl", 2, 8.0, "tgrl_c1_s2"),
+        done("final", "base", 0, 9.0, "base"),
+    ]
+    got = progress_minutes(protocol, rows, jobs=2)
+    per = got["per_stage_minutes"]
+    assert per["tune"] == tune and per["final_scoring_only"] == 1.0
+    assert per["final_training"]["tgrl"] == 8.0 and per["final_training"]["grpo"] == 4.0 + 1.0
+    assert per["final_training"]["tgrl_joint_norm"] == 8.0  # an ablation without rows: TGRL's
+    # left: 4 methods x 2 tuning seeds scoring, minus grpo seed 0 (7 x 1.0); seed 2 training of grpo, sft,
+    # sft_rl (5 + 2 + 3); 2 ablations x 3 seeds (6 x 8)
+    assert got["minutes_left"] == pytest.approx((7 * 1.0 + 5.0 + 2.0 + 3.0 + 6 * 8.0) / 2)
+    assert got["minutes_done"] == pytest.approx((sum(tune.values()) * 4 + 1.0 + 8.0) / 2)
+    assert got["stages_done"] == 16 + 2 and got["stages_total"] == 16 + (4 + 2) * 3
+
+
 def test_the_demo_refuses_a_selection_whose_entries_moved(tmp_path):
     """selected.json names grid positions; when the grid changed under it, the demo would train another
     configuration than the one selected: it stops and says so."""

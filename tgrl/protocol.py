@@ -476,3 +476,59 @@ def estimate_minutes(protocol: Protocol, rows: Iterable[dict[str, Any]], jobs: i
         "wall_minutes": total / jobs,
         "counts": counts,
     }
+
+
+def progress_minutes(
+    protocol: Protocol, rows: Iterable[dict[str, Any]], jobs: int = 2
+) -> dict[str, Any] | None:
+    """Where the protocol is and what is left, from its own ``protocol_done`` rows (each holds its stage's
+    minutes, training and scoring, measured while ``jobs`` ran at once): stages done and their minutes, and
+    the stages left at the mean minutes of their kind. Kinds: a method's tuning stage; a final stage at a
+    tuning seed (scoring only: the tuning checkpoint is reused); a final stage that trains, per method or
+    ablation (without rows yet: its tuning stage plus a scoring; an ablation: TGRL's). None until every
+    method has a finished tuning stage."""
+    stages: dict[tuple[str, str], tuple[str, int, float]] = {}  # (stage, run) -> (method, seed, minutes)
+    for row in rows:
+        if row.get("metric") == "protocol_done" and row.get("run") != "base":
+            stages[(row["stage"], row["run"])] = (row["method"], int(row["seed"]), float(row["value"]))
+    done = [(stage, method, seed, v) for (stage, _), (method, seed, v) in stages.items()]
+    tune = _means({m: [v for st, m2, _, v in done if st == "tune" and m2 == m] for m in protocol.methods})
+    if None in tune.values():
+        return None
+    tuning = set(protocol.tuning_seeds)
+    scoring = [v for st, _, s, v in done if st == "final" and s in tuning]
+    score = sum(scoring) / len(scoring) if scoring else min(tune.values())
+    trained = [(m, v) for st, m, s, v in done if st == "final" and s not in tuning]
+    trains = _means(
+        {m: [v for m2, v in trained if m2 == m] for m in [*protocol.methods, *protocol.ablations]}
+    )
+    for m in protocol.methods:
+        trains[m] = trains[m] if trains[m] is not None else tune[m] + score
+    for a in protocol.ablations:
+        trains[a] = trains[a] if trains[a] is not None else trains["tgrl"]
+    entries = len(protocol.grid(next(iter(protocol.methods))))
+    left = 0.0
+    for m in protocol.methods:
+        tuned = sum(st == "tune" and m2 == m for st, m2, _, _ in done)
+        left += tune[m] * (entries * len(protocol.tuning_seeds) - tuned)
+    finished = {(m, s) for st, m, s, _ in done if st == "final"}
+    for m in [*protocol.methods, *protocol.ablations]:
+        for seed in protocol.seeds:
+            if (m, seed) not in finished:
+                left += score if (m in protocol.methods and seed in tuning) else trains[m]
+    counts = plan_counts(protocol)
+    total = counts["tuning_trainings"] + (len(protocol.methods) + len(protocol.ablations)) * len(
+        protocol.seeds
+    )
+    return {
+        "stages_done": len(done),
+        "stages_total": total,
+        "minutes_done": sum(d[3] for d in done) / jobs,
+        "minutes_left": left / jobs,
+        "per_stage_minutes": {"tune": tune, "final_scoring_only": score, "final_training": trains},
+        "jobs": jobs,
+    }
+
+
+def _means(values: dict[str, list[float]]) -> dict[str, float | None]:
+    return {k: (sum(v) / len(v) if v else None) for k, v in values.items()}
