@@ -160,3 +160,19 @@ def test_ratio_records_against_targets():
     assert set(ratios["grpo/grpo_trl"]) >= RATIO_KEYS
     assert ratios["grpo/grpo_trl"]["ok"] and ratios["grpo/grpo_trl"]["cpu_ratio"] == 0.9
     assert not ratios["tgrl/grpo"]["ok"] and ratios["tgrl/grpo"]["ratio"] == pytest.approx(1.25)
+
+
+def test_prefix_sharing_gives_the_same_log_probs_and_gradient(
+    tiny_checkpoint, synthetic_dir, tmp_path, capsys
+):
+    """benchmarks/bench_prefix_sharing.py: each prompt forwarded once per group with its cache repeated gives
+    TRL's per-row log-probabilities and gradient (the script exits 1 otherwise), and prints its numbers."""
+    from benchmarks import bench_prefix_sharing
+
+    args = ["--base", str(tiny_checkpoint), "--data", str(synthetic_dir), "--work", str(tmp_path)]
+    args += ["--prompts", "2", "--group", "3", "--completion", "5", "--repeats", "1"]
+    assert bench_prefix_sharing.main(args) == 0
+    (record,) = json_lines(capsys.readouterr().out)
+    assert record["rows"] == 6 and record["completion_positions"] == 5 and record["prompt_positions"] > 5
+    assert record["max_abs_logp_diff"] < 1e-4 and record["grad_rel_diff"] < 1e-4
+    assert record["every_row_cpu_s"] > 0 and record["shared_prefix_cpu_s"] > 0
