@@ -179,9 +179,9 @@ def test_bad_preregistrations_are_errors_naming_the_file(tmp_path, change, messa
     assert "prereg.yaml" in str(err.value)
 
 
-def test_the_committed_draft_preregistration_loads():
+def test_the_committed_final_preregistration_loads():
     prereg = load_preregistration(REPO_ROOT / "results" / "tiny" / "preregistration.yaml")
-    assert prereg.status == "draft" and len(prereg.seeds) >= 8
+    assert prereg.status == "final" and len(prereg.seeds) >= 8
     ids = {c.id for c in prereg.comparisons}
     needed = ("grpo", "no_reweight", "no_f1", "no_f3", "luffy_vl", "sft_rl")
     for other in needed:
