@@ -236,5 +236,48 @@ class ScoringLog:
         append_locked(self.path, [row])
 
 
+def scoring_record(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a scoring log shows: the checkpoints (runs) scored, on which splits, how often each (run, split)
+    was scored to the end, the scorings started and never ended (an interrupted stage: ``rescored_after``
+    when its rerun then scored it, ``unfinished`` otherwise), the refusals and the forced rescorings."""
+    scored: dict[tuple[str, str], int] = {}
+    started: dict[tuple[str, str], int] = {}
+    for e in events:
+        counts = scored if e["event"] == "scored" else started if e["event"] == "started" else None
+        if counts is not None:
+            counts[(e["run"], e["task"])] = counts.get((e["run"], e["task"]), 0) + 1
+    broken = {key for key, n in started.items() if n > scored.get(key, 0)}
+    return {
+        "runs": len({run for run, _ in scored}),
+        "tasks": sorted({task for _, task in scored}),
+        "scorings": sum(scored.values()),
+        "scored_more_than_once": sorted(f"{run} on {task}" for (run, task), n in scored.items() if n > 1),
+        "rescored_after": sorted({run for run, task in broken if scored.get((run, task))}),
+        "unfinished": sorted({run for run, task in broken if not scored.get((run, task))}),
+        "refused": sum(e["event"] == "refused" for e in events),
+        "overrides": sum(e["event"] == "override" for e in events),
+    }
+
+
+def describe_scoring(log_path: Path) -> str:
+    """One paragraph on a scoring log (:func:`scoring_record`), for the registered table's footer."""
+    rec = scoring_record(ScoringLog(log_path.parent, "").events())
+    more = rec["scored_more_than_once"]
+    once = f"scored more than once: {', '.join(more)}" if more else "each scored once per split"
+    text = (
+        f"Sealed scorings ({log_path}): {rec['runs']} checkpoints on {len(rec['tasks'])} sealed splits "
+        f"({', '.join(rec['tasks'])}), {rec['scorings']} scorings, {once}; {rec['refused']} refused, "
+        f"{rec['overrides']} forced."
+    )
+    if rec["rescored_after"]:
+        text += (
+            f" Interrupted before its scoring ended, then retrained and scored by its stage's rerun: "
+            f"{', '.join(rec['rescored_after'])}."
+        )
+    if rec["unfinished"]:
+        text += f" Started, not scored: {', '.join(rec['unfinished'])}."
+    return text
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
