@@ -133,13 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.scoring_log and not log.is_file():
         raise UserError(f"{log}: no such scoring log. Fix: pass the OUT/scoring_log.jsonl of the protocol")
     md, csv = render(prereg, results, args.summary, describe_scoring(log) if log.is_file() else "")
-    atomic_write_text(f"{args.out}/tiny_registered.md", md)
-    atomic_write_text(f"{args.out}/tiny_registered.csv", csv)
-    resolved = sum(r.verdict == "resolved" for r in results)
-    print(
-        f"tiny_registered: {len(results)} comparisons, {resolved} resolved -> "
-        f"{args.out}/tiny_registered.{{md,csv}}"
-    )
+    name = prereg.table_name
+    atomic_write_text(f"{args.out}/{name}.md", md)
+    atomic_write_text(f"{args.out}/{name}.csv", csv)
+    resolved = sum(r.verdict.startswith("resolved") for r in results)
+    print(f"{name}: {len(results)} comparisons, {resolved} resolved -> {args.out}/{name}.{{md,csv}}")
 
 
 if __name__ == "__main__":

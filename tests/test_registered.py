@@ -159,6 +159,32 @@ def test_the_cli_writes_the_table_with_the_scoring_log_beside_the_summary(tmp_pa
         registered_comparisons.main([*argv, "--scoring-log", str(tmp_path / "missing.jsonl")])
 
 
+def test_an_exploratory_list_is_marked_as_such_and_written_beside(tmp_path):
+    from eval import registered_comparisons
+
+    spec = yaml.safe_load(yaml.safe_dump(PREREG))
+    spec["status"] = "exploratory"
+    spec["comparisons"] = spec["comparisons"][:1]
+    path = tmp_path / "exploratory.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    summary = tmp_path / "summary.jsonl"
+    data = rows("grpo", [0.60, 0.61, 0.62, 0.63]) + rows("tgrl", [0.70, 0.715, 0.73, 0.74])
+    summary.write_text("".join(json.dumps(r) + "\n" for r in data))
+    registered_comparisons.main(["--prereg", str(path), "--summary", str(summary), "--out", str(tmp_path)])
+    md = (tmp_path / "tiny_exploratory.md").read_text()
+    assert not (tmp_path / "tiny_registered.md").exists()
+    assert md.startswith("## Tiny tier: exploratory comparisons") and "not the registered family" in md
+    assert "| resolved (exploratory) |" in md
+
+
+def test_the_committed_exploratory_list_loads():
+    prereg = load_preregistration(REPO_ROOT / "results" / "tiny" / "exploratory.yaml")
+    registered = load_preregistration(REPO_ROOT / "results" / "tiny" / "preregistration.yaml")
+    assert prereg.exploratory and prereg.seeds == registered.seeds
+    family = {(c.a, c.b, c.task, c.metric, c.decoding) for c in registered.comparisons}
+    assert not family & {(c.a, c.b, c.task, c.metric, c.decoding) for c in prereg.comparisons}
+
+
 def test_power_analysis_uses_the_measured_paired_spread(tmp_path, capsys):
     summary = tmp_path / "summary.jsonl"
     data = rows("grpo", [0.60, 0.61, 0.62], task="synthetic_test")
