@@ -159,9 +159,15 @@ def test_the_scoring_record_counts_what_the_log_shows(tmp_path):
     assert (rec["runs"], rec["tasks"], rec["scorings"]) == (3, ["sealed_shifted", "sealed_test"], 5)
     assert rec["scored_more_than_once"] == [] and (rec["refused"], rec["overrides"]) == (0, 0)
     assert (rec["rescored_after"], rec["unfinished"]) == (["tgrl_c1_s1"], ["sft_c2_s0"])
+    assert rec["same_weights"] == []  # retrained to other weights (w-a, then w-b)
     text = describe_scoring(tmp_path / SCORING_LOG)
     assert "3 checkpoints on 2 sealed splits" in text and "each scored once per split" in text
     assert "scored by its stage's rerun: tgrl_c1_s1" in text and "Started, not scored: sft_c2_s0" in text
+    log.start("luffy_vl_c0_s0", "w-l", "sealed_test", "d", None)  # interrupted, retrained bit-identical
+    log.start("luffy_vl_c0_s0", "w-l", "sealed_test", "d", None)
+    log.scored("luffy_vl_c0_s0", "w-l", "sealed_test", "d")
+    assert scoring_record(log.events())["same_weights"] == ["luffy_vl_c0_s0"]
+    assert "luffy_vl_c0_s0 (same weights hash), tgrl_c1_s1." in describe_scoring(tmp_path / SCORING_LOG)
     log.start("grpo_c0_s0", "w-grpo_c0_s0", "sealed_test", "d", "a reason")  # forced: logged and counted
     log.scored("grpo_c0_s0", "w-grpo_c0_s0", "sealed_test", "d")
     rec = scoring_record(log.events())
