@@ -6,14 +6,16 @@
         --summary results/tiny/summary.jsonl --mdd --alias sealed_test=synthetic_test \
         --alias sealed_shifted=synthetic_shifted
 
-The first writes OUT/tiny_registered.{md,csv}: per registered comparison the effect (mean paired
-difference) with its 95% interval, p, Holm's p and the verdict. ``--mdd`` prints, per comparison, the
-measured spread of paired differences in an earlier summary (``--alias`` maps a registered task to the
-task those rows used) and the minimal detectable difference at the registered seeds, as YAML for the
-pre-registration's ``power_analysis`` section. With ``--items N --disagreement-samples FILE...`` it adds, per
-comparison, the spread and the MDD projected to a split of N items (``registered.projected_sd``: the share
-of items on which two checkpoints differ, measured from their per-item samples, sets the split's part of
-the spread).
+The first writes OUT/tiny_registered.{md,csv}: per registered comparison both means, the effect (mean
+paired difference) with its 95% interval, p, Holm's p, the registered MDD and the verdict; under the table,
+what the sealed scoring log shows (each checkpoint scored once, interruptions, refusals).
+
+``--mdd`` prints, per comparison, the measured spread of paired differences in an earlier summary
+(``--alias`` maps a registered task to the task those rows used) and the minimal detectable difference at
+the registered seeds, as YAML for the pre-registration's ``power_analysis`` section. With ``--items N
+--disagreement-samples FILE...`` it adds, per comparison, the spread and the MDD projected to a split of N
+items (``registered.projected_sd``: the share of items on which two checkpoints differ, measured from their
+per-item samples, sets the split's part of the spread).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from tgrl.evaluation.registered import (
     spread_table,
 )
 from tgrl.evaluation.tables import InputError
+from tgrl.sealing import SCORING_LOG, describe_scoring
 from tgrl.utils import UserError, atomic_write_text, cli
 
 
@@ -42,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prereg", default="results/tiny/preregistration.yaml")
     p.add_argument("--summary", nargs="+", default=["results/tiny/summary.jsonl"])
     p.add_argument("--out", default="results/tiny/tables")
+    p.add_argument(
+        "--scoring-log",
+        type=Path,
+        help="the sealed scoring log summarised under the table (default: scoring_log.jsonl beside the "
+        "first summary, when it exists)",
+    )
     p.add_argument("--mdd", action="store_true", help="print the power analysis instead of the table")
     p.add_argument("--alias", action="append", default=[], help="REGISTERED_TASK=SUMMARY_TASK (with --mdd)")
     p.add_argument("--items", type=int, help="with --mdd: project the spread to a split of this many items")
@@ -120,14 +129,15 @@ def main(argv: list[str] | None = None) -> None:
         results = evaluate(prereg, args.summary)
     except InputError as err:
         raise UserError(str(err)) from None
-    md, csv = render(prereg, results, args.summary)
-    atomic_write_text(f"{args.out}/tiny_registered.md", md)
-    atomic_write_text(f"{args.out}/tiny_registered.csv", csv)
-    resolved = sum(r.verdict == "resolved" for r in results)
-    print(
-        f"tiny_registered: {len(results)} comparisons, {resolved} resolved -> "
-        f"{args.out}/tiny_registered.{{md,csv}}"
-    )
+    log = args.scoring_log or Path(args.summary[0]).parent / SCORING_LOG
+    if args.scoring_log and not log.is_file():
+        raise UserError(f"{log}: no such scoring log. Fix: pass the OUT/scoring_log.jsonl of the protocol")
+    md, csv = render(prereg, results, args.summary, describe_scoring(log) if log.is_file() else "")
+    name = prereg.table_name
+    atomic_write_text(f"{args.out}/{name}.md", md)
+    atomic_write_text(f"{args.out}/{name}.csv", csv)
+    resolved = sum(r.verdict.startswith("resolved") for r in results)
+    print(f"{name}: {len(results)} comparisons, {resolved} resolved -> {args.out}/{name}.{{md,csv}}")
 
 
 if __name__ == "__main__":

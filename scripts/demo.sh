@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Tiny-tier demo on CPU (make demo): the short version of the mini-replication (scripts/reproduce_tiny.sh with
 # QUICK=1): scenes, the tiny Qwen2.5-VL, the weak base, oracle teacher + filtering, then GRPO and TGRL at the
-# configurations the full protocol selected on its validation split (results/tiny_v1/selected.json until the
-# decisive run's selection lands), one seed, scored on 1,000 held-out scenes. Ends with the table, two sentences that read it, a sample (one test scene
-# answered by the weak base, GRPO and TGRL) and the trajectory report: GRPO's and TGRL's reasoning on a few
-# test scenes, every token coloured by its visual dependency s_t (one HTML file, opens offline), and the
-# twin pairs: each test scene beside its counterfactual twin, with whether the stated facts followed.
+# configurations the full protocol selected on its validation splits (results/tiny/selected.json, frozen
+# before the sealed splits were scored), one seed, scored on 1,000 held-out scenes. Ends with the table, two
+# sentences that read it, a sample (one test scene answered by the weak base, GRPO and TGRL) and the
+# trajectory report: GRPO's and TGRL's reasoning on a few test scenes, every token coloured by its visual
+# dependency s_t (one HTML file, opens offline), and the twin pairs: each test scene beside its
+# counterfactual twin, with whether the stated facts followed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -15,7 +15,7 @@
 #
 # Overrides: PROTOCOL=train/tiny_protocol.yaml BASE_STEPS=700 N_TRAIN=3000 N_VAL=1000 N_TEST=1000 N_SHIFTED=1000
 #            JOBS=2 OUT=results/tiny WORK=checkpoints/tiny DATA=data/tiny STAGE=all (tune: stop after the selection)
-#            SELECTED=results/tiny_v1/selected.json DEMO_METHODS="grpo tgrl" (QUICK=1 only)
+#            SELECTED=results/tiny/selected.json DEMO_METHODS="grpo tgrl" (QUICK=1 only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -35,7 +35,7 @@ STAGE=${STAGE:-all}
 OUT=${OUT:-results/tiny}
 WORK=${WORK:-checkpoints/tiny}
 DATA=${DATA:-data/tiny}
-SELECTED=${SELECTED:-results/tiny_v1/selected.json}
+SELECTED=${SELECTED:-results/tiny/selected.json}
 DEMO_METHODS=${DEMO_METHODS:-"grpo tgrl"}
 LOGS=$WORK/logs
 mkdir -p "$OUT" "$WORK" "$LOGS"
@@ -93,7 +93,9 @@ else  # the same tables read from the sealed splits, and the pre-registered test
   $PY eval/make_tables.py --summary "$OUT/summary.jsonl" --out "$OUT/tables" "${TABLES[@]}" \
     --task-alias synthetic_test=sealed_test --task-alias synthetic_shifted=sealed_shifted \
     --task-alias synthetic_test_twins=sealed_test_twins
-  $PY eval/registered_comparisons.py --prereg "$OUT/preregistration.yaml" --summary "$OUT/summary.jsonl" --out "$OUT/tables"
+  for LIST in preregistration exploratory; do  # the registered family, then the exploratory list beside it
+    $PY eval/registered_comparisons.py --prereg "$OUT/$LIST.yaml" --summary "$OUT/summary.jsonl" --out "$OUT/tables"
+  done
 fi
 $PY eval/plot_training.py --runs-json "$OUT/runs.json" --out "$OUT/plots" --smooth 20
 cat "$OUT/tables/tiny.md"

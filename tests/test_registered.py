@@ -105,13 +105,84 @@ def test_registered_table_from_a_summary(tmp_path):
     assert grpo.holm_p == pytest.approx(3 * grpo.test.p) and grpo.verdict == "not resolved"
     assert results["tgrl_vs_luffy"].verdict.startswith("incomplete (no pair at seeds [3])")
     assert results["grounding"].verdict == "pending (metric TBD)"
-    md, csv = render(prereg, list(results.values()), [str(summary)])
-    assert "| tgrl_vs_grpo | tgrl - grpo | sealed_test acc (greedy) | 4 | +2.50 |" in md
-    assert csv.splitlines()[1].startswith("tgrl_vs_grpo,tgrl,grpo,sealed_test,acc,greedy,4,2.5000,")
+    md, csv = render(prereg, list(results.values()), [str(summary)], footer="Sealed scorings: none.")
+    # both means over the paired seeds (tgrl 64, grpo 61.5), then the effect; no registered MDD here
+    assert "| tgrl_vs_grpo | tgrl - grpo | sealed_test acc (greedy) | 4 | 64.00 | 61.50 | +2.50 |" in md
+    assert md.rstrip().endswith("Sealed scorings: none.")
+    assert csv.splitlines()[1].startswith(
+        "tgrl_vs_grpo,tgrl,grpo,sealed_test,acc,greedy,4,64.0000,61.5000,2.5000,"
+    )
     # a larger effect is resolved
     data = rows("grpo", [0.60, 0.61, 0.62, 0.63]) + rows("tgrl", [0.70, 0.715, 0.73, 0.74])
     summary.write_text("".join(json.dumps(r) + "\n" for r in data))
     assert evaluate(prereg, [str(summary)])[0].verdict == "resolved"
+
+
+def test_the_table_shows_the_registered_mdd(tmp_path):
+    """The power section's MDD at the sealed split size (the largest projected N), else the plain one."""
+    spec = yaml.safe_load(yaml.safe_dump(PREREG))
+    spec["power_analysis"] = [
+        {"id": "tgrl_vs_grpo", "mdd": 5.8, "mdd_at_1000": 5.5, "mdd_at_4000": 5.19},
+        {"id": "tgrl_vs_luffy", "mdd": 3.9},
+    ]
+    path = tmp_path / "prereg.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    prereg = load_preregistration(path)
+    assert prereg.mdd == {"tgrl_vs_grpo": 5.19, "tgrl_vs_luffy": 3.9}
+    summary = tmp_path / "summary.jsonl"
+    data = rows("grpo", [0.60, 0.61, 0.62, 0.63]) + rows("tgrl", [0.61, 0.63, 0.65, 0.67])
+    summary.write_text("".join(json.dumps(r) + "\n" for r in data))
+    md, csv = render(prereg, evaluate(prereg, [str(summary)]), [str(summary)])
+    line = next(row for row in md.splitlines() if row.startswith("| tgrl_vs_grpo |"))
+    assert line.endswith("| 5.2 | not resolved |")
+    assert csv.splitlines()[1].endswith(",5.19,not resolved")
+
+
+def test_the_cli_writes_the_table_with_the_scoring_log_beside_the_summary(tmp_path):
+    from eval import registered_comparisons
+    from tgrl.sealing import ScoringLog
+
+    summary = tmp_path / "summary.jsonl"
+    data = rows("grpo", [0.60, 0.61, 0.62, 0.63]) + rows("tgrl", [0.61, 0.63, 0.65, 0.67])
+    summary.write_text("".join(json.dumps(r) + "\n" for r in data))
+    path = tmp_path / "prereg.yaml"
+    path.write_text(yaml.safe_dump(PREREG))
+    log = ScoringLog(tmp_path, "sel")
+    for run in ("grpo_s0", "tgrl_s0"):
+        log.start(run, run, "sealed_test", "d", None)
+        log.scored(run, run, "sealed_test", "d")
+    argv = ["--prereg", str(path), "--summary", str(summary), "--out", str(tmp_path / "tables")]
+    registered_comparisons.main(argv)
+    md = (tmp_path / "tables" / "tiny_registered.md").read_text()
+    assert "Sealed scorings (" in md and "2 checkpoints on 1 sealed splits" in md
+    with pytest.raises(SystemExit):  # a named log that does not exist is an error naming it
+        registered_comparisons.main([*argv, "--scoring-log", str(tmp_path / "missing.jsonl")])
+
+
+def test_an_exploratory_list_is_marked_as_such_and_written_beside(tmp_path):
+    from eval import registered_comparisons
+
+    spec = yaml.safe_load(yaml.safe_dump(PREREG))
+    spec["status"] = "exploratory"
+    spec["comparisons"] = spec["comparisons"][:1]
+    path = tmp_path / "exploratory.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    summary = tmp_path / "summary.jsonl"
+    data = rows("grpo", [0.60, 0.61, 0.62, 0.63]) + rows("tgrl", [0.70, 0.715, 0.73, 0.74])
+    summary.write_text("".join(json.dumps(r) + "\n" for r in data))
+    registered_comparisons.main(["--prereg", str(path), "--summary", str(summary), "--out", str(tmp_path)])
+    md = (tmp_path / "tiny_exploratory.md").read_text()
+    assert not (tmp_path / "tiny_registered.md").exists()
+    assert md.startswith("## Tiny tier: exploratory comparisons") and "not the registered family" in md
+    assert "| resolved (exploratory) |" in md
+
+
+def test_the_committed_exploratory_list_loads():
+    prereg = load_preregistration(REPO_ROOT / "results" / "tiny" / "exploratory.yaml")
+    registered = load_preregistration(REPO_ROOT / "results" / "tiny" / "preregistration.yaml")
+    assert prereg.exploratory and prereg.seeds == registered.seeds
+    family = {(c.a, c.b, c.task, c.metric, c.decoding) for c in registered.comparisons}
+    assert not family & {(c.a, c.b, c.task, c.metric, c.decoding) for c in prereg.comparisons}
 
 
 def test_power_analysis_uses_the_measured_paired_spread(tmp_path, capsys):

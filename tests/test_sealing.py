@@ -16,11 +16,13 @@ from tgrl.sealing import (
     SCORING_LOG,
     ScoringLog,
     check_inputs,
+    describe_scoring,
     freeze,
     input_hashes,
     keep_inputs,
     require_frozen,
     restore_inputs,
+    scoring_record,
     selection_sha256,
 )
 from tgrl.synthetic import build_dataset, build_sealed_splits, record_key
@@ -141,6 +143,36 @@ def test_each_checkpoint_is_scored_once_and_every_event_is_logged(tmp_path):
     ]  # fmt: skip
     assert events[6][3] == "the sampler was broken (issue 42)"
     assert all(e["selection_sha256"] == "sel" and e["time"] for e in log.events())
+
+
+def test_the_scoring_record_counts_what_the_log_shows(tmp_path):
+    log = ScoringLog(tmp_path, "sel")
+    for run in ("grpo_c0_s0", "tgrl_c1_s0"):
+        for task in ("sealed_test", "sealed_shifted"):
+            log.start(run, f"w-{run}", task, "d", None)
+            log.scored(run, f"w-{run}", task, "d")
+    log.start("tgrl_c1_s1", "w-a", "sealed_test", "d", None)  # the session ended here: rerun, new weights
+    log.start("tgrl_c1_s1", "w-b", "sealed_test", "d", None)
+    log.scored("tgrl_c1_s1", "w-b", "sealed_test", "d")
+    log.start("sft_c2_s0", "w-s", "sealed_test", "d", None)  # still running
+    rec = scoring_record(log.events())
+    assert (rec["runs"], rec["tasks"], rec["scorings"]) == (3, ["sealed_shifted", "sealed_test"], 5)
+    assert rec["scored_more_than_once"] == [] and (rec["refused"], rec["overrides"]) == (0, 0)
+    assert (rec["rescored_after"], rec["unfinished"]) == (["tgrl_c1_s1"], ["sft_c2_s0"])
+    assert rec["same_weights"] == []  # retrained to other weights (w-a, then w-b)
+    text = describe_scoring(tmp_path / SCORING_LOG)
+    assert "3 checkpoints on 2 sealed splits" in text and "each scored once per split" in text
+    assert "scored by its stage's rerun: tgrl_c1_s1" in text and "Started, not scored: sft_c2_s0" in text
+    log.start("luffy_vl_c0_s0", "w-l", "sealed_test", "d", None)  # interrupted, retrained bit-identical
+    log.start("luffy_vl_c0_s0", "w-l", "sealed_test", "d", None)
+    log.scored("luffy_vl_c0_s0", "w-l", "sealed_test", "d")
+    assert scoring_record(log.events())["same_weights"] == ["luffy_vl_c0_s0"]
+    assert "luffy_vl_c0_s0 (same weights hash), tgrl_c1_s1." in describe_scoring(tmp_path / SCORING_LOG)
+    log.start("grpo_c0_s0", "w-grpo_c0_s0", "sealed_test", "d", "a reason")  # forced: logged and counted
+    log.scored("grpo_c0_s0", "w-grpo_c0_s0", "sealed_test", "d")
+    rec = scoring_record(log.events())
+    assert rec["scored_more_than_once"] == ["grpo_c0_s0 on sealed_test"] and rec["overrides"] == 1
+    assert "scored more than once: grpo_c0_s0 on sealed_test" in describe_scoring(tmp_path / SCORING_LOG)
 
 
 def fake_sh(calls):

@@ -236,5 +236,59 @@ class ScoringLog:
         append_locked(self.path, [row])
 
 
+def scoring_record(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a scoring log shows: the checkpoints (runs) scored, on which splits, how often each (run, split)
+    was scored to the end, the scorings started and never ended (an interrupted stage: ``rescored_after``
+    when its rerun then scored it, with ``same_weights`` when the rerun's weights hash equals the
+    interrupted one's; ``unfinished`` otherwise), the refusals and the forced rescorings."""
+    scored: dict[tuple[str, str], list[str | None]] = {}
+    started: dict[tuple[str, str], list[str | None]] = {}
+    for e in events:
+        weights = scored if e["event"] == "scored" else started if e["event"] == "started" else None
+        if weights is not None:
+            weights.setdefault((e["run"], e["task"]), []).append(e.get("weights_sha256"))
+    broken = {key for key, w in started.items() if len(w) > len(scored.get(key, []))}
+    rescored = {key for key in broken if scored.get(key)}
+    return {
+        "runs": len({run for run, _ in scored}),
+        "tasks": sorted({task for _, task in scored}),
+        "scorings": sum(len(w) for w in scored.values()),
+        "scored_more_than_once": sorted(
+            f"{run} on {task}" for (run, task), w in scored.items() if len(w) > 1
+        ),
+        "rescored_after": sorted({run for run, _ in rescored}),
+        "same_weights": sorted(
+            {run for run, task in rescored if set(started[(run, task)]) == set(scored[(run, task)])}
+        ),
+        "unfinished": sorted({run for run, task in broken if not scored.get((run, task))}),
+        "refused": sum(e["event"] == "refused" for e in events),
+        "overrides": sum(e["event"] == "override" for e in events),
+    }
+
+
+def describe_scoring(log_path: Path) -> str:
+    """One paragraph on a scoring log (:func:`scoring_record`), for the registered table's footer."""
+    rec = scoring_record(ScoringLog(log_path.parent, "").events())
+    more = rec["scored_more_than_once"]
+    once = f"scored more than once: {', '.join(more)}" if more else "each scored once per split"
+    text = (
+        f"Sealed scorings ({log_path}): {rec['runs']} checkpoints on {len(rec['tasks'])} sealed splits "
+        f"({', '.join(rec['tasks'])}), {rec['scorings']} scorings, {once}; {rec['refused']} refused, "
+        f"{rec['overrides']} forced."
+    )
+    if rec["rescored_after"]:
+        same = [
+            f"{run} (same weights hash)" if run in rec["same_weights"] else run
+            for run in rec["rescored_after"]
+        ]
+        text += (
+            " Interrupted before its scoring ended, then retrained and scored by its stage's rerun: "
+            f"{', '.join(same)}."
+        )
+    if rec["unfinished"]:
+        text += f" Started, not scored: {', '.join(rec['unfinished'])}."
+    return text
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")

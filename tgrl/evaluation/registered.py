@@ -9,7 +9,7 @@ test, the formula and pending (``metric: TBD``) comparisons: docs/tiny_tier.md#7
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from scipy import stats
 from tgrl.evaluation.tables import Row, latest_per_run, load_summary
 from tgrl.utils import UserError, load_yaml_mapping, read_jsonl
 
-STATUSES = ("draft", "final")
+STATUSES = ("draft", "final", "exploratory")  # exploratory: a list declared beside the registered family
 
 
 @dataclass
@@ -47,6 +47,15 @@ class Preregistration:
     alpha: float
     power: float
     comparisons: list[Comparison]
+    mdd: dict[str, float] = field(default_factory=dict)  # registered minimal detectable difference per id
+
+    @property
+    def exploratory(self) -> bool:
+        return self.status == "exploratory"
+
+    @property
+    def table_name(self) -> str:
+        return "tiny_exploratory" if self.exploratory else "tiny_registered"
 
 
 def load_preregistration(path: str | Path) -> Preregistration:
@@ -80,12 +89,26 @@ def load_preregistration(path: str | Path) -> Preregistration:
         raise UserError(f"{path}: no comparisons registered")
     prereg = Preregistration(
         path, status, [int(s) for s in seeds], float(test.get("alpha", 0.05)), float(raw.get("power", 0.8)),
-        comparisons,
+        comparisons, registered_mdd(raw.get("power_analysis") or []),
     )  # fmt: skip
     pending = [c.id for c in comparisons if c.pending]
     if status == "final" and pending:
         raise UserError(f"{path}: status final, but {pending} have no metric yet (TBD). Fix: name them")
     return prereg
+
+
+def registered_mdd(power_analysis: list[dict[str, Any]]) -> dict[str, float]:
+    """id -> the minimal detectable difference of the pre-registration's power section: at the sealed
+    split size (``mdd_at_N``, the largest N) where it was projected, else ``mdd``; ids without one: absent."""
+    out = {}
+    for entry in power_analysis:
+        projected = sorted(
+            (int(k.removeprefix("mdd_at_")), v) for k, v in entry.items() if k.startswith("mdd_at_")
+        )
+        value = projected[-1][1] if projected else entry.get("mdd")
+        if "id" in entry and value is not None:
+            out[str(entry["id"])] = float(value)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,6 +213,9 @@ class Result:
     test: PairedTest | None
     holm_p: float | None = None
     verdict: str = ""
+    means: tuple[float, float] | None = (
+        None  # a's and b's mean over the paired seeds (scaled like the effect)
+    )
 
 
 def evaluate(prereg: Preregistration, summary_paths: list[str]) -> list[Result]:
@@ -208,13 +234,15 @@ def evaluate(prereg: Preregistration, summary_paths: list[str]) -> list[Result]:
             missing = sorted(set(prereg.seeds) - set(both))
             results.append(Result(c, both, None, verdict=f"incomplete (no pair at seeds {missing})"))
             continue
-        results.append(Result(c, both, paired_t_test([c.scale * (a[s] - b[s]) for s in both])))
+        means = (c.scale * sum(a[s] for s in both) / len(both), c.scale * sum(b[s] for s in both) / len(both))
+        results.append(Result(c, both, paired_t_test([c.scale * (a[s] - b[s]) for s in both]), means=means))
     # Holm over the registered family: untested members count as p = 1 (the family size never shrinks)
     adjusted = holm([r.test.p if r.test else 1.0 for r in results])
+    suffix = " (exploratory)" if prereg.exploratory else ""
     for r, p in zip(results, adjusted, strict=True):
         if r.test is not None:
             r.holm_p = p
-            r.verdict = "resolved" if p < prereg.alpha else "not resolved"
+            r.verdict = ("resolved" if p < prereg.alpha else "not resolved") + suffix
     return results
 
 
@@ -228,44 +256,60 @@ def _p(x: float | None) -> str:
     return f"{x:.2g}" if x >= 0.001 else f"{x:.1e}"
 
 
-def render(prereg: Preregistration, results: list[Result], summary_paths: list[str]) -> tuple[str, str]:
-    """(Markdown, CSV) of the registered-comparisons table."""
-    header = [
-        "comparison",
-        "a - b",
-        "primary metric",
-        "n seeds",
-        "effect",
-        "95% CI",
-        "p",
-        "Holm p",
-        "verdict",
+def render(
+    prereg: Preregistration, results: list[Result], summary_paths: list[str], footer: str = ""
+) -> tuple[str, str]:
+    """(Markdown, CSV) of the registered-comparisons table; ``footer``: a paragraph under the table."""
+    header = ["comparison", "a - b", "primary metric", "n seeds", "a", "b", "effect", "95% CI", "p", "Holm p",
+              "registered MDD", "verdict"]  # fmt: skip
+    md = ["| " + " | ".join(header) + " |", "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|"]
+    csv = [
+        "id,a,b,task,metric,decoding,n,mean_a,mean_b,effect,ci_lo,ci_hi,sd,t,p,holm_p,registered_mdd,verdict"
     ]
-    md = ["| " + " | ".join(header) + " |", "|---|---|---|---:|---:|---|---:|---:|---|"]
-    csv = ["id,a,b,task,metric,decoding,n,effect,ci_lo,ci_hi,sd,t,p,holm_p,verdict"]
     for r in results:
         c, t = r.comparison, r.test
+        mdd = prereg.mdd.get(c.id)
         ci = f"[{t.ci[0]:+.2f}, {t.ci[1]:+.2f}]" if t else ""
-        cells = [c.id, f"{c.a} - {c.b}", f"{c.task} {c.metric} ({c.decoding})", str(len(r.seeds)),
-                 _num(t.mean) if t else "", ci, _p(t.p if t else None), _p(r.holm_p), r.verdict]  # fmt: skip
+        means = [f"{m:.2f}" for m in r.means] if r.means else ["", ""]
+        cells = [c.id, f"{c.a} - {c.b}", f"{c.task} {c.metric} ({c.decoding})", str(len(r.seeds)), *means,
+                 _num(t.mean) if t else "", ci, _p(t.p if t else None), _p(r.holm_p),
+                 f"{mdd:.1f}" if mdd is not None else "", r.verdict]  # fmt: skip
         md.append("| " + " | ".join(cells) + " |")
         values = (
             [f"{t.mean:.4f}", f"{t.ci[0]:.4f}", f"{t.ci[1]:.4f}", f"{t.sd:.4f}", f"{t.t:.4f}"]
             if t
             else [""] * 5
         )
-        csv.append(",".join([c.id, c.a, c.b, c.task, c.metric, c.decoding, str(len(r.seeds)), *values,
-                             f"{t.p:.6g}" if t else "", f"{r.holm_p:.6g}" if r.holm_p is not None else "",
-                             r.verdict]))  # fmt: skip
+        mean_values = [f"{m:.4f}" for m in r.means] if r.means else ["", ""]
+        holm_p = f"{r.holm_p:.6g}" if r.holm_p is not None else ""
+        csv.append(",".join([c.id, c.a, c.b, c.task, c.metric, c.decoding, str(len(r.seeds)), *mean_values,
+                             *values, f"{t.p:.6g}" if t else "", holm_p,
+                             f"{mdd:.4g}" if mdd is not None else "", r.verdict]))  # fmt: skip
+    kind = "Exploratory" if prereg.exploratory else "Registered"
     caption = (
-        f"Registered comparisons of {prereg.path} (status: {prereg.status}): per comparison the mean "
-        f"paired difference a - b over seeds {prereg.seeds} (percentage points for accuracies), its 95% "
-        f"t-interval, the two-sided paired t-test's p and Holm's adjusted p over the {len(results)} "
-        "registered comparisons; "
-        f"resolved: Holm p < {prereg.alpha}. Generated by eval/registered_comparisons.py from "
-        f"{' and '.join(summary_paths)}; do not edit by hand."
+        f"{kind} comparisons of {prereg.path} (status: {prereg.status}): per comparison a's and "
+        f"b's mean over seeds {prereg.seeds}, the mean paired difference a - b (percentage points for "
+        "accuracies), its 95% t-interval, the two-sided paired t-test's p and Holm's adjusted p over the "
+        f"{len(results)} comparisons of the file; resolved: Holm p < {prereg.alpha}. "
     )
-    text = "## Tiny tier: registered comparisons\n\n" + caption + "\n\n" + "\n".join(md) + "\n"
+    if prereg.exploratory:
+        caption += (
+            "Exploratory: not the registered family (when and why this list was written: the file's "
+            "header); a resolved comparison here is a lead to register next, not a confirmed finding. "
+        )
+    else:
+        caption += (
+            "Registered MDD: the minimal detectable difference of the pre-registration's power section "
+            f"(power {prereg.power} at Holm's first step, from earlier spreads); a true difference below it "
+            "will most likely be not resolved, and a comparison that is not resolved is not evidence of no "
+            "difference. "
+        )
+    summaries = " and ".join(summary_paths)
+    caption += f"Generated by eval/registered_comparisons.py from {summaries}; do not edit by hand."
+    title = f"## Tiny tier: {kind.lower()} comparisons"
+    text = title + "\n\n" + caption + "\n\n" + "\n".join(md) + "\n"
+    if footer:
+        text += "\n" + footer + "\n"
     return text, "\n".join(csv) + "\n"
 
 
