@@ -6,6 +6,10 @@
         --out results/tiny_v1/plots/grounding_vs_truth.png
     python eval/plot_grounding.py --from-json results/tiny_v1/plots/grounding_vs_truth.json \
         --out results/tiny_v1/plots/grounding_vs_truth.png      # redraw from the committed data
+    python eval/plot_grounding.py --summary results/tiny/summary.jsonl \
+        --task-alias synthetic_test=sealed_test --task-alias synthetic_test_twins=sealed_test_twins \
+        --json results/tiny/plots/grounding_vs_truth.json \
+        --out results/tiny/plots/grounding_vs_truth.png      # the decisive run's sealed rows
 
 Reads, per run, twin tracking and fact accuracy (ground truth) and the s_t measures (fact-token s_t of the
 common oracle text at the rollout temperature, own-reasoning s_t at T = 1) plus the expert fact-token p for
@@ -35,7 +39,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", type=Path, help="where the gathered data goes (with --summary)")
     p.add_argument("--from-json", type=Path, help="redraw from a JSON this script wrote")
     p.add_argument("--out", type=Path, required=True, help="the PNG")
+    p.add_argument(
+        "--task-alias",
+        action="append",
+        default=[],
+        help="NAMED_TASK=SUMMARY_TASK: e.g. synthetic_test's measures from sealed_test rows (repeatable)",
+    )
     args = p.parse_args(argv)
+    bad = [a for a in args.task_alias if a.count("=") != 1 or "" in a.split("=")]
+    if bad:
+        raise UserError(
+            f"--task-alias {bad}: expected NAMED_TASK=SUMMARY_TASK, e.g. synthetic_test=sealed_test"
+        )
     if bool(args.summary) == bool(args.from_json):
         raise UserError("give --summary FILE (with --json OUT) or --from-json FILE")
     if args.summary:
@@ -43,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError("--summary needs --json OUT: the plot is drawn from the data it writes")
         specs = [spec.partition("=") for spec in args.summary]
         summaries = [(label, Path(path)) if sep else (None, Path(label)) for label, sep, path in specs]
-        write_json(gather(summaries), args.json)
+        write_json(gather(summaries, dict(a.split("=") for a in args.task_alias)), args.json)
         source = args.json
     else:
         source = args.from_json

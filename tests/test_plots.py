@@ -212,3 +212,29 @@ def test_grounding_plot_gathers_runs_and_correlations(tmp_path: Path) -> None:
     again = tmp_path / "again.png"
     plot_grounding.main(["--from-json", str(data_file), "--out", str(again)])
     assert again.stat().st_size > 0
+
+
+def test_grounding_plot_reads_aliased_tasks_and_prefers_whole_split_rows(tmp_path: Path) -> None:
+    """--task-alias reads synthetic_test's measures from sealed_test rows; a row over a prefix of the split
+    (``limit``) never replaces a whole-split value, but stands in until one comes."""
+    from eval import plot_grounding
+
+    fact = {"task": "sealed_test", "metric": "fact_acc", "decoding": "greedy", "n": 10}
+    rows = [
+        {"run": "a", **fact, "limit": None, "value": 0.40},
+        {"run": "a", **fact, "limit": 500, "value": 0.99},  # later, over a prefix: ignored
+        {"run": "b", **fact, "limit": 500, "value": 0.30},  # prefix first ...
+        {"run": "b", **fact, "limit": None, "value": 0.35},  # ... replaced by the whole split
+        {"run": "c", **fact, "limit": 500, "value": 0.20},  # only a prefix: it stands in
+        {"run": "a", "task": "synthetic_test", "metric": "fact_acc", "decoding": "greedy", "value": 0.9},
+    ]
+    summary = tmp_path / "summary.jsonl"
+    summary.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "g.json"
+    argv = ["--summary", str(summary), "--json", str(out), "--out", str(tmp_path / "g.png")]
+    with pytest.raises(SystemExit):  # the plot needs an s_t measure; the data JSON is written first
+        plot_grounding.main([*argv, "--task-alias", "synthetic_test=sealed_test"])
+    values = {r["run"]: r["fact_acc"] for r in json.loads(out.read_text())["runs"]}
+    assert values == {"a": 0.40, "b": 0.35, "c": 0.20}  # the unaliased synthetic_test row is not read
+    with pytest.raises(SystemExit):
+        plot_grounding.main([*argv, "--task-alias", "synthetic_test"])

@@ -69,12 +69,16 @@ def pearson(xs: list[float], ys: list[float]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / math.sqrt(sxx * syy)
 
 
-def gather(summaries: list[tuple[str | None, Path]]) -> dict[str, Any]:
+def gather(summaries: list[tuple[str | None, Path]], aliases: dict[str, str] | None = None) -> dict[str, Any]:
     """Per run of each (label, summary): every GROUND_TRUTH and MEASURES value it has (the latest row of
-    each; a label prefixes the run names, ``label/run``, so two summaries' runs stay apart), and the
-    correlation of each measure with each ground truth over the runs that have both."""
-    wanted = {(t, m, d): name for name, (t, m, d, _) in {**GROUND_TRUTH, **MEASURES}.items()}
+    each, a row over the whole split before one over a prefix (``limit``); a label prefixes the run names,
+    ``label/run``, so two summaries' runs stay apart), and the correlation of each measure with each ground
+    truth over the runs that have both. ``aliases`` maps a task named above to the task the summary's rows
+    use (``synthetic_test`` -> ``sealed_test``)."""
+    aliases = aliases or {}
+    wanted = {(aliases.get(t, t), m, d): name for name, (t, m, d, _) in {**GROUND_TRUTH, **MEASURES}.items()}
     runs: dict[str, dict[str, Any]] = {}
+    prefix_only: set[tuple[str, str]] = set()  # (run, measure) whose value so far is from a prefix
     for label, path in summaries:
         if not path.is_file():
             raise UserError(f"{path}: summary file not found")
@@ -84,7 +88,11 @@ def gather(summaries: list[tuple[str | None, Path]]) -> dict[str, Any]:
                 continue
             run = f"{label}/{row['run']}" if label else row["run"]
             entry = runs.setdefault(run, {"run": run, "method": row.get("method"), "source": str(path)})
+            prefix = row.get("limit") is not None
+            if prefix and name in entry and (run, name) not in prefix_only:
+                continue  # a whole-split value stands against a later prefix row
             entry[name] = float(row["value"])  # appended in time order: the last row wins
+            (prefix_only.add if prefix else prefix_only.discard)((run, name))
     if not runs:
         raise UserError(
             f"{', '.join(str(p) for _, p in summaries)}: no grounding rows (twin split, probes, eval)"
@@ -100,6 +108,7 @@ def gather(summaries: list[tuple[str | None, Path]]) -> dict[str, Any]:
         "correlations": correlations,
         "definitions": {k: v[3] for k, v in {**GROUND_TRUTH, **MEASURES}.items()},
         "sources": [str(p) for _, p in summaries],
+        "task_aliases": aliases,
     }
 
 
