@@ -28,3 +28,42 @@ def test_reproduce_links_the_generated_tables_that_exist():
     assert {"tiny", "tiny_grounding", "tiny_ablations", "tiny_tuning"} <= {name for _, name in linked}
     gone = [f"{folder}/{name}.md" for folder, name in linked if not (REPO / folder / f"{name}.md").is_file()]
     assert not gone, f"REPRODUCE.md links tables that do not exist: {gone}"
+
+
+INTERVAL = re.compile(r"\[([+-]?\d+\.\d), ([+-]?\d+\.\d)\]")
+
+
+def _generated_intervals(tables: Path) -> set[tuple[str, str]]:
+    """The 95% intervals of the registered and exploratory tables, rounded as the docs print them, in both
+    orientations (a reading may give b - a: 'costs 3.9 [2.1, 5.8]' for an effect of -3.9)."""
+    import csv
+
+    found = set()
+    for name in ("tiny_registered", "tiny_exploratory"):
+        for row in csv.DictReader((tables / f"{name}.csv").open()):
+            if row["ci_lo"]:
+                lo, hi = float(row["ci_lo"]), float(row["ci_hi"])
+                found |= {(f"{lo:.1f}", f"{hi:.1f}"), (f"{-hi:.1f}", f"{-lo:.1f}")}
+    return {(a.replace("-0.0", "0.0"), b.replace("-0.0", "0.0")) for a, b in found}
+
+
+def _unsigned(pair: tuple[str, str]) -> tuple[str, str]:
+    return tuple(v.lstrip("+") for v in pair)
+
+
+def test_every_effect_interval_in_the_readings_comes_from_the_generated_tables():
+    """The effect intervals the README's bullets and REPRODUCE 5.3-5.5 quote are those of
+    tiny_registered / tiny_exploratory (rounded to one decimal): a typed or stale interval fails here."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    folder = REPO / HEADLINE_LINK.findall(readme)[0]
+    generated = _generated_intervals(folder)
+    bullets = readme[readme.index("## What it shows so far") : readme.index("## Two commands")]
+    bullets = "\n".join(line for line in bullets.splitlines() if not line.startswith("|"))  # table rows
+    doc = (REPO / "REPRODUCE.md").read_text(encoding="utf-8")
+    reading = doc[doc.index("### 5.3 ") : doc.index("### 5.6 ")]
+    quoted = INTERVAL.findall(bullets) + INTERVAL.findall(reading)
+    assert len(quoted) >= 20
+    stray = [q for q in quoted if _unsigned(q) not in {_unsigned(g) for g in generated}]
+    assert not stray, (
+        f"intervals not in {folder.relative_to(REPO)}/tiny_{{registered,exploratory}}.csv: {stray}"
+    )
