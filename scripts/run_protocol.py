@@ -27,7 +27,6 @@ its log.
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import subprocess
@@ -67,9 +66,9 @@ from tgrl.sealing import (
 from tgrl.synthetic import build_sealed_splits
 from tgrl.utils import (
     UserError,
-    atomic_write_bytes,
     atomic_write_text,
     cli,
+    keep_gzipped,
     read_jsonl,
     sha256_file,
     weights_sha256,
@@ -196,9 +195,7 @@ class Runner:
         checkpoint)."""
         metrics = checkpoint / "metrics.jsonl"
         if metrics.is_file():
-            atomic_write_bytes(
-                self.out / "curves" / f"{name}.metrics.jsonl.gz", gzip.compress(metrics.read_bytes(), mtime=0)
-            )
+            keep_gzipped(metrics, self.out / "curves" / f"{name}.metrics.jsonl.gz")
 
     def rollout_temperature(self, recipe: str | None) -> float:
         """The temperature a run's rollouts sample at (its recipe's ``temperature``); the base and SFT,

@@ -20,6 +20,7 @@ from tgrl.utils import (
     UserError,
     atomic_write_bytes,
     git_commit,
+    keep_gzipped,
     load_yaml_mapping,
     read_jsonl,
     sha256_file,
@@ -75,8 +76,7 @@ def keep_inputs(out: Path, base: Path, train_sets: dict[str, Path]) -> None:
             atomic_write_bytes(out / INPUTS / "base" / name, (base / name).read_bytes())
     for set_name, folder in train_sets.items():
         for name in SET_FILES:
-            data = gzip.compress((folder / name).read_bytes(), mtime=0)
-            atomic_write_bytes(out / INPUTS / set_name / f"{name}.gz", data)
+            keep_gzipped(folder / name, out / INPUTS / set_name / f"{name}.gz")
 
 
 def restore_inputs(out: Path, base: Path, data: Path) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import hashlib
 import json
 import os
@@ -57,6 +58,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def keep_gzipped(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Write ``src`` gzipped to ``dst`` atomically, with a zero timestamp: the same file always gives the
+    same bytes, so kept copies (curves, frozen inputs) do not change in git when rewritten."""
+    atomic_write_bytes(dst, gzip.compress(Path(src).read_bytes(), mtime=0))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
