@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tgrl.evaluation.tables import InputError, write_tables
+from tgrl.evaluation.tables import InputError, parse_task_aliases, write_tables
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,15 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    bad = [a for a in args.task_alias if a.count("=") != 1 or "" in a.split("=")]
-    if bad:
-        print(
-            f"error: --task-alias {bad}: expected SPEC_TASK=TASK, e.g. synthetic_test=sealed_test",
-            file=sys.stderr,
-        )
-        return 2
-    aliases = dict(a.split("=") for a in args.task_alias)
     try:
+        aliases = parse_task_aliases(args.task_alias)
         write_tables(args.summary, args.tables, args.reported, args.out, args.table, aliases)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 
 from tgrl.evaluation.grounding_plot import gather, plot, write_json
+from tgrl.evaluation.tables import InputError, parse_task_aliases
 from tgrl.utils import UserError, cli
 
 
@@ -46,11 +47,10 @@ def main(argv: list[str] | None = None) -> None:
         help="NAMED_TASK=SUMMARY_TASK: e.g. synthetic_test's measures from sealed_test rows (repeatable)",
     )
     args = p.parse_args(argv)
-    bad = [a for a in args.task_alias if a.count("=") != 1 or "" in a.split("=")]
-    if bad:
-        raise UserError(
-            f"--task-alias {bad}: expected NAMED_TASK=SUMMARY_TASK, e.g. synthetic_test=sealed_test"
-        )
+    try:
+        aliases = parse_task_aliases(args.task_alias)
+    except InputError as err:
+        raise UserError(str(err)) from None
     if bool(args.summary) == bool(args.from_json):
         raise UserError("give --summary FILE (with --json OUT) or --from-json FILE")
     if args.summary:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError("--summary needs --json OUT: the plot is drawn from the data it writes")
         specs = [spec.partition("=") for spec in args.summary]
         summaries = [(label, Path(path)) if sep else (None, Path(label)) for label, sep, path in specs]
-        write_json(gather(summaries, dict(a.split("=") for a in args.task_alias)), args.json)
+        write_json(gather(summaries, aliases), args.json)
         source = args.json
     else:
         source = args.from_json

@@ -736,6 +736,15 @@ def _shown_path(path: str | Path) -> str:
     return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else str(path)
 
 
+def parse_task_aliases(values: list[str]) -> dict[str, str]:
+    """``--task-alias NAMED=SUMMARY`` values as a mapping (a table's or plot's task -> the task its rows
+    carry, e.g. synthetic_test -> sealed_test); a malformed value is an :class:`InputError`."""
+    bad = [a for a in values if a.count("=") != 1 or "" in a.split("=")]
+    if bad:
+        raise InputError(f"--task-alias {bad}: expected SPEC_TASK=TASK, e.g. synthetic_test=sealed_test")
+    return dict(a.split("=") for a in values)
+
+
 def with_task_aliases(spec: dict, aliases: dict[str, str]) -> dict:
     """The table spec with each column's task renamed by ``aliases`` (the same table read from other splits,
     e.g. synthetic_test -> sealed_test), the renaming stated in the protocol line."""
