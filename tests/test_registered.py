@@ -157,6 +157,12 @@ def test_the_cli_writes_the_table_with_the_scoring_log_beside_the_summary(tmp_pa
     assert "Sealed scorings (" in md and "2 checkpoints on 1 sealed splits" in md
     with pytest.raises(SystemExit):  # a named log that does not exist is an error naming it
         registered_comparisons.main([*argv, "--scoring-log", str(tmp_path / "missing.jsonl")])
+    other = tmp_path / "logs" / "other_log.jsonl"  # a named log is read, whatever its file name
+    other.parent.mkdir()
+    other.write_text((tmp_path / "scoring_log.jsonl").read_text().split("\n", 1)[0] + "\n")
+    registered_comparisons.main([*argv, "--scoring-log", str(other)])
+    md = (tmp_path / "tables" / "tiny_registered.md").read_text()
+    assert f"Sealed scorings ({other}): 0 checkpoints" in md and "Started, not scored: grpo_s0" in md
 
 
 def test_an_exploratory_list_is_marked_as_such_and_written_beside(tmp_path):

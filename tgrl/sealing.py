@@ -268,7 +268,7 @@ def scoring_record(events: list[dict[str, Any]]) -> dict[str, Any]:
 
 def describe_scoring(log_path: Path) -> str:
     """One paragraph on a scoring log (:func:`scoring_record`), for the registered table's footer."""
-    rec = scoring_record(ScoringLog(log_path.parent, "").events())
+    rec = scoring_record([row for _, row in read_jsonl(log_path, tolerate_torn_tail=True)])
     more = rec["scored_more_than_once"]
     once = f"scored more than once: {', '.join(more)}" if more else "each scored once per split"
     text = (
