@@ -213,9 +213,8 @@ class Result:
     test: PairedTest | None
     holm_p: float | None = None
     verdict: str = ""
-    means: tuple[float, float] | None = (
-        None  # a's and b's mean over the paired seeds (scaled like the effect)
-    )
+    # a's and b's mean over the paired seeds (scaled like the effect)
+    means: tuple[float, float] | None = None
 
 
 def evaluate(prereg: Preregistration, summary_paths: list[str]) -> list[Result]:
