@@ -28,6 +28,7 @@ from tgrl.metrics import DATA_ORDER_FILE, JsonlMetricsCallback, quiet_console
 from tgrl.modeling import end_of_turn_id, response_token_ids, vision_guard
 from tgrl.perturb import perturb_with_processor
 from tgrl.pixels import fit_row_images, pixel_fit_of
+from tgrl.prefix_sharing import share_prompt_prefix_blocker, shared_prefix_logps_and_entropies
 from tgrl.rewards import accuracy_reward
 from tgrl.rl_data import check_expert_texts, stored_teacher_logps
 from tgrl.tgrl_config import LOSS_AGG, TGRLConfig
@@ -604,6 +605,19 @@ class TGRLTrainer(TrainingDiagnostics, CheckpointKeyFixMixin, GRPOTrainer):
         and the router's auxiliary loss (None unless a MoE model asks for it)."""
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        model_inputs = {key: inputs.get(key) for key in _MODEL_INPUT_KEYS}
+        if self._can_share_prompt_prefix(model, model_inputs):
+            with self.accelerator.autocast():
+                shared = shared_prefix_logps_and_entropies(
+                    model,
+                    input_ids,
+                    attention_mask,
+                    inputs["completion_ids"].size(1),
+                    compute_entropy=True,
+                    **{key: model_inputs[key] for key in _ROW_KEYS | {"num_images"}},
+                )
+            if shared is not None:
+                return (*shared, None)
         return self._get_per_token_logps_and_entropies(
             model,
             input_ids,
@@ -611,8 +625,25 @@ class TGRLTrainer(TrainingDiagnostics, CheckpointKeyFixMixin, GRPOTrainer):
             inputs["completion_ids"].size(1),
             compute_entropy=True,
             compute_aux_loss=self.aux_loss_enabled,
-            **{key: inputs.get(key) for key in _MODEL_INPUT_KEYS},
+            **model_inputs,
         )
+
+    def _can_share_prompt_prefix(self, model, model_inputs: dict) -> bool:
+        """share_prompt_prefix is on and this model and input layout allow it; the first time it cannot,
+        one line says why (TRL's per-row forward runs instead)."""
+        if not self.args.share_prompt_prefix:
+            return False
+        extra = sorted(
+            k for k, v in model_inputs.items() if v is not None and k not in _ROW_KEYS | {"num_images"}
+        )
+        blocker = share_prompt_prefix_blocker(model)
+        if blocker is None and (extra or self.aux_loss_enabled):
+            blocker = f"inputs outside the Qwen-VL layout ({extra})" if extra else "a MoE auxiliary loss"
+        if blocker is not None and not getattr(self, "_prefix_sharing_refused", False):
+            self._prefix_sharing_refused = True
+            if self.accelerator.is_main_process:
+                print(f"[tgrl] share_prompt_prefix: TRL's per-row forward instead: {blocker}", flush=True)
+        return blocker is None
 
     def _token_counts(self, inputs, mode: str, accumulation: float) -> dict:
         """TRL's dapo normaliser (tokens of the whole generation batch over all ranks, rescaled to one
