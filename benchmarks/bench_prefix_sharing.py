@@ -1,6 +1,6 @@
-"""What prefix sharing would save in the update: the loss forward + backward of one RL step, as TRL does it
-(each of the 32 rows carries its whole prompt) and with each prompt computed once per group (its keys and
-values repeated over the group's rows, the completions forwarded on them). Measures, not used by training.
+"""What prefix sharing saves in the update: the loss forward + backward of one RL step, as TRL does it (each
+of the 32 rows carries its whole prompt) and as the trainer's share_prompt_prefix does it (each prompt
+computed once per group, its keys and values repeated over the group's rows: tgrl/prefix_sharing.py).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_prefix_sharing.py --work .cache/bench/work [--repeats 5]
 
@@ -46,58 +46,34 @@ def step_inputs(base: str, problems: str, prompts: int, group: int, completion: 
 
 
 def forwards(model, enc, completions: torch.Tensor, group: int) -> dict[str, Callable[[], torch.Tensor]]:
-    """Two ways to get the completions' log-probabilities under ``model`` (with gradient)."""
+    """Two ways to get the completions' log-probabilities under ``model`` (with gradient), both through
+    TRL's fused LM head as GRPOTrainer adds it: TRL's per-row forward, and the trainer's prefix sharing."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tgrl.prefix_sharing import shared_prefix_logps_and_entropies
+
+    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
     rows, width = completions.shape
+    ids = torch.cat([enc.input_ids.repeat_interleave(group, 0), completions], 1)
+    mask = torch.cat([enc.attention_mask.repeat_interleave(group, 0), torch.ones_like(completions)], 1)
+    pixels = enc.pixel_values.view(len(enc.input_ids), -1, enc.pixel_values.size(-1))
+    inputs = {
+        "pixel_values": pixels.repeat_interleave(group, 0).flatten(0, 1),
+        "image_grid_thw": enc.image_grid_thw.repeat_interleave(group, 0),
+    }
     mm = enc.get("mm_token_type_ids")
+    if mm is not None:
+        inputs["mm_token_type_ids"] = torch.cat([mm.repeat_interleave(group, 0), 0 * completions], 1)
 
-    def per_token(logits: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(logits.float(), -1).gather(-1, completions.unsqueeze(-1)).squeeze(-1)
+    def every_row() -> torch.Tensor:  # TRL's _get_per_token_logps_and_entropies: prompt + completion per row
+        labels = ids.masked_fill(mask == 0, -100)
+        labels[:, :-width] = -100
+        return model(
+            input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True, **inputs
+        ).log_probs[:, -width:]
 
-    def every_row() -> torch.Tensor:  # TRL: prompt + completion per row
-        model.model.rope_deltas = None
-        ids = torch.cat([enc.input_ids.repeat_interleave(group, 0), completions], 1)
-        mask = torch.cat([enc.attention_mask.repeat_interleave(group, 0), torch.ones_like(completions)], 1)
-        pixels = enc.pixel_values.view(len(enc.input_ids), -1, enc.pixel_values.size(-1))
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            pixel_values=pixels.repeat_interleave(group, 0).flatten(0, 1),
-            image_grid_thw=enc.image_grid_thw.repeat_interleave(group, 0),
-            mm_token_type_ids=None
-            if mm is None
-            else torch.cat([mm.repeat_interleave(group, 0), 0 * completions], 1),
-        )
-        return per_token(out.logits[:, -width - 1 : -1])
-
-    def shared_prefix() -> torch.Tensor:  # each prompt once, its cache repeated over the group
-        model.model.rope_deltas = None
-        prompt_len = enc.input_ids.size(1)
-        pre = model(
-            input_ids=enc.input_ids,
-            attention_mask=enc.attention_mask,
-            pixel_values=enc.pixel_values,
-            image_grid_thw=enc.image_grid_thw,
-            mm_token_type_ids=mm,
-            use_cache=True,
-        )
-        cache = pre.past_key_values
-        for layer in cache.layers:
-            layer.keys, layer.values = (
-                layer.keys.repeat_interleave(group, 0),
-                layer.values.repeat_interleave(group, 0),
-            )
-        mask = torch.cat([enc.attention_mask.repeat_interleave(group, 0), torch.ones_like(completions)], 1)
-        deltas = model.model.rope_deltas.repeat_interleave(group, 0).view(1, rows, 1)
-        positions = (mask.long().cumsum(-1) - 1)[:, prompt_len:].view(1, rows, -1).repeat(3, 1, 1) + deltas
-        out = model(
-            input_ids=completions,
-            attention_mask=mask,
-            past_key_values=cache,
-            position_ids=positions,
-            cache_position=torch.arange(prompt_len, prompt_len + width),
-        )
-        first = pre.logits[:, -1:].repeat_interleave(group, 0)  # the first completion token's logits
-        return per_token(torch.cat([first, out.logits[:, :-1]], 1))
+    def shared_prefix() -> torch.Tensor:  # the trainer's share_prompt_prefix
+        return shared_prefix_logps_and_entropies(model, ids, mask, width, num_images=[1] * rows, **inputs)[0]
 
     return {"every_row": every_row, "shared_prefix": shared_prefix}
 
