@@ -35,7 +35,7 @@ from tgrl.evaluation.registered import (
     seeds_for,
     spread_table,
 )
-from tgrl.evaluation.tables import InputError
+from tgrl.evaluation.tables import InputError, parse_task_aliases
 from tgrl.sealing import SCORING_LOG, describe_scoring
 from tgrl.utils import UserError, atomic_write_text, cli
 
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     prereg = load_preregistration(args.prereg)
     try:
         if args.mdd:
-            aliases = dict(a.split("=", 1) for a in args.alias)
+            aliases = parse_task_aliases(args.alias, "--alias", "sealed_test=synthetic_test")
             rows = spread_table(prereg, args.summary, aliases)
             report = {"power_analysis": rows, "pooled": pooled(prereg, rows)}
             if args.items:

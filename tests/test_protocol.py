@@ -451,3 +451,15 @@ def test_final_runs_go_seed_by_seed():
     per_seed = len(protocol.methods) + len(protocol.ablations)
     assert seeds[:per_seed] == [protocol.seeds[0]] * per_seed
     assert {r.method for r in runs[:per_seed]} == set(protocol.methods) | set(protocol.ablations)
+
+
+def test_protocol_v3_differs_from_v2_in_the_sealed_seed_and_the_preregistration_only():
+    v2, v3 = (
+        yaml.safe_load((REPO / "train" / f"{n}.yaml").read_text())
+        for n in ("tiny_protocol", "tiny_protocol_v3")
+    )
+    assert v3["sealed"].pop("seed") != v2["sealed"].pop("seed")
+    assert v3.pop("preregistration") == "results/tiny_v3/preregistration.yaml"
+    v2.pop("preregistration")
+    assert v3 == v2
+    load_protocol(REPO / "train" / "tiny_protocol_v3.yaml")

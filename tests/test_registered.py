@@ -235,6 +235,12 @@ def test_power_analysis_uses_the_measured_paired_spread(tmp_path, capsys):
     row = {r["id"]: r for r in report["power_analysis"]}["tgrl_vs_grpo"]
     assert row["sd_at_4"] == pytest.approx(projected_sd(1.0, 0.25, 2, 4), rel=1e-3)  # floored model part
 
+    # a malformed --alias is a clear error (exit 2) naming the flag, not a silent mapping
+    with pytest.raises(SystemExit) as exit_info:
+        registered_comparisons.main([*args[:-1], "sealed_test"])
+    assert exit_info.value.code == 2
+    assert "--alias ['sealed_test']: expected" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize(
     "change, message",
@@ -311,3 +317,12 @@ def test_item_disagreement_by_hand(tmp_path):
         item_disagreement([paths[0], other])
     with pytest.raises(UserError, match="at least 2"):
         item_disagreement(paths[:1])
+
+
+def test_v3_registers_v2s_family_and_exploratory_list_verbatim():
+    """Protocol v3 replicates v2: its pre-registration and exploratory list are v2's (only comments added)."""
+    for name in ("preregistration.yaml", "exploratory.yaml"):
+        v2, v3 = (yaml.safe_load((REPO_ROOT / "results" / v / name).read_text()) for v in ("tiny", "tiny_v3"))
+        assert v3 == v2, name
+    prereg = load_preregistration(REPO_ROOT / "results" / "tiny_v3" / "preregistration.yaml")
+    assert len(prereg.comparisons) == 18

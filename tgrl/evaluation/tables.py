@@ -736,12 +736,15 @@ def _shown_path(path: str | Path) -> str:
     return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else str(path)
 
 
-def parse_task_aliases(values: list[str]) -> dict[str, str]:
+def parse_task_aliases(
+    values: list[str], flag: str = "--task-alias", example: str = "synthetic_test=sealed_test"
+) -> dict[str, str]:
     """``--task-alias NAMED=SUMMARY`` values as a mapping (a table's or plot's task -> the task its rows
-    carry, e.g. synthetic_test -> sealed_test); a malformed value is an :class:`InputError`."""
+    carry, e.g. synthetic_test -> sealed_test); a malformed value is an :class:`InputError` naming
+    ``flag``."""
     bad = [a for a in values if a.count("=") != 1 or "" in a.split("=")]
     if bad:
-        raise InputError(f"--task-alias {bad}: expected SPEC_TASK=TASK, e.g. synthetic_test=sealed_test")
+        raise InputError(f"{flag} {bad}: expected SPEC_TASK=TASK, e.g. {example}")
     return dict(a.split("=") for a in values)
 
 
