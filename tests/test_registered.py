@@ -326,3 +326,51 @@ def test_v3_registers_v2s_family_and_exploratory_list_verbatim():
         assert v3 == v2, name
     prereg = load_preregistration(REPO_ROOT / "results" / "tiny_v3" / "preregistration.yaml")
     assert len(prereg.comparisons) == 18
+
+
+def test_replication_table_classifies_each_comparison(tmp_path):
+    from eval import replication_table
+
+    head = "id,a,b,task,metric,decoding,n,mean_a,mean_b,effect,ci_lo,ci_hi,sd,t,p,holm_p,registered_mdd,"
+    head += "verdict\n"
+
+    def table(name, rows):
+        path = tmp_path / f"{name}.csv"
+        lines = [
+            f"{cid},x,y,t,acc,greedy,8,0,0,{e},{lo},{hi},1,1,0.1,0.1,2,{v}" for cid, e, lo, hi, v in rows
+        ]
+        path.write_text(head + "\n".join(lines) + "\n")
+        return path
+
+    first = table("v2", [("same", 5, 3, 7, "resolved"), ("flip", 4, 2, 6, "resolved"),
+                         ("lost", 3, 1, 5, "resolved"), ("new", 0.5, -1, 2, "not resolved"),
+                         ("neither", 0.2, -2, 2.4, "not resolved (exploratory)"),
+                         ("gone", "", "", "", "incomplete (no pair at seeds [3])")])  # fmt: skip
+    second = table("v3", [("same", 6, 4, 8, "resolved"), ("flip", -3, -5, -1, "resolved"),
+                          ("lost", 1, -1, 3, "not resolved"), ("new", 4, 2, 6, "resolved"),
+                          ("neither", -0.5, -3, 2, "not resolved (exploratory)"),
+                          ("gone", 1, 0, 2, "resolved")])  # fmt: skip
+    out = tmp_path / "rep"
+    replication_table.main(
+        ["--original", str(first), "--rerun", str(second), "--labels", "v2", "v3", "--out", str(out)]
+    )
+    rows = {
+        line.split(",")[0]: line.split(",") for line in (tmp_path / "rep.csv").read_text().splitlines()[1:]
+    }
+    outcome = {cid: row[-1] for cid, row in rows.items()}
+    assert outcome == {"same": "replicated", "flip": "reversed", "lost": "not replicated",
+                       "new": "resolved only in the rerun", "neither": "not resolved in either",
+                       "gone": "incomplete"}  # fmt: skip
+    inside = {cid: row[-2] for cid, row in rows.items()}
+    assert inside == {"same": "yes", "flip": "no", "lost": "yes", "new": "no", "neither": "yes", "gone": ""}
+    md = (tmp_path / "rep.md").read_text()
+    assert (
+        "| same | +5.00 [+3.00, +7.00] | resolved | +6.00 [+4.00, +8.00] | resolved | yes | replicated |"
+        in md
+    )
+    assert "1 replicated, 1 reversed" in md
+
+    third = table("other", [("same", 1, 0, 2, "resolved")])
+    with pytest.raises(SystemExit) as exit_info:
+        replication_table.main(["--original", str(first), "--rerun", str(third), "--out", str(out)])
+    assert exit_info.value.code == 2
