@@ -522,6 +522,7 @@ def test_accelerate_deepspeed_zero2_on_cpu(processes, tiny_checkpoint, synthetic
     assert rows[-1]["inject/generated"] == 14 * processes  # 2 groups per rank, 7 generated each
     # the recipe's grad_share_every 10 is switched off under DeepSpeed with one line, not refused
     assert result.stdout.count("[tgrl] grad_share_every 10 -> 0") == 1, result.stdout[-2000:]
+    assert result.stdout.count("[tgrl] share_prompt_prefix -> false") == 1, result.stdout[-2000:]
     assert not any(key.startswith("grad/") for row in rows for key in row)
     # every group's expert row carries its own prompt's (correct) oracle trace on every rank
     assert all(row["inject/rate"] == 1.0 and row["accuracy/expert"] == 1.0 for row in rows)

@@ -312,9 +312,10 @@ def route_vllm_prompts(vllm_generation: Any, image_token_id: int | None) -> None
 
 def adapt_to_deepspeed(args: Any, accelerator: Any) -> None:
     """What a TGRL run needs under DeepSpeed: ZeRO-3 only with gathered weights for the token pass (its
-    rank-local forwards differ in size), and the grad-share diagnostic switched off with one logged line
-    (``autograd.grad`` on parameters DeepSpeed partitions and hooks is not something we can vouch for), so
-    a recipe with it still runs."""
+    rank-local forwards differ in size), and the grad-share diagnostic and prefix sharing switched off with
+    one logged line each (``autograd.grad`` on parameters DeepSpeed partitions and hooks is not something we
+    can vouch for; prefix sharing calls the model's parts directly, past the engine), so a recipe with them
+    still runs."""
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is None:
         return
@@ -331,6 +332,14 @@ def adapt_to_deepspeed(args: Any, accelerator: Any) -> None:
                 flush=True,
             )
         args.grad_share_every = 0
+    if args.share_prompt_prefix:  # the engine wraps the model: the prompt pass would bypass its hooks
+        if accelerator.is_main_process:
+            print(
+                f"[tgrl] share_prompt_prefix -> false: TRL's per-row forward under DeepSpeed "
+                f"(ZeRO-{plugin.zero_stage})",
+                flush=True,
+            )
+        args.share_prompt_prefix = False
 
 
 # ---------------------------------------------------------------------------------------------------
