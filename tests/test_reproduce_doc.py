@@ -67,3 +67,17 @@ def test_every_effect_interval_in_the_readings_comes_from_the_generated_tables()
     assert not stray, (
         f"intervals not in {folder.relative_to(REPO)}/tiny_{{registered,exploratory}}.csv: {stray}"
     )
+
+
+def test_the_replication_section_quotes_the_v2_and_v3_tables():
+    """REPRODUCE 5.7 (protocol v3) quotes intervals of v3's generated tables or, beside them, v2's."""
+    doc = (REPO / "REPRODUCE.md").read_text(encoding="utf-8")
+    section = doc[doc.index("### 5.7 ") : doc.index("## 6. ")]
+    assert "results/tiny_v3/tables/tiny_replication.md" in section
+    generated = _generated_intervals(REPO / "results/tiny/tables") | _generated_intervals(
+        REPO / "results/tiny_v3/tables"
+    )
+    quoted = INTERVAL.findall(section)
+    assert len(quoted) >= 4
+    stray = [q for q in quoted if _unsigned(q) not in {_unsigned(g) for g in generated}]
+    assert not stray, f"intervals in REPRODUCE 5.7 not in the v2 or v3 tables: {stray}"
