@@ -17,6 +17,7 @@ reason and the trainer keeps TRL's per-row forward. Switch: TGRLConfig.share_pro
 from __future__ import annotations
 
 import torch
+from trl.trainer.utils import split_pixel_values_by_grid
 
 SUPPORTED_MODELS = ("Qwen2_5_VLForConditionalGeneration", "Qwen2VLForConditionalGeneration")
 
@@ -39,13 +40,12 @@ def _row_pixels(
     num_images: list[int] | None,
     rows: int,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | tuple[None, None]:
-    """Each row's pixel patches and image grids (Qwen-VL layout: patches of all images, concatenated)."""
+    """Each row's pixel patches and image grids, split as TRL splits them (one image per row by default)."""
     if pixel_values is None:
         return None, None
-    counts = num_images if num_images is not None else [1] * rows
-    grids = torch.split(image_grid_thw, counts)
-    patches = torch.split(pixel_values, [int(g.prod(-1).sum()) for g in grids])
-    return list(patches), list(grids)
+    batch = {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw}
+    split = split_pixel_values_by_grid({**batch, "num_images": num_images or [1] * rows})
+    return split["pixel_values"], split["image_grid_thw"]
 
 
 def prompt_groups(

@@ -69,6 +69,8 @@ _MODEL_INPUT_KEYS = (
 )
 # Multimodal keys whose rows we know how to select (Qwen2-VL / Qwen2.5-VL layout).
 _ROW_KEYS = {"pixel_values", "image_grid_thw", "mm_token_type_ids"}
+# What prefix sharing is handed (tgrl/prefix_sharing.py): those keys and the images per row.
+_PREFIX_KEYS = _ROW_KEYS | {"num_images"}
 
 
 @dataclass
@@ -614,7 +616,7 @@ class TGRLTrainer(TrainingDiagnostics, CheckpointKeyFixMixin, GRPOTrainer):
                     attention_mask,
                     inputs["completion_ids"].size(1),
                     compute_entropy=True,
-                    **{key: model_inputs[key] for key in _ROW_KEYS | {"num_images"}},
+                    **{key: model_inputs[key] for key in _PREFIX_KEYS},
                 )
             if shared is not None:
                 return (*shared, None)
@@ -633,9 +635,7 @@ class TGRLTrainer(TrainingDiagnostics, CheckpointKeyFixMixin, GRPOTrainer):
         one line says why (TRL's per-row forward runs instead)."""
         if not self.args.share_prompt_prefix:
             return False
-        extra = sorted(
-            k for k, v in model_inputs.items() if v is not None and k not in _ROW_KEYS | {"num_images"}
-        )
+        extra = sorted(k for k, v in model_inputs.items() if v is not None and k not in _PREFIX_KEYS)
         blocker = share_prompt_prefix_blocker(model)
         if blocker is None and (extra or self.aux_loss_enabled):
             blocker = f"inputs outside the Qwen-VL layout ({extra})" if extra else "a MoE auxiliary loss"
