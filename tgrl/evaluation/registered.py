@@ -443,6 +443,7 @@ def render_replication(
               f"{second} verdict", f"{second} inside {first}'s CI", "outcome"]  # fmt: skip
     md = ["| " + " | ".join(header) + " |", "|---|---|---|---|---|---|---|"]
     csv = ["id,effect_1,ci_lo_1,ci_hi_1,verdict_1,effect_2,ci_lo_2,ci_hi_2,verdict_2,inside,outcome"]
+    counts: dict[str, int] = {}  # outcome -> comparisons, in order of first appearance
 
     def shown(row: dict[str, str]) -> str:
         if not row["effect"]:
@@ -455,15 +456,12 @@ def render_replication(
         if a["effect"] and b["effect"]:
             inside = "yes" if float(a["ci_lo"]) <= float(b["effect"]) <= float(a["ci_hi"]) else "no"
         outcome = replication_outcome(a, b)
+        counts[outcome] = counts.get(outcome, 0) + 1
         md.append(
             f"| {cid} | {shown(a)} | {a['verdict']} | {shown(b)} | {b['verdict']} | {inside} | {outcome} |"
         )
         csv.append(",".join([cid, a["effect"], a["ci_lo"], a["ci_hi"], a["verdict"], b["effect"], b["ci_lo"],
                              b["ci_hi"], b["verdict"], inside, outcome]))  # fmt: skip
-    counts: dict[str, int] = {}
-    for line in csv[1:]:
-        outcome = line.rsplit(",", 1)[1]
-        counts[outcome] = counts.get(outcome, 0) + 1
     tally = ", ".join(f"{n} {k}" for k, n in counts.items())
     caption = (
         f"The comparisons of {original_path} ({first}) beside the same comparisons run again, "
