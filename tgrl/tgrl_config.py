@@ -210,7 +210,7 @@ class TGRLConfig(GRPOConfig):
         metadata={
             "help": "Forward each distinct prompt once in the update and reuse its keys and values for "
             "every completion of its group (tgrl/prefix_sharing.py): the same log-probs up to rounding, "
-            "about 2.7x less update compute at 8 rollouts on the tiny tier. Qwen2-VL family, one process "
+            "a 2.3-3x faster update at 8 rollouts on the tiny tier. Qwen2-VL family, one process "
             "without a wrapper, no gradient checkpointing; elsewhere TRL's per-row forward runs (one line "
             "says why)."
         },
